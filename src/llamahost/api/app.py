@@ -1,0 +1,83 @@
+"""The ASGI application: wires configuration, storage, engines and routers together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from .. import __version__
+from ..chat.service import ChatService
+from ..config import Config
+from ..engines.registry import ModelRegistry
+from ..store.db import Database
+from ..tenancy.keys import KeyStore
+from . import native
+from .common import BodySizeLimit
+from .errors import install_error_handlers
+
+log = logging.getLogger("llamahost")
+
+
+@dataclass
+class Services:
+    config: Config
+    db: Database
+    keys: KeyStore
+    registry: ModelRegistry
+    chat: ChatService
+    load_error: str | None = None
+
+
+def build_services(config: Config) -> Services:
+    db = Database.open(config.data_dir)
+    registry = ModelRegistry(config)
+    return Services(config=config, db=db, keys=KeyStore(db), registry=registry, chat=ChatService(registry))
+
+
+async def _load_models(services: Services) -> None:
+    for model_id, engine in services.registry.engines.items():
+        try:
+            await engine.load()
+            log.info("model %s loaded (%s)", model_id, engine.description)
+        except Exception as exc:  # health reports it; the process stays up to say why
+            services.load_error = f"model {model_id!r} failed to load: {exc}"
+            log.exception("model %s failed to load", model_id)
+
+
+def create_app(config: Config, services: Services | None = None) -> FastAPI:
+    services = services or build_services(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for line in services.registry.describe():
+            log.info("serving %s", line)
+        loading = asyncio.create_task(_load_models(services))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            for engine in services.registry.engines.values():
+                await engine.close()
+            services.db.close()
+
+    app = FastAPI(title="llamahost", version=__version__, lifespan=lifespan)
+    app.state.services = services
+    app.add_middleware(BodySizeLimit, limit=config.server.max_request_bytes)
+    install_error_handlers(app)
+    app.include_router(native.router)
+
+    @app.get("/health", include_in_schema=False)
+    async def health(request: Request) -> JSONResponse:
+        services: Services = request.app.state.services
+        if services.load_error:
+            return JSONResponse({"status": "error", "detail": services.load_error}, status_code=503)
+        if not services.registry.ready:
+            return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ok"})
+
+    return app

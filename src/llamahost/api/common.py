@@ -1,0 +1,161 @@
+"""What every HTTP surface shares: request body parsing into a wire model,
+authentication, and racing work against the client going away."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import suppress
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..protocol.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from ..tenancy.keys import Principal
+from .errors import error_response
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+async def authenticate(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    key = token.strip() if scheme.lower() == "bearer" else None
+    keys = request.app.state.services.keys
+    principal = await run_in_threadpool(keys.authenticate, key)
+    request.state.principal = principal
+    return principal
+
+
+def _is_json_content_type(value: str) -> bool:
+    media_type = value.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Parse a JSON body strictly into ``model``; every failure is a 4xx naming the field."""
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not _is_json_content_type(content_type):
+        raise UnsupportedMediaType(
+            f"request body must be application/json, got {content_type.split(';', 1)[0]!r}", param="content-type"
+        )
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}", param="body", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object", param="body")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc, data) from None
+
+
+def _validation_error(exc: ValidationError, data: Any) -> InvalidRequest:
+    error = exc.errors(include_url=False)[0]
+    param = param_from_loc(data, error["loc"])
+    kind = error["type"]
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        discriminator = str(error.get("ctx", {}).get("discriminator", "")).strip("'")
+        param = f"{param}.{discriminator}" if param else discriminator
+    if kind == "extra_forbidden":
+        message = f"unknown field {param!r}"
+    elif kind == "missing":
+        message = f"{param}: field required"
+    else:
+        message = f"{param}: {error['msg']}" if param else error["msg"]
+    return InvalidRequest(message, param=param or None)
+
+
+def param_from_loc(data: Any, loc: tuple) -> str:
+    """Turn a pydantic error location into a JSON path like ``messages[0].content``.
+
+    Pydantic puts union member names and discriminator tags into ``loc``; walking the
+    input alongside the location keeps only the segments that exist in the request.
+    """
+    parts: list[str] = []
+    node = data
+    for segment in loc:
+        if isinstance(segment, int) and isinstance(node, list) and 0 <= segment < len(node):
+            parts.append(f"[{segment}]")
+            node = node[segment]
+        elif isinstance(segment, str) and isinstance(node, dict) and segment in (node.get("role"), node.get("type")):
+            continue  # a discriminated union's tag, not a field
+        elif isinstance(segment, str) and isinstance(node, dict) and segment in node:
+            parts.append(f".{segment}" if parts else segment)
+            node = node[segment]
+        elif isinstance(segment, str) and isinstance(node, dict) and not _looks_like_type_label(segment):
+            # A missing or unknown field: name it, then stop walking.
+            parts.append(f".{segment}" if parts else segment)
+            node = None
+    return "".join(parts)
+
+
+def _looks_like_type_label(segment: str) -> bool:
+    # Union member labels such as "str", "list[TextItem]", "TextItem", "function-after[...]".
+    return segment in {"str", "int", "float", "bool", "dict", "list", "none"} or "[" in segment or segment[:1].isupper()
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def unless_disconnected(request: Request, coro):
+    """Run ``coro``; if the client disconnects first, cancel it and raise ClientDisconnected."""
+    work = asyncio.ensure_future(coro)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        work.cancel()
+        watcher.cancel()
+        raise
+    if work in done:
+        watcher.cancel()
+        return work.result()
+    work.cancel()
+    with suppress(asyncio.CancelledError, Exception):
+        await work
+    raise ClientDisconnected()
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whether or not they
+    declare a Content-Length (chunked uploads are counted as they arrive)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLarge(f"request body exceeds the limit of {self.limit} bytes", param="body")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await error_response(too_large)(scope, receive, send)
+                return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise too_large
+            return message
+
+        await self.app(scope, counting_receive, send)

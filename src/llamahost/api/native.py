@@ -1,0 +1,171 @@
+"""The native Llama API surface (``/v1``): wire model <-> internal chat model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ..chat.service import ChatStream
+from ..chat.types import ChatMessage, ChatRequest, ChatResult, ImageInput, SamplingParams, ToolCall, ToolSpec, Usage
+from ..protocol import native as wire
+from ..protocol.errors import APIError
+from .common import ClientDisconnected, authenticate, parse_body, unless_disconnected
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
+
+
+# --- wire -> internal ------------------------------------------------------------
+
+
+def _text_of(content: str | wire.TextItem | list | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, wire.TextItem):
+        return content.text
+    return "\n".join(item.text for item in content if isinstance(item, wire.TextItem))
+
+
+def _message(index: int, message: wire.Message) -> ChatMessage:
+    images: tuple[ImageInput, ...] = ()
+    if isinstance(message, wire.UserMessage) and isinstance(message.content, list):
+        images = tuple(
+            ImageInput(url=item.image_url.url, param=f"messages[{index}].content[{j}]")
+            for j, item in enumerate(message.content)
+            if isinstance(item, wire.ImageItem)
+        )
+    tool_calls: tuple[ToolCall, ...] = ()
+    if isinstance(message, wire.AssistantMessage) and message.tool_calls:
+        tool_calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls)
+    return ChatMessage(
+        role=message.role,
+        content=_text_of(message.content),
+        images=images,
+        tool_calls=tool_calls,
+        tool_call_id=message.tool_call_id if isinstance(message, wire.ToolMessage) else None,
+    )
+
+
+def to_chat_request(body: wire.ChatCompletionRequest) -> ChatRequest:
+    defaults = SamplingParams()
+    tool_choice = body.tool_choice
+    if isinstance(tool_choice, wire.NamedToolChoice):
+        tool_choice = tool_choice.function.name
+    json_schema = None
+    if isinstance(body.response_format, wire.JSONSchemaFormat):
+        json_schema = body.response_format.json_schema.schema_
+    return ChatRequest(
+        model=body.model,
+        messages=[_message(i, m) for i, m in enumerate(body.messages)],
+        max_tokens=body.max_completion_tokens,
+        sampling=SamplingParams(
+            temperature=defaults.temperature if body.temperature is None else body.temperature,
+            top_p=defaults.top_p if body.top_p is None else body.top_p,
+            top_k=defaults.top_k if body.top_k is None else body.top_k,
+            repetition_penalty=defaults.repetition_penalty if body.repetition_penalty is None else body.repetition_penalty,
+        ),
+        user=body.user,
+        stream=body.stream,
+        tools=[ToolSpec(t.function.name, t.function.description, t.function.parameters) for t in body.tools or []],
+        tool_choice=tool_choice,
+        json_schema=json_schema,
+    )
+
+
+# --- internal -> wire ------------------------------------------------------------
+
+
+def _metrics(usage: Usage) -> list[wire.Metric]:
+    return [
+        wire.Metric(metric="num_completion_tokens", value=usage.completion_tokens),
+        wire.Metric(metric="num_prompt_tokens", value=usage.prompt_tokens),
+        wire.Metric(metric="num_total_tokens", value=usage.total_tokens),
+    ]
+
+
+def to_response(result: ChatResult) -> wire.ChatCompletionResponse:
+    return wire.ChatCompletionResponse(
+        id=result.id,
+        completion_message=wire.CompletionMessage(
+            content=wire.TextContent(text=result.text), stop_reason=result.stop_reason, tool_calls=[]
+        ),
+        metrics=_metrics(result.usage),
+    )
+
+
+def _sse(payload: wire.StreamChunk) -> bytes:
+    return b"data: " + payload.model_dump_json(exclude_none=True).encode() + b"\n\n"
+
+
+async def stream_events(stream: ChatStream) -> AsyncIterator[bytes]:
+    """start -> progress* -> complete -> metrics; a failure mid-stream ends it with an
+    ``error`` event, which the SDK raises as an APIError."""
+    try:
+        yield _sse(wire.StreamChunk(id=stream.id, event=wire.StreamEvent(event_type="start")))
+        async for text in stream:
+            delta = wire.TextDelta(text=text)
+            yield _sse(wire.StreamChunk(id=stream.id, event=wire.StreamEvent(event_type="progress", delta=delta)))
+        result = stream.result
+        assert result is not None
+        yield _sse(
+            wire.StreamChunk(
+                id=stream.id, event=wire.StreamEvent(event_type="complete", stop_reason=result.stop_reason)
+            )
+        )
+        yield _sse(
+            wire.StreamChunk(
+                id=stream.id,
+                event=wire.StreamEvent(
+                    event_type="metrics", stop_reason=result.stop_reason, metrics=_metrics(result.usage)
+                ),
+            )
+        )
+    except APIError as exc:
+        yield b"event: error\ndata: " + json.dumps(exc.body()).encode() + b"\n\n"
+    finally:
+        await stream.aclose()
+
+
+# --- routes ------------------------------------------------------------------------
+
+
+@router.post("/chat/completions", response_model=wire.ChatCompletionResponse)
+async def create_chat_completion(request: Request) -> Response:
+    body = await parse_body(request, wire.ChatCompletionRequest)
+    chat = request.app.state.services.chat
+    chat_request = to_chat_request(body)
+    try:
+        if body.stream:
+            stream = await unless_disconnected(request, chat.start(chat_request))
+            return StreamingResponse(stream_events(stream), media_type="text/event-stream")
+        result = await unless_disconnected(request, chat.complete(chat_request))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    return JSONResponse(to_response(result).model_dump(mode="json"))
+
+
+@router.get("/models", response_model=wire.ModelList)
+async def list_models(request: Request) -> wire.ModelList:
+    return wire.ModelList(data=[_card(e) for e in request.app.state.services.registry.entries()])
+
+
+@router.get("/models/{model_id:path}", response_model=wire.ModelCard)
+async def retrieve_model(model_id: str, request: Request) -> wire.ModelCard:
+    return _card(request.app.state.services.registry.resolve(model_id))
+
+
+def _card(entry) -> wire.ModelCard:
+    # Beyond the SDK's four fields: what actually serves this name, so an alias
+    # never passes for the model it is named after.
+    return wire.ModelCard(
+        id=entry.name,
+        created=entry.created,
+        owned_by=entry.config.owned_by,
+        root=entry.config.id,
+        engine=entry.engine.description,
+        context_window=entry.config.context_window,
+    )

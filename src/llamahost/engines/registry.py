@@ -1,0 +1,67 @@
+"""Model registry: every configured model id and alias, and the engine behind it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from ..config import Config, ModelConfig
+from ..protocol.errors import NotFound
+from .base import Engine
+from .llamacpp import LlamaCppEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str  # the id a client uses: a model id or an alias
+    config: ModelConfig
+    engine: Engine
+    created: int
+
+    @property
+    def is_alias(self) -> bool:
+        return self.name != self.config.id
+
+
+def build_engine(config: ModelConfig) -> Engine:
+    if config.engine == "llamacpp":
+        return LlamaCppEngine(config)
+    raise ValueError(f"unknown engine {config.engine!r}")
+
+
+class ModelRegistry:
+    def __init__(self, config: Config) -> None:
+        self.engines: dict[str, Engine] = {}
+        self._entries: dict[str, ModelEntry] = {}
+        created = int(time.time())
+        for model in config.models:
+            engine = build_engine(model)
+            self.engines[model.id] = engine
+            for name in model.names:
+                self._entries[name] = ModelEntry(name=name, config=model, engine=engine, created=created)
+
+    def resolve(self, name: str) -> ModelEntry:
+        entry = self._entries.get(name)
+        if entry is None:
+            raise NotFound(
+                f"model {name!r} not found; available: {', '.join(self._entries)}", param="model", code="model_not_found"
+            )
+        return entry
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+    @property
+    def ready(self) -> bool:
+        return all(engine.ready for engine in self.engines.values())
+
+    def describe(self) -> list[str]:
+        """One line per model name saying what serves it (for the startup log)."""
+        lines = []
+        for entry in self._entries.values():
+            backing = f"alias of {entry.config.id}" if entry.is_alias else entry.engine.description
+            lines.append(f"{entry.name}: {backing}, context window {entry.config.context_window} tokens")
+        return lines
