@@ -60,7 +60,10 @@ async def parse_body(request: Request, model: type[M]) -> M:
 
 
 def _validation_error(exc: ValidationError, data: Any) -> InvalidRequest:
-    error = exc.errors(include_url=False)[0]
+    # A union reports one error per member; the deepest is the most specific
+    # ("messages[0].content[0].type" rather than "messages[0].content").
+    errors = exc.errors(include_url=False)
+    error = max(errors, key=lambda e: len(param_from_loc(data, e["loc"])))
     param = param_from_loc(data, error["loc"])
     kind = error["type"]
     if kind in ("union_tag_invalid", "union_tag_not_found"):

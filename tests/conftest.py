@@ -1,0 +1,142 @@
+"""Test fixtures: real ``llamahost serve`` processes on free ports, driven over HTTP.
+
+Subprocesses run this checkout's ``src`` (PYTHONPATH), so the suite tests the code
+in the tree whatever is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+STARTUP_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def llamahost_env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMAHOST_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["LLAMAHOST_DATA_DIR"] = str(data_dir)
+    env.update(extra or {})
+    return env
+
+
+def run_cli(data_dir: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "llamahost", *args],
+        env=llamahost_env(data_dir, env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+    )
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    port: int
+    data_dir: Path
+    key: str
+    log_path: Path
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run_cli(self.data_dir, *args, env=self.env, check=check)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(tmp_path: Path, config: str | None = None, env: dict[str, str] | None = None, key: bool = True) -> Server:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    args = []
+    if config is not None:
+        config_path = tmp_path / "llamahost.toml"
+        config_path.write_text(config)
+        args += ["--config", str(config_path)]
+    api_key = run_cli(data_dir, "keys", "create", "--team", "test", "--name", "tests", env=env).stdout.strip() if key else ""
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    full_env = llamahost_env(data_dir, env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llamahost", "serve", "--port", str(port), *args],
+        env=full_env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    server = Server(process, port, data_dir, api_key, log_path, env or {})
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server did not become healthy in {STARTUP_TIMEOUT}s:\n{server.log()}")
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    started: list[Server] = []
+
+    def factory(config: str | None = None, env: dict[str, str] | None = None, key: bool = True, name: str = "s") -> Server:
+        server = start_server(tmp_path / f"{name}{len(started)}", config, env, key)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Server:
+    """One default server (bundled model, default config) shared by the session."""
+    s = start_server(tmp_path_factory.mktemp("default-server"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
