@@ -13,11 +13,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Any fixed 64-bit number; names llamahost's migration lock among other advisory locks.
+_MIGRATION_LOCK_ID = 0x6C6C6D6867  # "llmhg"
 
 
 def database_url(data_dir: Path) -> str:
@@ -49,6 +51,10 @@ class Database:
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together would otherwise race to create the same
+                # tables; the lock is released when this transaction ends.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
 
