@@ -12,7 +12,7 @@ from ..chat.service import ChatStream
 from ..chat.types import ChatMessage, ChatRequest, ChatResult, ImageInput, SamplingParams, ToolCall, ToolSpec, Usage
 from ..protocol import native as wire
 from ..protocol.errors import APIError
-from .common import ClientDisconnected, authenticate, parse_body, unless_disconnected
+from .common import ClientDisconnected, authenticate, complete_chat, parse_body, start_chat
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
 
@@ -136,16 +136,15 @@ async def stream_events(stream: ChatStream) -> AsyncIterator[bytes]:
 @router.post("/chat/completions", response_model=wire.ChatCompletionResponse)
 async def create_chat_completion(request: Request) -> Response:
     body = await parse_body(request, wire.ChatCompletionRequest)
-    chat = request.app.state.services.chat
     chat_request = to_chat_request(body)
     try:
         if body.stream:
-            stream = await unless_disconnected(request, chat.start(chat_request))
-            return StreamingResponse(stream_events(stream), media_type="text/event-stream")
-        result = await unless_disconnected(request, chat.complete(chat_request))
+            stream, headers = await start_chat(request, chat_request)
+            return StreamingResponse(stream_events(stream), media_type="text/event-stream", headers=headers)
+        result, headers = await complete_chat(request, chat_request)
     except ClientDisconnected:
         return Response(status_code=499)
-    return JSONResponse(to_response(result).model_dump(mode="json"))
+    return JSONResponse(to_response(result).model_dump(mode="json"), headers=headers)
 
 
 @router.get("/models", response_model=wire.ModelList)

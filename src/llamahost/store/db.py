@@ -7,6 +7,7 @@ PostgreSQL (or another SQLite file) instead. Both run the same Alembic migration
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,13 @@ def database_url(data_dir: Path) -> str:
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         return url
     return f"sqlite:///{data_dir / 'llamahost.db'}"
+
+
+def aware_utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes even for timezone=True columns; they were written as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 class Database:
