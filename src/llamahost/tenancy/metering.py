@@ -74,13 +74,13 @@ class Meter:
         metering = self._metering
         if metering.limiter is None:
             return
+        began = time.perf_counter()
         team_id = self.principal.team_id
         limits = metering.limits.cached(team_id, model_id) or await run_in_threadpool(
             metering.limits.effective, team_id, model_id
         )
         self._key, self._limits = f"{team_id}:{model_id}", limits
         tokens = prompt_tokens + max_tokens
-        began = time.perf_counter()
         decision = await metering.limiter.acquire(self._key, limits, tokens)
         self.limiter_seconds += time.perf_counter() - began
         self.state = decision.state
