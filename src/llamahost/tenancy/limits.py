@@ -257,7 +257,8 @@ class RedisLimiter(RateLimiter):
 
         self.url = url
         self.prefix = prefix
-        self._redis = aioredis.Redis.from_url(url)
+        # Bounded waits: a hung Redis must turn into a 503, not into hung requests.
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self._acquire = self._redis.register_script(_LUA_ACQUIRE)
         self._settle = self._redis.register_script(_LUA_SETTLE)
 
