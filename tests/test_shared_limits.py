@@ -82,3 +82,14 @@ async def test_two_processes_share_limits_exactly(replicas):
     for secret in (a.key, b.key, key, key2):
         for text in (dump, table):
             assert secret not in text and secret.rsplit("_", 1)[1] not in text  # ...the secret is not
+
+
+def test_unreachable_redis_refuses_with_503_not_uncounted(server_factory):
+    from conftest import free_port
+
+    server = server_factory(env={"LLAMAHOST_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, name="no-redis")
+    r = httpx.post(server.url + "/v1/chat/completions", json=chat_body(), headers=server.headers(), timeout=60)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "rate_limiter_unavailable" and r.headers["retry-after"]
+    status = server.cli("usage", "--json").stdout
+    assert '"service_unavailable"' in status
