@@ -45,8 +45,9 @@ class Meter(Protocol):
         request can use; raising (e.g. a 429) refuses it."""
 
     def end(self, outcome: Outcome) -> Awaitable[None]:
-        """Called exactly once. Must start its work before returning (the caller may be
-        being cancelled); awaiting the result waits for that work."""
+        """Called exactly once. Must start its work before returning: the service awaits
+        it only after a success (so the caller's response reflects it); after a failure
+        or a disconnect it frees the engine first and leaves the work running."""
 
 
 def status_of(exc: BaseException) -> str:
@@ -55,12 +56,6 @@ def status_of(exc: BaseException) -> str:
     if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         return "cancelled"
     return "server_error"
-
-
-async def _end(meter: Meter | None, outcome: Outcome) -> None:
-    if meter is not None:
-        # Shielded: a cancelled caller must not cut the meter's bookkeeping short.
-        await asyncio.shield(meter.end(outcome))
 
 
 class ChatStream:
@@ -115,11 +110,15 @@ class ChatStream:
                     self.result = result
                     self._log()
                     # Settled before the caller sees the result, so what it reports
-                    # (e.g. remaining tokens) already counts the real usage.
-                    await self._end("ok", event.prompt_tokens, event.completion_tokens, event.stop_reason)
+                    # (e.g. remaining tokens) already counts the real usage. Shielded: a
+                    # caller cancelled now must not cut the bookkeeping short.
+                    if not self._ended:
+                        await asyncio.shield(
+                            self._end("ok", event.prompt_tokens, event.completion_tokens, event.stop_reason)
+                        )
         except BaseException as exc:
             if not self._ended:
-                await self._end(status_of(exc))
+                self._end(status_of(exc))
             raise
 
     def _end(
@@ -128,6 +127,7 @@ class ChatStream:
     ) -> Awaitable[None]:
         """Tell the meter once. Without the engine's final count, a request is charged its
         prompt and the pieces of text it produced (a lower bound of its tokens)."""
+        assert self._meter is not None
         self._ended = True
         outcome = Outcome(
             status=status,
@@ -137,7 +137,7 @@ class ChatStream:
             stop_reason=stop_reason,
             latency_ms=(time.monotonic() - self._started) * 1000,
         )
-        return _end(self._meter, outcome)
+        return self._meter.end(outcome)
 
     def _log(self) -> None:
         assert self.result is not None
@@ -153,11 +153,9 @@ class ChatStream:
 
     async def aclose(self) -> None:
         """Stop generating (a no-op once finished); frees the engine at once."""
-        # Started before any await: a cancelled caller may not get past the next one.
-        ending = None if self._ended else asyncio.ensure_future(self._end("cancelled"))
+        if not self._ended:
+            self._end("cancelled")
         await self._events.aclose()
-        if ending is not None:
-            await ending
 
 
 class ChatService:
@@ -188,7 +186,8 @@ class ChatService:
                 await events.aclose()
                 raise
         except BaseException as exc:
-            await _end(meter, Outcome(status_of(exc), request.model, 0, 0, None, (time.monotonic() - started) * 1000))
+            if meter is not None:
+                meter.end(Outcome(status_of(exc), request.model, 0, 0, None, (time.monotonic() - started) * 1000))
             raise
         return ChatStream(
             request, entry, events, first, prompt_tokens=prepared.prompt_tokens, meter=meter, started=started
