@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,43 +34,15 @@ import uuid
 from pathlib import Path
 
 import httpx
+from _server import ROOT, start_llamahost
 
-ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/0"
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Hi there"}], "max_completion_tokens": 1}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(data_dir: Path, limits: str, env_extra: dict[str, str]) -> tuple[subprocess.Popen, str, str]:
-    data_dir.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMAHOST_")}
-    env |= {"PYTHONPATH": str(ROOT / "src"), "LLAMAHOST_DATA_DIR": str(data_dir), **env_extra}
-    config = data_dir / "bench.toml"
-    config.write_text(f'[limits]\n{limits}\n\n[[models]]\nid = "bench"\ncontext_window = 512\nmax_queue = 1000\n')
-    key = subprocess.run(
-        [sys.executable, "-m", "llamahost", "keys", "create", "--team", "bench"],
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout.strip()
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llamahost", "serve", "--port", str(port), "--config", str(config), "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                return proc, url, key
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("llamahost did not start")
+def start(data_dir: Path, limits: str, env: dict[str, str]) -> tuple[subprocess.Popen, str, str]:
+    config = f'[limits]\n{limits}\n\n[[models]]\nid = "bench"\ncontext_window = 512\nmax_queue = 1000\n'
+    return start_llamahost(data_dir, config, env)
 
 
 async def load(url: str, key: str, requests: int, clients: int) -> tuple[list[float], list[float]]:

@@ -67,7 +67,7 @@ async def test_two_processes_share_limits_exactly(replicas):
 
     # Both processes wrote to the same usage table.
     report = b.cli("usage", "--team", team2, "--user", "shared").stdout
-    assert f"TOTAL 2 requests" in report and f"= {first.total_tokens + second.total_tokens} tokens" in report
+    assert "TOTAL 2 requests" in report and f"= {first.total_tokens + second.total_tokens} tokens" in report
 
     # The secrets are nowhere in the database, neither in a dump nor in the table.
     dump = subprocess.run(

@@ -233,7 +233,7 @@ async def test_usage_by_user_matches_the_responses(server):
     assert all(r["key_id"] == key.split("_")[1] for r in report["data"])
 
     text = server.cli("usage", "--user", user, "--since", "1h").stdout
-    assert f"TOTAL 3 requests" in text and f"= {sum(r.total_tokens for r in mine)} tokens" in text
+    assert "TOTAL 3 requests" in text and f"= {sum(r.total_tokens for r in mine)} tokens" in text
 
     admin = make_key(server, team, "--role", "admin")
     over_http = httpx.get(
