@@ -72,8 +72,17 @@ class ServerConfig(_Strict):
         return self
 
 
+class LimitsConfig(_Strict):
+    # The hosted Llama API's per-team, per-model defaults; a team's own rows
+    # (``llamahost limits set``) override them.
+    enabled: bool = True
+    rpm: int = Field(default=3000, ge=1)
+    tpm: int = Field(default=1_000_000, ge=1)
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     models: list[ModelConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -87,6 +96,13 @@ class Config(_Strict):
                     raise ValueError(f"model name {name!r} is configured twice")
                 seen.add(name)
         return self
+
+    def model_id_for(self, name: str) -> str | None:
+        """The id of the configured model answering to ``name`` (an id or an alias)."""
+        for model in self.models:
+            if name in model.names:
+                return model.id
+        return None
 
     @property
     def data_dir(self) -> Path:
