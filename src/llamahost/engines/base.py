@@ -1,5 +1,5 @@
-"""The interface every engine implements: the embedded llama.cpp engine now,
-remote OpenAI-compatible engines (vLLM, llama-server, Ollama, ...) later.
+"""The interface every engine implements: the embedded llama.cpp engine and remote
+OpenAI-compatible engines (vLLM, SGLang, TGI, llama-server, Ollama, ...).
 
 An engine takes an internal ``ChatRequest`` (never a wire model), reports how many
 prompt tokens it costs, and streams ``EngineEvent``s ending in exactly one ``Finished``.
@@ -21,13 +21,24 @@ class TextOut:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call, as OpenAI-style streams carry them: the first piece of
+    call ``index`` has its id and name, later ones append to its JSON ``arguments``."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class Finished:
     stop_reason: StopReason
     prompt_tokens: int
     completion_tokens: int
 
 
-EngineEvent = TextOut | Finished
+EngineEvent = TextOut | ToolCallDelta | Finished
 
 
 @dataclass
@@ -43,6 +54,10 @@ class Engine(abc.ABC):
     """One loaded model. Engines are shared by every alias that points at them."""
 
     description: str = ""
+    # Request features this engine can serve at all ("vision", "tools", "json_schema"),
+    # and those it serves unless the model's config says otherwise.
+    capabilities: frozenset[str] = frozenset()
+    default_capabilities: frozenset[str] = frozenset()
 
     @property
     @abc.abstractmethod

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .. import observability as obs
 from ..chat.stops import StopMatcher
 from ..chat.types import ChatMessage, ChatRequest
 from ..config import ModelConfig
@@ -128,10 +129,15 @@ class LlamaCppEngine(Engine):
                 headers={"Retry-After": "1"},
             )
         self._waiting += 1
+        queued = self._busy.locked()
+        if queued:
+            obs.QUEUE_DEPTH.labels(self.config.id).inc()
         try:
             await self._busy.acquire()
         finally:
             self._waiting -= 1
+            if queued:
+                obs.QUEUE_DEPTH.labels(self.config.id).dec()
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()
