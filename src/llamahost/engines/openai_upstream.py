@@ -52,10 +52,12 @@ _INLINE_TOKENIZE_CHARS = 32_000
 class _Retry(Exception):
     """This replica failed before anything was streamed; another may be tried."""
 
-    def __init__(self, reason: str, *, health_failure: bool = True) -> None:
+    def __init__(self, reason: str, *, health_failure: bool = True, answered: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.health_failure = health_failure
+        # The replica answered with an error status (it is up; the request failed there).
+        self.answered = answered
 
 
 class UpstreamBroken(EngineFailure):
@@ -77,7 +79,9 @@ def _message(message: ChatMessage) -> dict[str, Any]:
             parts.append({"type": "text", "text": message.content})
         out["content"] = parts
     else:
-        out["content"] = message.content if (message.content or not message.tool_calls) else None
+        # "" rather than null beside tool calls: both are valid OpenAI, and some servers
+        # (llama-cpp-python's) refuse null.
+        out["content"] = message.content
     if message.tool_calls:
         out["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
@@ -240,6 +244,7 @@ class OpenAIUpstreamEngine(Engine):
         deadline = time.monotonic() + cfg.total_timeout
         tried: set[Replica] = set()
         reasons: list[str] = []
+        answered = True
         for _ in range(min(cfg.max_attempts, len(self.pool.replicas))):
             if time.monotonic() >= deadline:
                 raise EngineFailure(
@@ -267,6 +272,7 @@ class OpenAIUpstreamEngine(Engine):
             except _Retry as exc:
                 outcome = "retried"
                 reasons.append(f"{replica.url}: {exc.reason}")
+                answered = answered and exc.answered
                 if exc.health_failure:
                     self.pool.failure(replica, exc.reason)
                 else:
@@ -291,6 +297,14 @@ class OpenAIUpstreamEngine(Engine):
                 f"model {cfg.id!r} has no healthy upstream replica; retry shortly",
                 code="no_healthy_replica",
                 headers={"Retry-After": "2"},
+            )
+        if answered:
+            # Every replica is up and answered with an error: that is the upstream's
+            # answer to this request, not an outage.
+            raise EngineFailure(
+                f"model {cfg.id!r}: the upstream failed the request: {'; '.join(reasons)}",
+                code="upstream_error",
+                status_code=502,
             )
         raise ServiceUnavailable(
             f"model {cfg.id!r}: every upstream replica tried failed: {'; '.join(reasons)}",
@@ -410,10 +424,13 @@ class OpenAIUpstreamEngine(Engine):
         body = await response.aread()
         message = _upstream_error_message(body)
         status = response.status_code
-        if status >= 500:
+        if status in (502, 503, 504):
+            # Down, overloaded, draining or behind a proxy that lost it: eject and go elsewhere.
             raise _Retry(f"HTTP {status}: {message}")
-        if status in (408, 429):
-            raise _Retry(f"HTTP {status}: {message}", health_failure=False)
+        if status >= 500 or status in (408, 429):
+            # The replica is up; this request failed or was shed there. Another replica
+            # may serve it, but one bad request must not take replicas out of service.
+            raise _Retry(f"HTTP {status}: {message}", health_failure=False, answered=True)
         if status in (401, 403, 404):
             # The client's request is fine; llamahost's upstream configuration is not.
             raise EngineFailure(
