@@ -76,9 +76,10 @@ class ModelConfig(_Strict):
     # Replicas tried for one request before giving up (only while nothing was streamed).
     max_attempts: int = Field(default=3, ge=1, le=100)
     health_check_interval: float = Field(default=5.0, gt=0)
-    # Consecutive failures after which a replica is ejected, and for how long
+    # Consecutive failures (timeouts, resets, 502-504, failed health checks) after which
+    # a replica is ejected (a refused connection ejects at once), and for how long
     # before one trial request (half-open) may bring it back.
-    failure_threshold: int = Field(default=1, ge=1, le=1000)
+    failure_threshold: int = Field(default=3, ge=1, le=1000)
     ejection_seconds: float = Field(default=10.0, gt=0)
     # GET <replica><health_check_path> must answer 200 (every OpenAI-compatible server lists models).
     health_check_path: str = Field(default="/models", pattern=r"^/")

@@ -52,10 +52,13 @@ _INLINE_TOKENIZE_CHARS = 32_000
 class _Retry(Exception):
     """This replica failed before anything was streamed; another may be tried."""
 
-    def __init__(self, reason: str, *, health_failure: bool = True, answered: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, health_failure: bool = True, answered: bool = False, refused: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.health_failure = health_failure
+        self.refused = refused
         # The replica answered with an error status (it is up; the request failed there).
         self.answered = answered
 
@@ -194,7 +197,10 @@ class OpenAIUpstreamEngine(Engine):
         self._client = httpx.AsyncClient(
             # HTTP/2 where the upstream offers it (ALPN over TLS); pooled HTTP/1.1 keep-alive otherwise.
             http2=True,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=60),
+            # Idle connections are dropped before the 5 s keep-alive timeout of the
+            # uvicorn-based servers (vLLM, SGLang, llama_cpp.server): reusing one the
+            # server is closing at that moment fails the request for nothing.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=4.0),
             timeout=httpx.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout, write=cfg.read_timeout, pool=cfg.connect_timeout),
         )
         self._health_task = asyncio.create_task(self._health_loop(), name=f"health-{cfg.id}")
@@ -274,7 +280,7 @@ class OpenAIUpstreamEngine(Engine):
                 reasons.append(f"{replica.url}: {exc.reason}")
                 answered = answered and exc.answered
                 if exc.health_failure:
-                    self.pool.failure(replica, exc.reason)
+                    self.pool.failure(replica, exc.reason, definite=exc.refused)
                 else:
                     self.pool.release_trial(replica)
                 log.warning("upstream %s failed before streaming (%s); trying another replica", replica.url, exc.reason)
@@ -333,7 +339,7 @@ class OpenAIUpstreamEngine(Engine):
         except httpx.TimeoutException as exc:
             raise _Retry(f"{type(exc).__name__} before the response started") from None
         except httpx.HTTPError as exc:
-            raise _Retry(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+            raise _Retry(f"{type(exc).__name__}: {exc}".rstrip(": "), refused=isinstance(exc, httpx.ConnectError)) from None
         streamed = False
         text: list[str] = []
         try:
@@ -357,8 +363,12 @@ class OpenAIUpstreamEngine(Engine):
                     continue  # blank separators, comments (": ping"), event: lines
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    # Read on to the end of the body (servers end it right here): a
+                    # response closed unread loses its keep-alive connection.
                     done = True
-                    break
+                    continue
+                if done:
+                    continue
                 chunk = json.loads(data)
                 if not isinstance(chunk, dict):
                     continue

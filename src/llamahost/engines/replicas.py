@@ -6,13 +6,15 @@ but does not balance or eject, and a service mesh is not something llamahost can
 assume. The state is per process; with several workers each keeps its own view.
 
 A replica's circuit:
-- closed (healthy): takes traffic. ``failure_threshold`` consecutive failures (a
-  refused connection, a timeout, a 5xx, a stream cut short, a failed health check)
-  open it.
+- closed (healthy): takes traffic. A refused connection opens it at once;
+  ``failure_threshold`` consecutive other failures (a timeout, a 502/503/504, a stream
+  cut short, a failed health check) open it.
 - open (ejected): takes no traffic for ``ejection_seconds`` (doubling while trials keep
   failing, up to 8x).
 - half-open: after that, exactly one trial request may go to it; success closes the
   circuit, failure opens it again. A passing active health check closes it at once.
+- If every replica is open, requests are still tried on them (least outstanding
+  first) instead of being refused without trying ("panic routing").
 """
 
 from __future__ import annotations
@@ -92,6 +94,12 @@ class ReplicaPool:
                 continue
             if best is None or replica.outstanding < best.outstanding:
                 best = replica
+        if best is None:
+            # Every replica is ejected and none is due for a trial: try them anyway
+            # (least outstanding first) rather than refuse outright. A dead one refuses
+            # the connection at once and the next is tried; a recovered one serves.
+            candidates = [r for r in self.replicas if r not in exclude]
+            best = min(candidates, key=lambda r: r.outstanding, default=None)
         return best
 
     def success(self, replica: Replica) -> None:
@@ -100,10 +108,13 @@ class ReplicaPool:
         if not replica.healthy:
             self._close(replica, "request succeeded")
 
-    def failure(self, replica: Replica, reason: str) -> None:
+    def failure(self, replica: Replica, reason: str, *, definite: bool = False) -> None:
+        """``definite``: the replica refused the connection, so it is down for sure and
+        is ejected at once; other failures (timeouts, resets, 502-504) count up to
+        ``failure_threshold``."""
         replica.trial_in_flight = False
         replica.failures += 1
-        if not replica.healthy or replica.failures >= self.failure_threshold:
+        if definite or not replica.healthy or replica.failures >= self.failure_threshold:
             self._open(replica, reason)
 
     def release_trial(self, replica: Replica) -> None:
@@ -135,6 +146,9 @@ class ReplicaPool:
                 ok, reason = response.status_code == 200, f"health check got HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 ok, reason = False, f"health check failed: {type(exc).__name__} {exc}".strip()
+                if isinstance(exc, httpx.ConnectError):
+                    self.failure(replica, reason, definite=True)
+                    return
             if ok:
                 replica.failures = 0
                 if not replica.healthy:
