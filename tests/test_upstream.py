@@ -5,9 +5,14 @@ official SDKs; failover, recovery, metrics, request ids and ``--workers``."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,9 +21,10 @@ from llama_api_client import BadRequestError, InternalServerError, LlamaAPIClien
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import start_server
+from conftest import free_port, run_cli, start_server
 from upstreams import UpstreamReplica, upstream_model_config
 
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 MODEL = "smol-upstream"
 TOOLS = [
     {
@@ -341,3 +347,100 @@ def test_replica_dies_mid_run_and_comes_back(tmp_path, server_factory):
     finally:
         a.kill()
         b.kill()
+
+
+def test_upstream_usage_is_preferred_to_counting(server_factory, tmp_path):
+    """The bench's stub upstream reports usage as vLLM does (include_usage): those
+    numbers, not llamahost's tokenizer count, are what the client sees."""
+    port = free_port()
+    stub = subprocess.Popen([sys.executable, str(BENCH / "gateway.py"), "--stub", str(port)])
+    try:
+        replica = UpstreamReplica.__new__(UpstreamReplica)
+        replica.port = port
+        for _ in range(100):
+            try:
+                if httpx.get(replica.url + "/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        server = server_factory(config=upstream_model_config("stubbed", [replica]))
+        response = native(server).chat.completions.create(model="stubbed", messages=[{"role": "user", "content": "Hi"}])
+        metrics = {m.metric: m.value for m in response.metrics}
+        assert (metrics["num_prompt_tokens"], metrics["num_completion_tokens"]) == (12, 21)
+        assert response.completion_message.content.text.startswith("Hello there!")
+    finally:
+        stub.terminate()
+        stub.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("patch", "param"),
+    [
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"max_completion_tokens": 4000}, "max_completion_tokens"),
+    ],
+)
+def test_bad_upstream_requests_are_4xx_naming_the_field(gateway, patch, param):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], **patch}
+    response = httpx.post(gateway.base_url + "/chat/completions", json=body, headers=gateway.headers(), timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('[[models]]\nid = "x"\nengine = "openai"\n', "needs replicas"),
+        ('[[models]]\nid = "x"\nengine = "openai"\nreplicas = ["10.0.0.5:8000"]\n', "http://"),
+        ('[[models]]\nid = "x"\nengine = "openai"\nreplicas = ["http://h/v1"]\npath = "bundled"\n', "llamacpp key"),
+        ('[[models]]\nid = "x"\nreplicas = ["http://h/v1"]\n', "openai-engine key"),
+        ('[[models]]\nid = "x"\ntools = true\n', "cannot serve tools"),
+        ('[[models]]\nid = "x"\nengine = "openai"\nreplicas = ["http://h/v1"]\napi_key_env = "LLAMAHOST_TEST_UNSET"\n', "LLAMAHOST_TEST_UNSET"),
+    ],
+)
+def test_bad_upstream_config_is_refused_at_startup(tmp_path, config, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(config)
+    result = run_cli(tmp_path / "data", "serve", "--port", "0", "--config", str(path), check=False)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+def test_silent_replica_ends_the_stream_within_the_read_timeout(gateway, replicas):
+    """A replica that stops answering (SIGSTOP: connections stay open, nothing comes)
+    ends the in-flight stream with an error event after read_timeout (5 s), not a hang."""
+    client = native(gateway)
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me an extremely long story."}],
+        max_completion_tokens=1500,
+        temperature=2.0,
+        top_p=1.0,
+        stream=True,
+    )
+    events = iter(stream)
+    for _ in range(4):
+        next(events)
+    status = httpx.get(gateway.url + "/health", timeout=5).json()["upstreams"][MODEL]
+    busy_url = next(r["url"] for r in status if r["outstanding"] == 1)
+    busy = next(r for r in replicas if r.url == busy_url)
+    os.kill(busy.process.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        with pytest.raises(LlamaAPIError, match="read timeout"):
+            for _ in events:
+                pass
+        waited = time.monotonic() - stopped
+        assert 3.0 < waited < 9.0, waited
+        # The other replica keeps serving meanwhile.
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=2)
+    finally:
+        os.kill(busy.process.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(r["healthy"] for r in httpx.get(gateway.url + "/health", timeout=5).json()["upstreams"][MODEL]):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the stopped replica did not come back")
