@@ -27,8 +27,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +34,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import serving  # noqa: E402  (the sibling bench: starts llamahost the same way)
+from serving import free_port  # noqa: E402
 COMPLETION_WORDS = ["Hello", " there", "!", " This", " is", " a", " fixed", " reply", " from", " the", " stub",
                     " upstream", ",", " twenty", " pieces", " long", " so", " streams", " have", " body", "."]
 
@@ -101,12 +103,6 @@ def run_stub(port: int) -> None:
 # --- processes -------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_http(url: str, proc: subprocess.Popen, name: str, timeout: float = 120, headers: dict | None = None) -> None:
     import httpx
 
@@ -130,24 +126,12 @@ def start_stub(port: int) -> subprocess.Popen:
 
 
 def start_llamahost(tmp: Path, stub_port: int) -> tuple[subprocess.Popen, str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "LLAMAHOST_DATA_DIR": str(tmp / "llamahost")}
-    env.pop("LLAMAHOST_CONFIG", None)
-    config = tmp / "llamahost.toml"
-    config.write_text(
-        '[server]\nlog_level = "warning"\n\n[[models]]\nid = "bench"\nengine = "openai"\nupstream_model = "stub"\n'
-        f'replicas = ["http://127.0.0.1:{stub_port}/v1"]\ncontext_window = 131072\n'
+    proc, url, key = serving.start_llamahost(
+        tmp / "llamahost",
+        config_text='[server]\nlog_level = "warning"\n\n[[models]]\nid = "bench"\nengine = "openai"\n'
+        f'upstream_model = "stub"\nreplicas = ["http://127.0.0.1:{stub_port}/v1"]\ncontext_window = 131072\n',
     )
-    key = subprocess.run(
-        [sys.executable, "-m", "llamahost", "keys", "create", "--team", "bench"],
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout.strip()
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llamahost", "serve", "--port", str(port), "--config", str(config)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    wait_http(f"http://127.0.0.1:{port}/health", proc, "llamahost")
-    return proc, f"http://127.0.0.1:{port}/compat/v1", key
+    return proc, url + "/compat/v1", key
 
 
 LITELLM_KEY = "sk-bench-" + "0" * 48
@@ -302,7 +286,6 @@ def main() -> None:
     theirs = pct(lat["litellm"], 0.5) - base50
     print(f"added p50: llamahost / LiteLLM = {ours / theirs:.3f} (target <= 0.200)")
     print(f"requests/s: llamahost / LiteLLM = {rps['llamahost'] / rps['litellm']:.2f}x (target >= 2.00x)")
-    _ = statistics  # (median-free: percentiles above are nearest-rank)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_llamahost(data_dir: Path, threads: int) -> tuple[subprocess.Popen, str, str]:
+def start_llamahost(data_dir: Path, threads: int = 1, config_text: str | None = None) -> tuple[subprocess.Popen, str, str]:
+    """A llamahost serving model "bench" (the bundled GGUF unless ``config_text`` says otherwise)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "LLAMAHOST_DATA_DIR": str(data_dir)}
     config = data_dir / "bench.toml"
-    config.write_text(f'[[models]]\nid = "bench"\nthreads = {threads}\ncontext_window = 2048\n')
+    config.write_text(config_text or f'[[models]]\nid = "bench"\nthreads = {threads}\ncontext_window = 2048\n')
     key = subprocess.run(
         [sys.executable, "-m", "llamahost", "keys", "create", "--team", "bench"],
         env=env, capture_output=True, text=True, check=True,

@@ -88,6 +88,26 @@ def compat(server) -> OpenAI:
     return OpenAI(api_key=server.key, base_url=server.url + "/compat/v1", max_retries=0, timeout=60)
 
 
+def long_stream_in_flight(server, model: str):
+    """Start a native stream that would run for a long while (temperature 2 rarely
+    samples end-of-sequence); return its event iterator, a few events in, and the URL
+    of the replica serving it."""
+    stream = native(server).chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Tell me an extremely long story."}],
+        max_completion_tokens=1500,
+        temperature=2.0,
+        top_p=1.0,
+        stream=True,
+    )
+    events = iter(stream)
+    assert next(events).event.event_type == "start"
+    for _ in range(3):
+        assert next(events).event.event_type == "progress"
+    status = httpx.get(server.url + "/health", timeout=5).json()["upstreams"][model]
+    return events, next(r["url"] for r in status if r["outstanding"] == 1)
+
+
 def test_native_sdk_through_replicas(gateway):
     client = native(gateway)
     messages = [{"role": "user", "content": "Name three colours."}]
@@ -271,20 +291,7 @@ def test_replica_dies_mid_run_and_comes_back(tmp_path, server_factory):
         server = server_factory(config='[server]\nlog_format = "json"\n' + upstream_model_config("fo", [a, b]))
         client = native(server)
         # A long stream in flight on one replica...
-        stream = client.chat.completions.create(
-            model="fo",
-            messages=[{"role": "user", "content": "Tell me an extremely long story."}],
-            max_completion_tokens=1500,
-            temperature=2.0,
-            top_p=1.0,
-            stream=True,
-        )
-        events = iter(stream)
-        assert next(events).event.event_type == "start"
-        for _ in range(3):
-            assert next(events).event.event_type == "progress"
-        status = httpx.get(server.url + "/health", timeout=5).json()["upstreams"]["fo"]
-        busy = next(r["url"] for r in status if r["outstanding"] == 1)
+        events, busy = long_stream_in_flight(server, "fo")
         victim, survivor = (a, b) if busy == a.url else (b, a)
 
         # ...while a run of 50 short requests goes on; the victim is killed during it.
@@ -411,19 +418,7 @@ def test_silent_replica_ends_the_stream_within_the_read_timeout(gateway, replica
     """A replica that stops answering (SIGSTOP: connections stay open, nothing comes)
     ends the in-flight stream with an error event after read_timeout (5 s), not a hang."""
     client = native(gateway)
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "Tell me an extremely long story."}],
-        max_completion_tokens=1500,
-        temperature=2.0,
-        top_p=1.0,
-        stream=True,
-    )
-    events = iter(stream)
-    for _ in range(4):
-        next(events)
-    status = httpx.get(gateway.url + "/health", timeout=5).json()["upstreams"][MODEL]
-    busy_url = next(r["url"] for r in status if r["outstanding"] == 1)
+    events, busy_url = long_stream_in_flight(gateway, MODEL)
     busy = next(r for r in replicas if r.url == busy_url)
     os.kill(busy.process.pid, signal.SIGSTOP)
     stopped = time.monotonic()

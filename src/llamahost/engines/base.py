@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..chat.types import ChatRequest, StopReason
+from ..chat.types import ChatMessage, ChatRequest, StopReason
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,20 @@ class Finished:
 
 
 EngineEvent = TextOut | ToolCallDelta | Finished
+
+
+def openai_message(message: ChatMessage) -> dict[str, Any]:
+    """A message in the OpenAI chat shape that chat templates and OpenAI-compatible
+    servers both take: role, text content, tool calls, tool_call_id."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
 
 
 @dataclass

@@ -29,7 +29,7 @@ from .. import observability as obs
 from ..chat.types import ChatMessage, ChatRequest, StopReason
 from ..config import ModelConfig
 from ..protocol.errors import APIError, EngineFailure, InvalidRequest, ServiceUnavailable
-from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut, ToolCallDelta
+from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut, ToolCallDelta, openai_message
 from .llama_tokens import LlamaTokenCounter, tokenizer_for
 from .replicas import Replica, ReplicaPool
 
@@ -74,24 +74,15 @@ class UpstreamBroken(EngineFailure):
 
 
 def _message(message: ChatMessage) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role}
+    # Text content is "" rather than null beside tool calls: both are valid OpenAI,
+    # and some servers (llama-cpp-python's) refuse null.
+    out = openai_message(message)
     if message.images:
         # Images first: the Llama vision models are trained with the image before the question.
         parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": i.url}} for i in message.images]
         if message.content:
             parts.append({"type": "text", "text": message.content})
         out["content"] = parts
-    else:
-        # "" rather than null beside tool calls: both are valid OpenAI, and some servers
-        # (llama-cpp-python's) refuse null.
-        out["content"] = message.content
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in message.tool_calls
-        ]
-    if message.tool_call_id is not None:
-        out["tool_call_id"] = message.tool_call_id
     return out
 
 
