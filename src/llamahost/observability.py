@@ -85,6 +85,12 @@ UPSTREAM_ATTEMPTS = Counter(
 )
 
 
+def process_exiting() -> None:
+    """Drop this process's live gauges from the multiprocess files when it stops."""
+    if MULTIPROCESS:
+        multiprocess.mark_process_dead(os.getpid())
+
+
 def metrics_payload() -> tuple[bytes, str]:
     if MULTIPROCESS:
         registry = CollectorRegistry()

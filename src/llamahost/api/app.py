@@ -16,6 +16,7 @@ from .. import __version__
 from ..chat.service import ChatService
 from ..config import Config
 from ..engines.openai_upstream import OpenAIUpstreamEngine
+from ..observability import process_exiting
 from ..engines.registry import ModelRegistry
 from ..store.db import Database
 from ..tenancy.keys import KeyStore
@@ -67,6 +68,7 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
             for engine in services.registry.engines.values():
                 await engine.close()
             services.db.close()
+            process_exiting()
 
     app = FastAPI(title="llamahost", version=__version__, lifespan=lifespan)
     app.state.services = services

@@ -72,6 +72,9 @@ class ChatStream:
         self._last_output: float | None = None
         self._on_finished = on_finished
         self._recorded = False
+        # Children looked up once: these are observed for every piece of output.
+        self._ttft = obs.TIME_TO_FIRST_TOKEN.labels(entry.name)
+        self._itl = obs.INTER_TOKEN_LATENCY.labels(entry.name)
         self.result: ChatResult | None = None
 
     async def __aiter__(self) -> AsyncIterator[Output]:
@@ -112,12 +115,11 @@ class ChatStream:
 
     def _observe_output(self) -> None:
         now = time.monotonic()
-        model = self.entry.name
         if self._last_output is None:
             self._first_output = now
-            obs.TIME_TO_FIRST_TOKEN.labels(model).observe(now - self._started)
+            self._ttft.observe(now - self._started)
         else:
-            obs.INTER_TOKEN_LATENCY.labels(model).observe(now - self._last_output)
+            self._itl.observe(now - self._last_output)
         self._last_output = now
         self._output_pieces += 1
 
