@@ -8,6 +8,8 @@ is measured is what each gateway adds. For each target:
 - throughput: C concurrent clients for T seconds; completed requests per second.
 
 Targets: llamahost's added p50 <= 1/5 of LiteLLM's, and >= 2x LiteLLM's requests/s.
+For JSON (non-streaming) requests llamahost runs twice: as configured by default
+(it streams from the upstream anyway) and with ``upstream_streaming = "as_requested"``.
 
 Needs LiteLLM's proxy, which is not a llamahost dependency:
 
@@ -125,11 +127,12 @@ def start_stub(port: int) -> subprocess.Popen:
     return proc
 
 
-def start_llamahost(tmp: Path, stub_port: int) -> tuple[subprocess.Popen, str, str]:
+def start_llamahost(tmp: Path, stub_port: int, streaming: str) -> tuple[subprocess.Popen, str, str]:
     proc, url, key = serving.start_llamahost(
-        tmp / "llamahost",
+        tmp / f"llamahost-{streaming}",
         config_text='[server]\nlog_level = "warning"\n\n[[models]]\nid = "bench"\nengine = "openai"\n'
-        f'upstream_model = "stub"\nreplicas = ["http://127.0.0.1:{stub_port}/v1"]\ncontext_window = 131072\n',
+        f'upstream_model = "stub"\nreplicas = ["http://127.0.0.1:{stub_port}/v1"]\ncontext_window = 131072\n'
+        f'upstream_streaming = "{streaming}"\n',
     )
     return proc, url + "/compat/v1", key
 
@@ -252,15 +255,18 @@ def main() -> None:
         try:
             stub_port = free_port()
             procs.append(start_stub(stub_port))
-            lh, lh_url, key = start_llamahost(tmp, stub_port)
-            procs.append(lh)
+            targets = [Target("direct", f"http://127.0.0.1:{stub_port}/v1", "stub", None)]
+            # llamahost as configured by default (the upstream always streams) and, for
+            # JSON requests, with upstream_streaming = "as_requested" (JSON goes up as JSON).
+            for streaming, name in [("always", "llamahost"), ("as_requested", "llamahost-json")]:
+                if streaming == "as_requested" and args.stream:
+                    continue  # identical to the default for streaming requests
+                lh, lh_url, key = start_llamahost(tmp, stub_port, streaming)
+                procs.append(lh)
+                targets.append(Target(name, lh_url, "bench", key))
             ll, ll_url = start_litellm(tmp, stub_port)
             procs.append(ll)
-            targets = [
-                Target("direct", f"http://127.0.0.1:{stub_port}/v1", "stub", None),
-                Target("llamahost", lh_url, "bench", key),
-                Target("litellm", ll_url, "bench", LITELLM_KEY),
-            ]
+            targets.append(Target("litellm", ll_url, "bench", LITELLM_KEY))
             lat = asyncio.run(latencies(targets, args.requests, args.stream))
             rps = {t.name: asyncio.run(throughput(t, args.concurrency, args.seconds, args.stream)) for t in targets}
         finally:
@@ -276,16 +282,18 @@ def main() -> None:
     print(f"{kind} chat completions; latency: {args.requests} sequential requests per target; "
           f"throughput: {args.concurrency} concurrent clients for {args.seconds:g}s")
     base50, base99 = pct(lat["direct"], 0.5), pct(lat["direct"], 0.99)
-    print(f"{'target':<10} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'req/s':>8}")
+    print(f"{'target':<15} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'req/s':>8}")
     for t in targets:
         p50, p99 = pct(lat[t.name], 0.5), pct(lat[t.name], 0.99)
         added = "" if t.name == "direct" else f"{(p50 - base50) * 1000:10.2f}"
         added99 = "" if t.name == "direct" else f"{(p99 - base99) * 1000:10.2f}"
-        print(f"{t.name:<10} {p50 * 1000:8.2f} {p99 * 1000:8.2f} {added:>10} {added99:>10} {rps[t.name]:8.0f}")
-    ours = pct(lat["llamahost"], 0.5) - base50
+        print(f"{t.name:<15} {p50 * 1000:8.2f} {p99 * 1000:8.2f} {added:>10} {added99:>10} {rps[t.name]:8.0f}")
     theirs = pct(lat["litellm"], 0.5) - base50
-    print(f"added p50: llamahost / LiteLLM = {ours / theirs:.3f} (target <= 0.200)")
-    print(f"requests/s: llamahost / LiteLLM = {rps['llamahost'] / rps['litellm']:.2f}x (target >= 2.00x)")
+    for t in targets:
+        if t.name.startswith("llamahost"):
+            ours = pct(lat[t.name], 0.5) - base50
+            print(f"added p50: {t.name} / LiteLLM = {ours / theirs:.3f} (target <= 0.200); "
+                  f"requests/s: {t.name} / LiteLLM = {rps[t.name] / rps['litellm']:.2f}x (target >= 2.00x)")
 
 
 if __name__ == "__main__":

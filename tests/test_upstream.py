@@ -54,7 +54,7 @@ def gateway(tmp_path_factory, replicas):
         '[server]\nlog_format = "json"\n'
         + upstream_model_config(MODEL, replicas, 'aliases = ["Llama-3.3-70B-Instruct"]')
         # A second id on the same upstream: several llamahost ids, one upstream model.
-        + upstream_model_config("smol-upstream-b", replicas, "json_schema = true")
+        + upstream_model_config("smol-upstream-b", replicas, 'json_schema = true\nupstream_streaming = "as_requested"')
         # The embedded engine beside them, which still refuses tools.
         + '[[models]]\nid = "embedded"\ncontext_window = 2048\n'
     )
@@ -141,6 +141,23 @@ def test_openai_sdk_through_replicas(gateway):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_non_streaming_requests_can_go_up_as_json(gateway):
+    """upstream_streaming = "as_requested": a JSON request goes up as JSON; same text as
+    the streamed-upstream path, token counts from the upstream's own usage."""
+    client = native(gateway)
+    kwargs = dict(messages=[{"role": "user", "content": "Write about the sea."}], max_completion_tokens=6, temperature=0)
+    as_json = client.chat.completions.create(model="smol-upstream-b", **kwargs)
+    streamed_up = client.chat.completions.create(model=MODEL, **kwargs)
+    assert as_json.completion_message.content.text == streamed_up.completion_message.content.text
+    assert as_json.completion_message.stop_reason == "length"
+    assert {m.metric: m.value for m in as_json.metrics}["num_completion_tokens"] == 6
+    call = compat(gateway).chat.completions.create(
+        model="smol-upstream-b", messages=[{"role": "user", "content": "Weather in Rome?"}], tools=TOOLS,
+        tool_choice=FORCE_TOOL, max_tokens=40, temperature=0,
+    ).choices[0]
+    assert call.finish_reason == "tool_calls" and call.message.tool_calls[0].function.name == "get_weather"
 
 
 def test_tool_calls_are_translated_both_ways(gateway):

@@ -87,13 +87,18 @@ class ModelConfig(_Strict):
     # tokens when the upstream reports no usage. "auto": llama4 if the upstream
     # model's name says Llama-4, else llama3.
     tokenizer: Literal["auto", "llama3", "llama4"] = "auto"
+    # "always": ask the upstream to stream every request, so a silent replica is cut
+    # after read_timeout and time to first token is measured for every request.
+    # "as_requested": non-streaming requests go up as one JSON request (cheaper; the
+    # read timeout is then the total timeout, since the upstream says nothing until done).
+    upstream_streaming: Literal["always", "as_requested"] = "always"
 
     @model_validator(mode="after")
     def _engine_keys(self) -> "ModelConfig":
         upstream_keys = (
             "replicas", "upstream_model", "api_key", "api_key_env", "connect_timeout", "read_timeout",
             "total_timeout", "max_attempts", "health_check_interval", "health_check_path",
-            "failure_threshold", "ejection_seconds", "tokenizer",
+            "failure_threshold", "ejection_seconds", "tokenizer", "upstream_streaming",
         )
         if self.engine == "openai":
             if not self.replicas:

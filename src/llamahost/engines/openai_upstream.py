@@ -4,10 +4,11 @@
 The internal ``ChatRequest`` becomes an OpenAI chat-completions request (tools ->
 ``tools``, json_schema -> ``response_format`` json_schema, images -> ``image_url``
 parts); the upstream's SSE stream becomes engine events (text, tool-call deltas,
-one ``Finished``). The upstream is always asked to stream, whatever the client
-asked for: that makes "nothing streamed yet, retry elsewhere" and "the replica went
-silent for ``read_timeout``" mean the same for every request, and gives time to
-first token for non-streaming requests too.
+one ``Finished``). By default (``upstream_streaming = "always"``) the upstream is
+asked to stream whatever the client asked for: that makes "the replica went silent
+for ``read_timeout``" mean the same for every request, and gives time to first token
+for non-streaming requests too. ``"as_requested"`` sends non-streaming requests up as
+JSON, which costs less per request.
 
 Token counts come from the upstream's ``usage`` (``stream_options.include_usage``);
 upstreams that send none (llama.cpp's servers) are counted with the Llama tokenizer.
@@ -236,6 +237,10 @@ class OpenAIUpstreamEngine(Engine):
         budget = self._max_tokens_field(prepared, max_tokens)
         if budget is not None:
             body["max_tokens"] = budget
+        whole = not prepared.request.stream and self.config.upstream_streaming == "as_requested"
+        if whole:
+            body["stream"] = False
+            del body["stream_options"]
         payload = json.dumps(body).encode()
         cfg = self.config
         deadline = time.monotonic() + cfg.total_timeout
@@ -257,7 +262,7 @@ class OpenAIUpstreamEngine(Engine):
             streamed = False
             outcome = "cancelled"
             try:
-                async with aclosing(self._attempt(replica, payload, prepared, deadline)) as events:
+                async with aclosing(self._attempt(replica, payload, prepared, deadline, whole)) as events:
                     async for event in events:
                         streamed = True
                         if isinstance(event, Finished):
@@ -310,7 +315,7 @@ class OpenAIUpstreamEngine(Engine):
         )
 
     async def _attempt(
-        self, replica: Replica, payload: bytes, prepared: PreparedPrompt, deadline: float
+        self, replica: Replica, payload: bytes, prepared: PreparedPrompt, deadline: float, whole: bool = False
     ) -> AsyncIterator[EngineEvent]:
         """One request to one replica. Raises _Retry while nothing has been yielded."""
         assert self._client is not None and self._counter is not None
@@ -318,7 +323,7 @@ class OpenAIUpstreamEngine(Engine):
         remaining = deadline - time.monotonic()
         timeout = httpx.Timeout(
             connect=min(cfg.connect_timeout, remaining),
-            read=min(cfg.read_timeout, remaining),
+            read=remaining if whole else min(cfg.read_timeout, remaining),
             write=min(cfg.read_timeout, remaining),
             pool=min(cfg.connect_timeout, remaining),
         )
@@ -336,6 +341,33 @@ class OpenAIUpstreamEngine(Engine):
         try:
             if response.status_code != 200:
                 await self._refuse(response)
+            if whole:
+                body = await response.aread()
+                result = json.loads(body)
+                choices = result.get("choices") if isinstance(result, dict) else None
+                if not choices:
+                    message = _upstream_error_message(body)
+                    raise EngineFailure(f"upstream answered without a choice: {message}", code="upstream_error", status_code=502)
+                choice = choices[0]
+                message = choice.get("message") or {}
+                pieces: list[str] = []
+                if message.get("content"):
+                    pieces.append(message["content"])
+                    yield TextOut(message["content"])
+                for i, call in enumerate(message.get("tool_calls") or ()):
+                    function = call.get("function") or {}
+                    pieces.append(function.get("arguments") or "")
+                    yield ToolCallDelta(i, call.get("id"), function.get("name"), function.get("arguments") or "")
+                usage = result.get("usage") or {}
+                completion_tokens = usage.get("completion_tokens")
+                if completion_tokens is None:
+                    completion_tokens = self._counter.count("".join(pieces))
+                yield Finished(
+                    _FINISH_REASONS.get(choice.get("finish_reason") or "stop", "stop"),
+                    int(usage.get("prompt_tokens") or prepared.prompt_tokens),
+                    int(completion_tokens),
+                )
+                return
             finish: str | None = None
             usage: dict | None = None
             done = False
