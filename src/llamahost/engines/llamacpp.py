@@ -19,11 +19,12 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .. import observability as obs
 from ..chat.stops import StopMatcher
-from ..chat.types import ChatMessage, ChatRequest
+from ..chat.types import ChatRequest
 from ..config import ModelConfig
 from ..protocol.errors import EngineFailure, ServiceUnavailable
-from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut
+from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut, openai_message
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,6 @@ def resolve_model_path(path: str) -> Path:
     if not resolved.is_file():
         raise FileNotFoundError(f"GGUF model file not found: {resolved}")
     return resolved
-
-
-def _template_message(message: ChatMessage) -> dict:
-    out: dict = {"role": message.role, "content": message.content}
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in message.tool_calls
-        ]
-    if message.tool_call_id is not None:
-        out["tool_call_id"] = message.tool_call_id
-    return out
 
 
 class LlamaCppEngine(Engine):
@@ -113,7 +102,7 @@ class LlamaCppEngine(Engine):
 
     def _prepare_sync(self, request: ChatRequest) -> PreparedPrompt:
         assert self._llm is not None and self._formatter is not None
-        rendered = self._formatter(messages=[_template_message(m) for m in request.messages])
+        rendered = self._formatter(messages=[openai_message(m) for m in request.messages])
         # Tokenizing is read-only on the vocabulary, safe beside a running decode.
         tokens = self._llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
         return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=tokens)
@@ -128,10 +117,15 @@ class LlamaCppEngine(Engine):
                 headers={"Retry-After": "1"},
             )
         self._waiting += 1
+        queued = self._busy.locked()
+        if queued:
+            obs.QUEUE_DEPTH.labels(self.config.id).inc()
         try:
             await self._busy.acquire()
         finally:
             self._waiting -= 1
+            if queued:
+                obs.QUEUE_DEPTH.labels(self.config.id).dec()
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()
