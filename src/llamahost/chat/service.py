@@ -13,13 +13,15 @@ from collections.abc import AsyncIterator
 from ..engines.base import EngineEvent, Finished, TextOut
 from ..engines.registry import ModelEntry, ModelRegistry
 from ..protocol.errors import EngineFailure, InvalidRequest, ServiceUnavailable
-from .types import ChatRequest, ChatResult, Usage
+from .tools import check_request, new_call_id
+from .types import ChatEvent, ChatRequest, ChatResult, TextChunk, ToolCall, ToolCallDelta, Usage
 
 log = logging.getLogger("llamahost.requests")
 
 
 class ChatStream:
-    """A started completion: iterate it for text pieces; ``result`` is set at the end."""
+    """A started completion: iterate it for ``TextChunk``s and ``ToolCallDelta``s (each
+    call's first delta carries a fresh ``id`` and the name); ``result`` is set at the end."""
 
     def __init__(
         self, request: ChatRequest, entry: ModelEntry, events: AsyncIterator[EngineEvent], first: EngineEvent
@@ -31,10 +33,11 @@ class ChatStream:
         self._events = events
         self._first: EngineEvent | None = first
         self._text: list[str] = []
+        self._calls: list[list[str]] = []  # [id, name, arguments so far] per call index
         self._started = time.monotonic()
         self.result: ChatResult | None = None
 
-    async def __aiter__(self) -> AsyncIterator[str]:
+    async def __aiter__(self) -> AsyncIterator[ChatEvent]:
         while self.result is None:
             if self._first is not None:
                 event, self._first = self._first, None
@@ -45,17 +48,37 @@ class ChatStream:
                     raise EngineFailure("the engine ended the generation without finishing it") from None
             if isinstance(event, TextOut):
                 self._text.append(event.text)
-                yield event.text
+                yield TextChunk(event.text)
+            elif isinstance(event, ToolCallDelta):
+                yield self._tool_call_delta(event)
             elif isinstance(event, Finished):
+                stop_reason = event.stop_reason
+                if self._calls and stop_reason == "stop":
+                    stop_reason = "tool_calls"
                 self.result = ChatResult(
                     id=self.id,
                     model=self.request.model,
                     created=self.created,
                     text="".join(self._text),
-                    stop_reason=event.stop_reason,
+                    stop_reason=stop_reason,
                     usage=Usage(event.prompt_tokens, event.completion_tokens),
+                    tool_calls=[ToolCall(id=i, name=n, arguments=a) for i, n, a in self._calls],
                 )
                 self._log()
+
+    def _tool_call_delta(self, delta: ToolCallDelta) -> ToolCallDelta:
+        if delta.index == len(self._calls):
+            if delta.name is None:
+                raise EngineFailure("the engine streamed tool call arguments before the call's name")
+            # Fresh ids, whatever the engine had: a later tool message is matched by it.
+            self._calls.append([new_call_id(), delta.name, ""])
+            call = self._calls[-1]
+            call[2] += delta.arguments
+            return ToolCallDelta(index=delta.index, id=call[0], name=delta.name, arguments=delta.arguments)
+        if not 0 <= delta.index < len(self._calls):
+            raise EngineFailure(f"the engine streamed tool call {delta.index} out of order")
+        self._calls[delta.index][2] += delta.arguments
+        return ToolCallDelta(index=delta.index, arguments=delta.arguments)
 
     def _log(self) -> None:
         assert self.result is not None
@@ -87,6 +110,7 @@ class ChatService:
                 f"model {request.model!r} is still loading", code="model_loading", headers={"Retry-After": "2"}
             )
         self._reject_unsupported(request)
+        check_request(request)
         prepared = await entry.engine.prepare(request)
         max_tokens = self._token_budget(entry, prepared.prompt_tokens, request.max_tokens)
         events = entry.engine.generate(prepared, max_tokens)
@@ -117,14 +141,6 @@ class ChatService:
                 raise InvalidRequest(
                     f"model {request.model!r} does not accept image input (text only)", param=image.param
                 )
-        if request.tools:
-            raise InvalidRequest("tool calling is not supported by this server yet", param="tools")
-        if request.tool_choice not in (None, "none", "auto"):
-            raise InvalidRequest("tool_choice needs tools, which this server does not support yet", param="tool_choice")
-        if request.json_schema is not None:
-            raise InvalidRequest(
-                "response_format json_schema is not supported by this server yet", param="response_format"
-            )
 
     @staticmethod
     def _token_budget(entry: ModelEntry, prompt_tokens: int, requested: int | None) -> int:

@@ -3,6 +3,12 @@ remote OpenAI-compatible engines (vLLM, llama-server, Ollama, ...) later.
 
 An engine takes an internal ``ChatRequest`` (never a wire model), reports how many
 prompt tokens it costs, and streams ``EngineEvent``s ending in exactly one ``Finished``.
+
+A request with ``tools`` or a ``json_schema`` (checked and normalized by the chat
+service) must be answered within them: the embedded engine constrains decoding with a
+grammar; a remote engine passes them on to a server that does. Tool calls stream out
+as ``ToolCallDelta``s (name first, then argument fragments), whatever the model's own
+call syntax, so surfaces never see an engine's format.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..chat.types import ChatRequest, StopReason
+from ..chat.types import ChatRequest, StopReason, ToolCallDelta
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,7 @@ class Finished:
     completion_tokens: int
 
 
-EngineEvent = TextOut | Finished
+EngineEvent = TextOut | ToolCallDelta | Finished
 
 
 @dataclass
