@@ -17,6 +17,7 @@ the tokenizer straight from the llama.cpp vocabulary.
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 
@@ -39,9 +40,13 @@ class GrammarCompiler:
             if self._tokenizer is None:
                 import llguidance.llamacpp
 
-                self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(
-                    self._vocab, n_vocab=self._n_vocab, eos_token=self._eog_tokens
-                )
+                with warnings.catch_warnings():
+                    # llguidance reads token attributes through a llama.cpp call that
+                    # llama-cpp-python marks deprecated, once per vocabulary entry.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(
+                        self._vocab, n_vocab=self._n_vocab, eos_token=self._eog_tokens
+                    )
             return self._tokenizer
 
     def compile(self, grammar: str, param: str) -> Constraint:
