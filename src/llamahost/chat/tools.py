@@ -191,8 +191,8 @@ def _compact(arguments: str) -> str:
 
 
 # Our own layout, for chat templates that do not render tools (SmolLM2's plain ChatML
-# among them). It is the layout of SmolLM2's function-calling training data: one
-# <tool_call> block holding a JSON list of calls.
+# among them): one <tool_call> block holding a JSON list of calls, the layout of the
+# function-calling data small instruct models such as SmolLM2 are tuned on.
 OWN_FORMAT = ToolFormat(
     "own", open="<tool_call>[", separator=", ", close="]</tool_call>", arguments_key="arguments", trigger="<tool_call>"
 )
@@ -239,20 +239,22 @@ def render_messages(request: ChatRequest, fmt: ToolFormat) -> tuple[list[dict[st
         return [_native_message(m) for m in request.messages], tools
     names = _call_names(request.messages)
     messages: list[dict[str, Any]] = []
+    previous_role = None
     for message in request.messages:
         if message.role == "tool":
+            # Templates without tool support know no "tool" role: results go back as
+            # a user turn, consecutive results together.
             line = f"{names.get(message.tool_call_id or '', 'the tool')} returned: {message.content}"
-            if messages and messages[-1].get("_tool_results"):
+            if previous_role == "tool":
                 messages[-1]["content"] += "\n" + line
             else:
-                messages.append({"role": "user", "content": line, "_tool_results": True})
+                messages.append({"role": "user", "content": line})
         elif message.tool_calls:
             calls = fmt.write_calls(message.tool_calls)
             messages.append({"role": "assistant", "content": f"{message.content}\n{calls}" if message.content else calls})
         else:
             messages.append({"role": message.role, "content": message.content})
-    for m in messages:
-        m.pop("_tool_results", None)
+        previous_role = message.role
     if offered:
         tool_lines = "\n".join(json.dumps(_tool_dict(t)["function"]) for t in offered)
         system = f"You can call these tools:\n<tools>\n{tool_lines}\n</tools>\n" + _OWN_INSTRUCTIONS

@@ -73,7 +73,7 @@ class Constraint:
         """A llama-cpp-python logits processor: disallowed tokens get -inf."""
         self._matcher.unsafe_compute_mask_ptr(self._mask.ctypes.data, self._mask.nbytes)
         allowed = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self._n_vocab]
-        logits[allowed == 0] = -np.inf
+        np.copyto(logits, -np.inf, where=allowed == 0)
         return logits
 
     def advance(self, token: int) -> None:
