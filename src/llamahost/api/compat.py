@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request, Response
 
 from ..chat.service import ChatStream
-from ..engines.base import TextOut
-from ..chat.types import ChatMessage, ChatRequest, ChatResult, SamplingParams, ToolCall, ToolSpec
+from ..chat.types import ChatMessage, ChatRequest, ChatResult, SamplingParams, TextChunk, ToolCall, ToolSpec
 from ..engines.registry import ModelEntry
 from ..protocol import compat as wire
 from ..protocol.errors import APIError, InvalidRequest
@@ -144,7 +143,7 @@ def stream_chunks(include_usage: bool):
         try:
             yield _chunk(stream, {"role": "assistant", "content": ""})
             async for out in stream:
-                if isinstance(out, TextOut):
+                if isinstance(out, TextChunk):
                     yield _chunk(stream, {"content": out.text})
                     continue
                 call: dict = {"index": out.index}

@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from .. import observability as obs
-from ..engines.base import EngineEvent, Finished, TextOut, ToolCallDelta
+from ..engines.base import EngineEvent, Finished, TextOut
 from ..engines.registry import ModelEntry, ModelRegistry
 from ..protocol.errors import APIError, EngineFailure, InvalidRequest, NotFound, ServiceUnavailable
-from .types import ChatRequest, ChatResult, ToolCall, Usage
+from .tools import check_request, new_call_id
+from .types import ChatEvent, ChatRequest, ChatResult, TextChunk, ToolCall, ToolCallDelta, Usage
 
 log = logging.getLogger("llamahost.requests")
-
-Output = TextOut | ToolCallDelta
-
 
 @dataclass(frozen=True)
 class CompletionRecord:
@@ -80,8 +78,8 @@ def status_of(exc: BaseException) -> str:
 
 
 class ChatStream:
-    """A started completion: iterate it for output events (text, tool-call pieces);
-    ``result`` is set at the end."""
+    """A started completion: iterate it for ``TextChunk``s and ``ToolCallDelta``s (each
+    call's first delta carries a fresh ``id`` and the name); ``result`` is set at the end."""
 
     def __init__(
         self,
@@ -103,7 +101,7 @@ class ChatStream:
         self._events = events
         self._first: EngineEvent | None = first
         self._text: list[str] = []
-        self._calls: dict[int, list] = {}  # index -> [id, name, argument pieces]
+        self._calls: list[list[str]] = []  # [id, name, arguments so far] per call index
         self._prompt_tokens = prompt_tokens
         self._output_pieces = 0
         self._started = started
@@ -117,7 +115,7 @@ class ChatStream:
         self._itl = obs.INTER_TOKEN_LATENCY.labels(entry.name)
         self.result: ChatResult | None = None
 
-    async def __aiter__(self) -> AsyncIterator[Output]:
+    async def __aiter__(self) -> AsyncIterator[ChatEvent]:
         try:
             while self.result is None:
                 if self._first is not None:
@@ -128,32 +126,32 @@ class ChatStream:
                     except StopAsyncIteration:
                         raise EngineFailure("the engine ended the generation without finishing it") from None
                 if isinstance(event, Finished):
+                    stop_reason = event.stop_reason
+                    if self._calls and stop_reason == "stop":
+                        stop_reason = "tool_calls"
                     self.result = ChatResult(
                         id=self.id,
                         model=self.request.model,
                         created=self.created,
                         text="".join(self._text),
-                        stop_reason=event.stop_reason,
+                        stop_reason=stop_reason,
                         usage=Usage(event.prompt_tokens, event.completion_tokens),
-                        tool_calls=self._tool_calls(),
+                        tool_calls=[ToolCall(id=i, name=n, arguments=a) for i, n, a in self._calls],
                     )
-                    self._record("ok", event.prompt_tokens, event.completion_tokens, event.stop_reason)
+                    self._record("ok", event.prompt_tokens, event.completion_tokens, stop_reason)
                     # Settled before the caller sees the result, so what it reports
                     # (e.g. remaining tokens) already counts the real usage. Shielded: a
                     # caller cancelled now must not cut the bookkeeping short.
-                    settling = self._end_meter("ok", event.prompt_tokens, event.completion_tokens, event.stop_reason)
+                    settling = self._end_meter("ok", event.prompt_tokens, event.completion_tokens, stop_reason)
                     if settling is not None:
                         await asyncio.shield(settling)
                     continue
                 self._observe_output()
                 if isinstance(event, TextOut):
                     self._text.append(event.text)
+                    yield TextChunk(event.text)
                 else:
-                    call = self._calls.setdefault(event.index, [None, None, []])
-                    call[0] = call[0] or event.id
-                    call[1] = call[1] or event.name
-                    call[2].append(event.arguments)
-                yield event
+                    yield self._tool_call_delta(event)
         except APIError as exc:
             tokens = getattr(exc, "completion_tokens", self._output_pieces)
             self._record("error", self._prompt_tokens, tokens, None, error=exc.message)
@@ -181,11 +179,19 @@ class ChatStream:
         self._last_output = now
         self._output_pieces += 1
 
-    def _tool_calls(self) -> list[ToolCall]:
-        return [
-            ToolCall(id=call_id or f"call_{uuid.uuid4().hex[:24]}", name=name or "", arguments="".join(pieces))
-            for _, (call_id, name, pieces) in sorted(self._calls.items())
-        ]
+    def _tool_call_delta(self, delta: ToolCallDelta) -> ToolCallDelta:
+        if delta.index == len(self._calls):
+            if delta.name is None:
+                raise EngineFailure("the engine streamed tool call arguments before the call's name")
+            # Fresh ids, whatever the engine had: a later tool message is matched by it.
+            self._calls.append([new_call_id(), delta.name, ""])
+            call = self._calls[-1]
+            call[2] += delta.arguments
+            return ToolCallDelta(index=delta.index, id=call[0], name=delta.name, arguments=delta.arguments)
+        if not 0 <= delta.index < len(self._calls):
+            raise EngineFailure(f"the engine streamed tool call {delta.index} out of order")
+        self._calls[delta.index][2] += delta.arguments
+        return ToolCallDelta(index=delta.index, arguments=delta.arguments)
 
     def _record(
         self, status: str, prompt_tokens: int, completion_tokens: int, stop_reason: str | None, error: str | None = None
@@ -279,6 +285,7 @@ class ChatService:
                     f"model {request.model!r} is still loading", code="model_loading", headers={"Retry-After": "2"}
                 )
             self._reject_unsupported(entry, request)
+            check_request(request)
             prepared = await entry.engine.prepare(request)
             max_tokens = self._token_budget(entry, prepared.prompt_tokens, request.max_tokens)
             if meter is not None:

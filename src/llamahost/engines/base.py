@@ -3,6 +3,12 @@ OpenAI-compatible engines (vLLM, SGLang, TGI, llama-server, Ollama, ...).
 
 An engine takes an internal ``ChatRequest`` (never a wire model), reports how many
 prompt tokens it costs, and streams ``EngineEvent``s ending in exactly one ``Finished``.
+
+A request with ``tools`` or a ``json_schema`` (checked and normalized by the chat
+service) must be answered within them: the embedded engine constrains decoding with a
+grammar; a remote engine passes them on to a server that does. Tool calls stream out
+as ``ToolCallDelta``s (name first, then argument fragments), whatever the model's own
+call syntax, so surfaces never see an engine's format.
 """
 
 from __future__ import annotations
@@ -12,23 +18,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..chat.types import ChatMessage, ChatRequest, StopReason
+from ..chat.types import ChatMessage, ChatRequest, StopReason, ToolCallDelta
 
 
 @dataclass(frozen=True)
 class TextOut:
     text: str
-
-
-@dataclass(frozen=True)
-class ToolCallDelta:
-    """A piece of a tool call, as OpenAI-style streams carry them: the first piece of
-    call ``index`` has its id and name, later ones append to its JSON ``arguments``."""
-
-    index: int
-    id: str | None = None
-    name: str | None = None
-    arguments: str = ""
 
 
 @dataclass(frozen=True)
