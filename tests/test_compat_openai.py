@@ -187,9 +187,9 @@ WEATHER_TOOL = {
 def test_structured_output_parse_with_pydantic(client):
     parsed = client.chat.completions.parse(
         model=MODEL,
-        messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+        messages=[{"role": "user", "content": "Paris: give its name, country and population."}],
         response_format=City,
-        max_tokens=80,
+        max_tokens=400,
         temperature=0,
     )
     city = parsed.choices[0].message.parsed
