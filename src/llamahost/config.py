@@ -149,10 +149,28 @@ class ServerConfig(_Strict):
     workers: int = Field(default=1, ge=1, le=256)
     # Serve GET /metrics (Prometheus text format), unauthenticated like /health.
     metrics: bool = True
+    # Serve HTTPS (TLS 1.2 or newer only) with this PEM certificate chain and key.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "ServerConfig":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self
+
+
+class LimitsConfig(_Strict):
+    # The hosted Llama API's per-team, per-model defaults; a team's own rows
+    # (``llamahost limits set``) override them.
+    enabled: bool = True
+    rpm: int = Field(default=3000, ge=1)
+    tpm: int = Field(default=1_000_000, ge=1)
 
 
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     models: list[ModelConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -166,6 +184,13 @@ class Config(_Strict):
                     raise ValueError(f"model name {name!r} is configured twice")
                 seen.add(name)
         return self
+
+    def model_id_for(self, name: str) -> str | None:
+        """The id of the configured model answering to ``name`` (an id or an alias)."""
+        for model in self.models:
+            if name in model.names:
+                return model.id
+        return None
 
     @property
     def data_dir(self) -> Path:
@@ -183,6 +208,8 @@ def load_config(
     data_dir: str | os.PathLike | None = None,
     host: str | None = None,
     port: int | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> Config:
     """Build the effective configuration; raises ConfigError with a readable message."""
     config_path = config_path or os.environ.get("LLAMAHOST_CONFIG") or None
@@ -210,4 +237,11 @@ def load_config(
         config.server.host = host
     if port is not None:
         config.server.port = port
+    if tls_cert or tls_key:
+        if not (tls_cert and tls_key):
+            raise ConfigError("--tls-cert and --tls-key must be given together")
+        config.server.tls_cert, config.server.tls_key = Path(tls_cert), Path(tls_key)
+    for path in (config.server.tls_cert, config.server.tls_key):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"TLS file not found: {path}")
     return config

@@ -20,7 +20,10 @@ from ..observability import process_exiting
 from ..engines.registry import ModelRegistry
 from ..store.db import Database
 from ..tenancy.keys import KeyStore
-from . import compat, native, observability
+from ..tenancy.limits import LimitStore, Limits, build_limiter
+from ..tenancy.metering import Metering
+from ..tenancy.usage import UsageStore
+from . import admin, compat, native, observability
 from .common import BodySizeLimit
 from .errors import install_error_handlers
 
@@ -34,13 +37,27 @@ class Services:
     keys: KeyStore
     registry: ModelRegistry
     chat: ChatService
+    limits: LimitStore
+    usage: UsageStore
+    metering: Metering
     load_error: str | None = None
 
 
 def build_services(config: Config) -> Services:
     db = Database.open(config.data_dir)
     registry = ModelRegistry(config)
-    return Services(config=config, db=db, keys=KeyStore(db), registry=registry, chat=ChatService(registry))
+    limits = LimitStore(db, Limits(rpm=config.limits.rpm, tpm=config.limits.tpm))
+    usage = UsageStore(db)
+    return Services(
+        config=config,
+        db=db,
+        keys=KeyStore(db),
+        registry=registry,
+        chat=ChatService(registry),
+        limits=limits,
+        usage=usage,
+        metering=Metering(build_limiter(config), limits, usage),
+    )
 
 
 async def _load_models(services: Services) -> None:
@@ -60,11 +77,14 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         for line in services.registry.describe():
             log.info("serving %s", line)
+        limiter = services.metering.limiter
+        log.info("rate limits: %s", f"{limiter.name} counters" if limiter else "off")
         loading = asyncio.create_task(_load_models(services))
         try:
             yield
         finally:
             loading.cancel()
+            await services.metering.close()
             for engine in services.registry.engines.values():
                 await engine.close()
             services.db.close()
@@ -77,6 +97,7 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(native.router)
     app.include_router(compat.router)
+    app.include_router(admin.router)
     if config.server.metrics:
         app.include_router(observability.router)
 

@@ -1,21 +1,27 @@
 """Chat completion as a service: resolve the model, check what it can serve, budget
 tokens against its context window, and run the engine. Both wire surfaces call this;
 neither knows how generation works.
+
+A caller may pass a ``Meter`` (rate limiting and usage accounting, see
+``tenancy/metering.py``): the service asks it to admit the request once the prompt is
+counted and the completion budgeted, before any generation, and tells it exactly once
+how the request ended.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Protocol
 
 from .. import observability as obs
 from ..engines.base import EngineEvent, Finished, TextOut, ToolCallDelta
 from ..engines.registry import ModelEntry, ModelRegistry
-from ..protocol.errors import APIError, EngineFailure, InvalidRequest, NotFound, ServiceUnavailable
+from ..protocol.errors import APIError, EngineFailure, InvalidRequest, RateLimited, ServiceUnavailable
 from .types import ChatRequest, ChatResult, ToolCall, Usage
 
 log = logging.getLogger("llamahost.requests")
@@ -24,26 +30,41 @@ Output = TextOut | ToolCallDelta
 
 
 @dataclass(frozen=True)
-class CompletionRecord:
-    """How one admitted completion ended. Hooks in ``ChatService.on_finished`` get one
-    per completion, whatever the ending: this is where usage accounting plugs in."""
+class Outcome:
+    """How a request ended. Tokens are those really processed: a request refused or
+    failed before generation started processed none."""
 
-    request_id: str | None
-    model: str  # the name the client asked for
-    model_id: str  # the configured model serving it
-    user: str | None
-    status: Literal["ok", "error", "cancelled"]
+    status: str  # "ok", "cancelled" (the caller went away), or the APIError type that ended it
+    model: str  # as requested
     prompt_tokens: int
     completion_tokens: int
     stop_reason: str | None
-    error: str | None
-    time_to_first_token: float | None
-    duration: float
+    latency_ms: float
+
+
+class Meter(Protocol):
+    async def admit(self, model_id: str, prompt_tokens: int, max_tokens: int) -> None:
+        """Called before generating, with the backing model's id and the most tokens the
+        request can use; raising (e.g. a 429) refuses it."""
+
+    def end(self, outcome: Outcome) -> Awaitable[None]:
+        """Called exactly once. Must start its work before returning: the service awaits
+        it only after a success (so the caller's response reflects it); after a failure
+        or a disconnect it frees the engine first and leaves the work running."""
+
+
+def status_of(exc: BaseException) -> str:
+    if isinstance(exc, APIError):
+        return exc.error_type
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return "cancelled"
+    return "server_error"
 
 
 class ChatStream:
     """A started completion: iterate it for output events (text, tool-call pieces);
-    ``result`` is set at the end."""
+    ``result`` is set at the end. Every ending (finished, failed, abandoned) is
+    counted in the metrics, logged, and told to the meter exactly once."""
 
     def __init__(
         self,
@@ -52,26 +73,25 @@ class ChatStream:
         events: AsyncIterator[EngineEvent],
         first: EngineEvent,
         *,
-        prompt_tokens: int,
-        started: float,
-        on_finished: list[Callable[[CompletionRecord], None]],
+        prompt_tokens: int = 0,
+        meter: Meter | None = None,
+        started: float | None = None,
     ) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.request = request
         self.entry = entry
-        self.request_id = obs.request_id_var.get()
         self._events = events
         self._first: EngineEvent | None = first
         self._text: list[str] = []
         self._calls: dict[int, list] = {}  # index -> [id, name, argument pieces]
-        self._prompt_tokens = prompt_tokens
-        self._output_pieces = 0
-        self._started = started
+        self._pieces = 0
+        self._started = time.monotonic() if started is None else started
         self._first_output: float | None = None
         self._last_output: float | None = None
-        self._on_finished = on_finished
-        self._recorded = False
+        self._prompt_tokens = prompt_tokens
+        self._meter = meter
+        self._ended = False
         # Children looked up once: these are observed for every piece of output.
         self._ttft = obs.TIME_TO_FIRST_TOKEN.labels(entry.name)
         self._itl = obs.INTER_TOKEN_LATENCY.labels(entry.name)
@@ -88,7 +108,7 @@ class ChatStream:
                     except StopAsyncIteration:
                         raise EngineFailure("the engine ended the generation without finishing it") from None
                 if isinstance(event, Finished):
-                    self.result = ChatResult(
+                    result = ChatResult(
                         id=self.id,
                         model=self.request.model,
                         created=self.created,
@@ -97,7 +117,14 @@ class ChatStream:
                         usage=Usage(event.prompt_tokens, event.completion_tokens),
                         tool_calls=self._tool_calls(),
                     )
-                    self._record("ok", event.prompt_tokens, event.completion_tokens, event.stop_reason)
+                    self.result = result
+                    # Settled before the caller sees the result, so what it reports
+                    # (e.g. remaining tokens) already counts the real usage. Shielded: a
+                    # caller cancelled now must not cut the bookkeeping short.
+                    if not self._ended:
+                        metered = self._end("ok", event.prompt_tokens, event.completion_tokens, event.stop_reason)
+                        if metered is not None:
+                            await asyncio.shield(metered)
                     continue
                 self._observe_output()
                 if isinstance(event, TextOut):
@@ -108,9 +135,10 @@ class ChatStream:
                     call[1] = call[1] or event.name
                     call[2].append(event.arguments)
                 yield event
-        except APIError as exc:
-            tokens = getattr(exc, "completion_tokens", self._output_pieces)
-            self._record("error", self._prompt_tokens, tokens, None, error=exc.message)
+        except BaseException as exc:
+            if not self._ended:
+                # An upstream that broke mid-stream says how much it had generated.
+                self._end(status_of(exc), completion_tokens=getattr(exc, "completion_tokens", None), error=exc)
             raise
 
     def _observe_output(self) -> None:
@@ -121,7 +149,7 @@ class ChatStream:
         else:
             self._itl.observe(now - self._last_output)
         self._last_output = now
-        self._output_pieces += 1
+        self._pieces += 1
 
     def _tool_calls(self) -> list[ToolCall]:
         return [
@@ -129,90 +157,80 @@ class ChatStream:
             for _, (call_id, name, pieces) in sorted(self._calls.items())
         ]
 
-    def _record(
-        self, status: str, prompt_tokens: int, completion_tokens: int, stop_reason: str | None, error: str | None = None
-    ) -> None:
-        if self._recorded:
-            return
-        self._recorded = True
-        duration = time.monotonic() - self._started
-        model = self.entry.name
-        obs.REQUESTS.labels(model, status).inc()
-        obs.IN_FLIGHT.labels(model).dec()
-        obs.REQUEST_DURATION.labels(model).observe(duration)
-        obs.PROMPT_TOKENS.labels(model).inc(prompt_tokens)
-        obs.COMPLETION_TOKENS.labels(model).inc(completion_tokens)
-        record = CompletionRecord(
-            request_id=self.request_id,
+    def _end(
+        self, status: str, prompt_tokens: int | None = None, completion_tokens: int | None = None,
+        stop_reason: str | None = None, error: BaseException | None = None,
+    ) -> Awaitable[None] | None:
+        """Record the ending once: metrics, the log line, and the meter. Without the
+        engine's final count, a request is charged its prompt and the pieces of output
+        it produced (a lower bound of its tokens)."""
+        self._ended = True
+        outcome = Outcome(
+            status=status,
             model=self.request.model,
-            model_id=self.entry.config.id,
-            user=self.request.user,
-            status=status,  # type: ignore[arg-type]
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+            prompt_tokens=self._prompt_tokens if prompt_tokens is None else prompt_tokens,
+            completion_tokens=self._pieces if completion_tokens is None else completion_tokens,
             stop_reason=stop_reason,
-            error=error,
-            time_to_first_token=(self._first_output - self._started) if self._first_output else None,
-            duration=duration,
+            latency_ms=(time.monotonic() - self._started) * 1000,
         )
+        model = self.entry.name
+        label = "ok" if status == "ok" else ("cancelled" if status == "cancelled" else "error")
+        obs.REQUESTS.labels(model, label).inc()
+        obs.IN_FLIGHT.labels(model).dec()
+        obs.REQUEST_DURATION.labels(model).observe(outcome.latency_ms / 1000)
+        obs.PROMPT_TOKENS.labels(model).inc(outcome.prompt_tokens)
+        obs.COMPLETION_TOKENS.labels(model).inc(outcome.completion_tokens)
+        message = getattr(error, "message", None) or (str(error) if error is not None else None)
+        ttft_ms = round((self._first_output - self._started) * 1000, 1) if self._first_output else None
         log.log(
-            logging.WARNING if status == "error" else logging.INFO,
+            logging.WARNING if label == "error" else logging.INFO,
             "chat model=%s user=%s status=%s prompt_tokens=%d completion_tokens=%d stop_reason=%s latency_ms=%.0f%s",
             self.request.model,
             self.request.user,
             status,
-            prompt_tokens,
-            completion_tokens,
+            outcome.prompt_tokens,
+            outcome.completion_tokens,
             stop_reason,
-            duration * 1000,
-            f" error={error!r}" if error else "",
+            outcome.latency_ms,
+            f" error={message!r}" if message else "",
             extra={
                 "event": "chat_completion",
                 "model": self.request.model,
                 "user": self.request.user,
                 "status": status,
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
+                "prompt_tokens": outcome.prompt_tokens,
+                "completion_tokens": outcome.completion_tokens,
                 "stop_reason": stop_reason,
-                "ttft_ms": round(record.time_to_first_token * 1000, 1) if record.time_to_first_token else None,
-                "latency_ms": round(duration * 1000, 1),
-                "error": error,
+                "ttft_ms": ttft_ms,
+                "latency_ms": round(outcome.latency_ms, 1),
+                "error": message,
             },
         )
-        for hook in self._on_finished:
-            try:
-                hook(record)
-            except Exception:  # accounting must never break the response
-                log.exception("completion hook failed")
+        return None if self._meter is None else self._meter.end(outcome)
 
     async def aclose(self) -> None:
         """Stop generating (a no-op once finished); frees the engine at once."""
-        try:
-            await self._events.aclose()
-        finally:
-            # Not finished and not failed: the client went away.
-            self._record("cancelled", self._prompt_tokens, self._output_pieces, None)
+        if not self._ended:
+            self._end("cancelled")
+        await self._events.aclose()
+
 
 
 class ChatService:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
-        # Called with a CompletionRecord when each admitted completion ends (usage
-        # records, audit). Hooks run on the event loop: keep them quick.
-        self.on_finished: list[Callable[[CompletionRecord], None]] = []
 
-    async def start(self, request: ChatRequest) -> ChatStream:
+    async def start(self, request: ChatRequest, meter: Meter | None = None) -> ChatStream:
         """Admit and start a completion. Every error a client can cause is raised here,
         before the first byte of a response, so it can still be an HTTP status."""
         started = time.monotonic()
+        model = "unknown"  # label for names that are not configured: never client text
+        in_flight = None
         try:
             entry = self.registry.resolve(request.model)
-        except NotFound:
-            obs.REQUESTS.labels("unknown", "404").inc()
-            raise
-        model = entry.name
-        obs.IN_FLIGHT.labels(model).inc()
-        try:
+            model = entry.name
+            in_flight = obs.IN_FLIGHT.labels(model)
+            in_flight.inc()
             if not entry.engine.ready:
                 raise ServiceUnavailable(
                     f"model {request.model!r} is still loading", code="model_loading", headers={"Retry-After": "2"}
@@ -220,6 +238,8 @@ class ChatService:
             self._reject_unsupported(entry, request)
             prepared = await entry.engine.prepare(request)
             max_tokens = self._token_budget(entry, prepared.prompt_tokens, request.max_tokens)
+            if meter is not None:
+                await meter.admit(entry.config.id, prepared.prompt_tokens, max_tokens)
             events = entry.engine.generate(prepared, max_tokens)
             try:
                 first = await anext(events)
@@ -228,25 +248,22 @@ class ChatService:
             except BaseException:
                 await events.aclose()
                 raise
-        except APIError as exc:
-            obs.IN_FLIGHT.labels(model).dec()
-            obs.REQUESTS.labels(model, str(exc.status_code)).inc()
-            raise
-        except BaseException:
-            obs.IN_FLIGHT.labels(model).dec()
+        except BaseException as exc:
+            if in_flight is not None:
+                in_flight.dec()
+            if isinstance(exc, APIError):
+                obs.REQUESTS.labels(model, str(exc.status_code)).inc()
+                if isinstance(exc, RateLimited) and exc.code:
+                    obs.RATE_LIMIT_REJECTIONS.labels(exc.code).inc()
+            if meter is not None:
+                meter.end(Outcome(status_of(exc), request.model, 0, 0, None, (time.monotonic() - started) * 1000))
             raise
         return ChatStream(
-            request,
-            entry,
-            events,
-            first,
-            prompt_tokens=prepared.prompt_tokens,
-            started=started,
-            on_finished=self.on_finished,
+            request, entry, events, first, prompt_tokens=prepared.prompt_tokens, meter=meter, started=started
         )
 
-    async def complete(self, request: ChatRequest) -> ChatResult:
-        stream = await self.start(request)
+    async def complete(self, request: ChatRequest, meter: Meter | None = None) -> ChatResult:
+        stream = await self.start(request, meter)
         try:
             async for _ in stream:
                 pass
