@@ -22,6 +22,8 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_port, run_cli, start_server
+from ratelimit_helpers import assert_exact_burst, burst, chat_body, new_team
+from test_shared_limits import shared_env  # noqa: F401  (the fixture: a fresh PostgreSQL schema and Redis prefix)
 from upstreams import UpstreamReplica, upstream_model_config
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -465,3 +467,24 @@ def test_silent_replica_ends_the_stream_within_the_read_timeout(gateway, replica
         time.sleep(0.2)
     else:
         pytest.fail("the stopped replica did not come back")
+
+
+@pytest.mark.anyio
+async def test_two_gateways_on_shared_postgres_and_redis_enforce_one_limit(replicas, server_factory, shared_env):  # noqa: F811
+    """Two llamahost processes in front of the same upstream replicas, sharing PostgreSQL
+    and Redis: one team's limit holds exactly across both, and each counts its refusals."""
+    env = {k: v for k, v in shared_env.items() if not k.startswith("_")}
+    config = upstream_model_config(MODEL, replicas)
+    a, b = (server_factory(config=config, env=env, name="gw") for _ in range(2))
+    team = new_team()
+    key = a.cli("keys", "create", "--team", team).stdout.strip()
+    b.cli("limits", "set", "--team", team, "--rpm", "5")
+    replies = await burst([a.url, b.url], key, 30, chat_body(stream=True) | {"model": MODEL})
+    assert_exact_burst(replies, 5)
+    refused = 0
+    for server in (a, b):
+        samples = metric_samples(server.url, "llamahost_rate_limit_rejections_total")
+        refused += samples.get((("limit", "requests_per_minute_exceeded"),), 0)
+    assert refused == 25
+    usage = json.loads(a.cli("usage", "--team", team, "--json").stdout)["totals"]
+    assert usage["requests"] == 30  # 5 served through the upstream + 25 refused, all recorded
