@@ -22,6 +22,8 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_port, run_cli, start_server
+from ratelimit_helpers import assert_exact_burst, burst, chat_body, new_team
+from test_shared_limits import shared_env  # noqa: F401  (the fixture: a fresh PostgreSQL schema and Redis prefix)
 from upstreams import UpstreamReplica, upstream_model_config
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -330,8 +332,8 @@ def test_replica_dies_mid_run_and_comes_back(tmp_path, server_factory):
             with lock:
                 results.append((started, time.monotonic(), ok))
                 if len(results) == 10 and not killed_at:
-                    victim.kill()
                     killed_at.append(time.monotonic())
+                    victim.kill()
 
         with ThreadPoolExecutor(3) as pool:
             run = [pool.submit(one, i) for i in range(50)]
@@ -348,10 +350,19 @@ def test_replica_dies_mid_run_and_comes_back(tmp_path, server_factory):
         assert len(started_after_kill) >= 30 and all(started_after_kill)
         assert all(end - started < 60 for started, end, _ in results)  # nobody hung
         assert sum(ok for *_, ok in results) >= 45
+        print(
+            f"\nfailover: stream error {error_seen - killed_at[0]:.2f}s after the kill; "
+            f"{len(started_after_kill)} requests started after it, all ok; "
+            f"{sum(ok for *_, ok in results)}/50 ok in all"
+        )
 
         records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-        failed = [r for r in records if r.get("event") == "chat_completion" and r["status"] == "error"]
-        assert any(victim.url in (r.get("error") or "") for r in failed)  # the usage record says so
+        failed = [r for r in records if r.get("event") == "chat_completion" and r["status"] == "server_error"]
+        assert any(victim.url in (r.get("error") or "") for r in failed)  # the log says which replica
+        # ...and the usage record says the stream failed, with what it had generated.
+        usage = json.loads(server.cli("usage", "--json", "--limit", "100").stdout)["data"]
+        broken = [u for u in usage if u["status"] == "server_error"]
+        assert broken and all(u["completion_tokens"] >= 3 for u in broken)
 
         # The replica comes back: health checks return it to service and it gets traffic.
         victim.start()
@@ -456,3 +467,24 @@ def test_silent_replica_ends_the_stream_within_the_read_timeout(gateway, replica
         time.sleep(0.2)
     else:
         pytest.fail("the stopped replica did not come back")
+
+
+@pytest.mark.anyio
+async def test_two_gateways_on_shared_postgres_and_redis_enforce_one_limit(replicas, server_factory, shared_env):  # noqa: F811
+    """Two llamahost processes in front of the same upstream replicas, sharing PostgreSQL
+    and Redis: one team's limit holds exactly across both, and each counts its refusals."""
+    env = {k: v for k, v in shared_env.items() if not k.startswith("_")}
+    config = upstream_model_config(MODEL, replicas)
+    a, b = (server_factory(config=config, env=env, name="gw") for _ in range(2))
+    team = new_team()
+    key = a.cli("keys", "create", "--team", team).stdout.strip()
+    b.cli("limits", "set", "--team", team, "--rpm", "5")
+    replies = await burst([a.url, b.url], key, 30, chat_body(stream=True) | {"model": MODEL})
+    assert_exact_burst(replies, 5)
+    refused = 0
+    for server in (a, b):
+        samples = metric_samples(server.url, "llamahost_rate_limit_rejections_total")
+        refused += samples.get((("limit", "requests_per_minute_exceeded"),), 0)
+    assert refused == 25
+    usage = json.loads(a.cli("usage", "--team", team, "--json").stdout)["totals"]
+    assert usage["requests"] == 30  # 5 served through the upstream + 25 refused, all recorded

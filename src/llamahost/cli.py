@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import ssl
 import sys
 from datetime import timedelta
-
-import uvicorn
 
 from . import __version__
 from .config import ConfigError, load_config
@@ -101,16 +98,6 @@ def _fmt(value) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
-class _UvicornConfig(uvicorn.Config):
-    """uvicorn's Config, with TLS 1.2 as the floor of the context it builds (a module-level
-    class, so worker processes can unpickle it)."""
-
-    def load(self) -> None:
-        super().load()
-        if self.ssl is not None:
-            self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-
-
 def _serve(args) -> int:
     import os
     import shutil
@@ -136,6 +123,7 @@ def _serve(args) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
     from .api.app import WORKER_CONFIG_ENV, build_services, create_app
+    from .api.server import run as run_server
     from .observability import configure_logging
 
     level = config.server.log_level
@@ -155,18 +143,14 @@ def _serve(args) -> int:
     if config.server.tls_cert is not None:
         common |= dict(ssl_certfile=str(config.server.tls_cert), ssl_keyfile=str(config.server.tls_key))
     if workers == 1:
-        uvicorn.Server(_UvicornConfig(create_app(config, services), **common)).run()
+        run_server(create_app(config, services), workers=1, **common)
         return 0
     # Migrations ran and the first key exists; each worker opens its own connections.
     services.db.close()
     os.environ[WORKER_CONFIG_ENV] = config.model_dump_json(exclude_defaults=True)
     log.info("starting %d worker processes", workers)
     try:
-        # What uvicorn.run does for workers, with our Config class (picklable by name).
-        from uvicorn.supervisors import Multiprocess
-
-        server_config = _UvicornConfig("llamahost.api.app:worker_app", factory=True, workers=workers, **common)
-        Multiprocess(server_config, sockets=[server_config.bind_socket()]).run()
+        run_server("llamahost.api.app:worker_app", workers=workers, **common)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -80,7 +80,7 @@ REPLICA_OUTSTANDING = Gauge(
 UPSTREAM_ATTEMPTS = Counter(
     "llamahost_upstream_attempts",
     "Requests sent to upstream replicas by outcome: ok, retried (failed before streaming, "
-    "tried elsewhere), failed, cancelled, client_error",
+    "tried elsewhere), failed (after streaming), cancelled, error (an upstream error not worth retrying)",
     ["model", "replica", "outcome"],
 )
 

@@ -285,7 +285,7 @@ class OpenAIUpstreamEngine(Engine):
                 self.pool.failure(replica, exc.message)
                 raise
             except APIError:
-                outcome = "client_error"
+                outcome = "error"  # answered with an error that another replica would repeat
                 self.pool.release_trial(replica)
                 raise
             finally:
