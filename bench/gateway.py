@@ -38,8 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import serving  # noqa: E402  (the sibling bench: starts llamahost the same way)
-from _server import free_port  # noqa: E402
+from _server import free_port, start_llamahost as start_server  # noqa: E402
 COMPLETION_WORDS = ["Hello", " there", "!", " This", " is", " a", " fixed", " reply", " from", " the", " stub",
                     " upstream", ",", " twenty", " pieces", " long", " so", " streams", " have", " body", "."]
 
@@ -128,9 +127,9 @@ def start_stub(port: int) -> subprocess.Popen:
 
 
 def start_llamahost(tmp: Path, stub_port: int, streaming: str) -> tuple[subprocess.Popen, str, str]:
-    proc, url, key = serving.start_llamahost(
+    proc, url, key = start_server(
         tmp / f"llamahost-{streaming}",
-        config_text='[server]\nlog_level = "warning"\n\n[[models]]\nid = "bench"\nengine = "openai"\n'
+        '[server]\nlog_level = "warning"\n\n[[models]]\nid = "bench"\nengine = "openai"\n'
         f'upstream_model = "stub"\nreplicas = ["http://127.0.0.1:{stub_port}/v1"]\ncontext_window = 131072\n'
         f'upstream_streaming = "{streaming}"\n',
     )
