@@ -14,6 +14,8 @@ from .. import __version__
 from ..chat.service import ChatService
 from ..config import Config
 from ..engines.registry import ModelRegistry
+from ..safety.guardrails import Guardrails
+from ..safety.service import ModerationService
 from ..store.db import Database
 from ..tenancy.keys import KeyStore
 from . import native
@@ -30,13 +32,19 @@ class Services:
     keys: KeyStore
     registry: ModelRegistry
     chat: ChatService
+    moderation: ModerationService
     load_error: str | None = None
 
 
 def build_services(config: Config) -> Services:
     db = Database.open(config.data_dir)
     registry = ModelRegistry(config)
-    return Services(config=config, db=db, keys=KeyStore(db), registry=registry, chat=ChatService(registry))
+    chat = ChatService(registry)
+    moderation = ModerationService(config, chat)
+    chat.guardrails = Guardrails(config.moderation, moderation)
+    return Services(
+        config=config, db=db, keys=KeyStore(db), registry=registry, chat=chat, moderation=moderation
+    )
 
 
 async def _load_models(services: Services) -> None:
@@ -47,6 +55,12 @@ async def _load_models(services: Services) -> None:
         except Exception as exc:  # health reports it; the process stays up to say why
             services.load_error = f"model {model_id!r} failed to load: {exc}"
             log.exception("model %s failed to load", model_id)
+    try:
+        await services.moderation.load()
+        log.info("moderation models loaded: %s", ", ".join(m.config.id for m in services.moderation.moderators))
+    except Exception as exc:
+        services.load_error = f"the builtin moderation model failed to load: {exc}"
+        log.exception("moderation model failed to load")
 
 
 def create_app(config: Config, services: Services | None = None) -> FastAPI:
@@ -63,6 +77,7 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
             loading.cancel()
             for engine in services.registry.engines.values():
                 await engine.close()
+            await services.moderation.close()
             services.db.close()
 
     app = FastAPI(title="llamahost", version=__version__, lifespan=lifespan)
@@ -76,7 +91,7 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
         services: Services = request.app.state.services
         if services.load_error:
             return JSONResponse({"status": "error", "detail": services.load_error}, status_code=503)
-        if not services.registry.ready:
+        if not (services.registry.ready and services.moderation.ready):
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
         return JSONResponse({"status": "ok"})
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ..chat.service import ChatStream
 from ..chat.types import ChatMessage, ChatRequest, ChatResult, ImageInput, SamplingParams, ToolCall, ToolSpec, Usage
 from ..protocol import native as wire
-from ..protocol.errors import APIError
+from ..protocol.errors import APIError, InvalidRequest
 from .common import ClientDisconnected, authenticate, parse_body, unless_disconnected
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
@@ -50,7 +50,7 @@ def _message(index: int, message: wire.Message) -> ChatMessage:
     )
 
 
-def to_chat_request(body: wire.ChatCompletionRequest) -> ChatRequest:
+def to_chat_request(body: wire.ChatCompletionRequest, team: str | None = None) -> ChatRequest:
     defaults = SamplingParams()
     tool_choice = body.tool_choice
     if isinstance(tool_choice, wire.NamedToolChoice):
@@ -73,7 +73,16 @@ def to_chat_request(body: wire.ChatCompletionRequest) -> ChatRequest:
         tools=[ToolSpec(t.function.name, t.function.description, t.function.parameters) for t in body.tools or []],
         tool_choice=tool_choice,
         json_schema=json_schema,
+        team=team,
     )
+
+
+def to_moderation_messages(body: wire.ModerationRequest) -> list[ChatMessage]:
+    messages = [_message(i, m) for i, m in enumerate(body.messages)]
+    for message in messages:
+        for image in message.images:
+            raise InvalidRequest("moderation judges text only; image items are not accepted", param=image.param)
+    return messages
 
 
 # --- internal -> wire ------------------------------------------------------------
@@ -137,7 +146,7 @@ async def stream_events(stream: ChatStream) -> AsyncIterator[bytes]:
 async def create_chat_completion(request: Request) -> Response:
     body = await parse_body(request, wire.ChatCompletionRequest)
     chat = request.app.state.services.chat
-    chat_request = to_chat_request(body)
+    chat_request = to_chat_request(body, team=request.state.principal.team_name)
     try:
         if body.stream:
             stream = await unless_disconnected(request, chat.start(chat_request))
@@ -146,6 +155,19 @@ async def create_chat_completion(request: Request) -> Response:
     except ClientDisconnected:
         return Response(status_code=499)
     return JSONResponse(to_response(result).model_dump(mode="json"))
+
+
+@router.post("/moderations", response_model=wire.ModerationResponse)
+async def create_moderation(request: Request) -> Response:
+    body = await parse_body(request, wire.ModerationRequest)
+    messages = to_moderation_messages(body)
+    moderation = request.app.state.services.moderation
+    try:
+        outcome = await unless_disconnected(request, moderation.moderate(body.model, messages))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    result = wire.ModerationResult(flagged=outcome.verdict.flagged, flagged_categories=list(outcome.verdict.categories))
+    return JSONResponse(wire.ModerationResponse(model=outcome.model, results=[result]).model_dump(mode="json"))
 
 
 @router.get("/models", response_model=wire.ModelList)

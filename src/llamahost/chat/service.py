@@ -8,12 +8,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ..engines.base import EngineEvent, Finished, TextOut
 from ..engines.registry import ModelEntry, ModelRegistry
 from ..protocol.errors import EngineFailure, InvalidRequest, ServiceUnavailable
-from .types import ChatRequest, ChatResult, Usage
+from .types import ChatMessage, ChatRequest, ChatResult, Usage
+
+if TYPE_CHECKING:
+    from ..safety.guardrails import Guardrails
 
 log = logging.getLogger("llamahost.requests")
 
@@ -22,7 +26,12 @@ class ChatStream:
     """A started completion: iterate it for text pieces; ``result`` is set at the end."""
 
     def __init__(
-        self, request: ChatRequest, entry: ModelEntry, events: AsyncIterator[EngineEvent], first: EngineEvent
+        self,
+        request: ChatRequest,
+        entry: ModelEntry,
+        events: AsyncIterator[EngineEvent],
+        first: EngineEvent,
+        check_output: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -32,6 +41,7 @@ class ChatStream:
         self._first: EngineEvent | None = first
         self._text: list[str] = []
         self._started = time.monotonic()
+        self._check_output = check_output
         self.result: ChatResult | None = None
 
     async def __aiter__(self) -> AsyncIterator[str]:
@@ -47,6 +57,10 @@ class ChatStream:
                 self._text.append(event.text)
                 yield event.text
             elif isinstance(event, Finished):
+                if self._check_output is not None:
+                    # Before the result exists, so a stream's final events come only
+                    # after the reply passed (a blocked one raises instead).
+                    await self._check_output("".join(self._text))
                 self.result = ChatResult(
                     id=self.id,
                     model=self.request.model,
@@ -75,18 +89,36 @@ class ChatStream:
 
 
 class ChatService:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, guardrails: "Guardrails | None" = None) -> None:
         self.registry = registry
+        # Set after construction: the moderation behind the guardrails may itself run
+        # a chat model through this service.
+        self.guardrails = guardrails
 
-    async def start(self, request: ChatRequest) -> ChatStream:
+    async def start(self, request: ChatRequest, *, guarded: bool = True) -> ChatStream:
         """Admit and start a completion. Every error a client can cause is raised here,
-        before the first byte of a response, so it can still be an HTTP status."""
+        before the first byte of a response, so it can still be an HTTP status.
+
+        ``guarded=False`` skips the guardrails (for the moderation models' own calls)."""
         entry = self.registry.resolve(request.model)
         if not entry.engine.ready:
             raise ServiceUnavailable(
                 f"model {request.model!r} is still loading", code="model_loading", headers={"Retry-After": "2"}
             )
         self._reject_unsupported(request)
+        check_output = None
+        guardrails = self.guardrails if guarded else None
+        policy = guardrails.policy_for(request) if guardrails else None
+        if guardrails is not None and policy is not None:
+            if policy.checks_input:
+                # Before the engine sees anything: a blocked input costs no generation.
+                await guardrails.check(request, policy, "input", request.messages)
+            if policy.checks_output:
+
+                async def check_output(text: str, guardrails=guardrails, policy=policy) -> object:
+                    reply = ChatMessage(role="assistant", content=text)
+                    return await guardrails.check(request, policy, "output", [*request.messages, reply])
+
         prepared = await entry.engine.prepare(request)
         max_tokens = self._token_budget(entry, prepared.prompt_tokens, request.max_tokens)
         events = entry.engine.generate(prepared, max_tokens)
@@ -97,10 +129,10 @@ class ChatService:
         except BaseException:
             await events.aclose()
             raise
-        return ChatStream(request, entry, events, first)
+        return ChatStream(request, entry, events, first, check_output)
 
-    async def complete(self, request: ChatRequest) -> ChatResult:
-        stream = await self.start(request)
+    async def complete(self, request: ChatRequest, *, guarded: bool = True) -> ChatResult:
+        stream = await self.start(request, guarded=guarded)
         try:
             async for _ in stream:
                 pass

@@ -72,6 +72,11 @@ class ChatRequest:
     tools: list[ToolSpec] = field(default_factory=list)
     tool_choice: str | None = None  # "none" | "auto" | "required" | a tool name
     json_schema: dict[str, Any] | None = None
+    # The calling team, for per-team policies (guardrails); None for internal calls.
+    team: str | None = None
+    # A prompt already rendered for the model (e.g. the Llama Guard template): the
+    # engine tokenizes it as is instead of applying the model's chat template.
+    raw_prompt: str | None = None
 
 
 @dataclass

@@ -73,6 +73,7 @@ class LlamaCppEngine(Engine):
         self._is_eog: Callable[[int], bool] | None = None
         self._busy: asyncio.Lock | None = None
         self._waiting = 0
+        self.generations = 0  # generations started, for observability and tests
 
     @property
     def ready(self) -> bool:
@@ -113,9 +114,13 @@ class LlamaCppEngine(Engine):
 
     def _prepare_sync(self, request: ChatRequest) -> PreparedPrompt:
         assert self._llm is not None and self._formatter is not None
-        rendered = self._formatter(messages=[_template_message(m) for m in request.messages])
+        if request.raw_prompt is not None:
+            prompt, add_bos = request.raw_prompt, True
+        else:
+            rendered = self._formatter(messages=[_template_message(m) for m in request.messages])
+            prompt, add_bos = rendered.prompt, not rendered.added_special
         # Tokenizing is read-only on the vocabulary, safe beside a running decode.
-        tokens = self._llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+        tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
         return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=tokens)
 
     async def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncIterator[EngineEvent]:
@@ -127,6 +132,7 @@ class LlamaCppEngine(Engine):
                 code="engine_overloaded",
                 headers={"Retry-After": "1"},
             )
+        self.generations += 1
         self._waiting += 1
         try:
             await self._busy.acquire()

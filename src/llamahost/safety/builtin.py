@@ -92,10 +92,9 @@ class Heads:
 class BuiltinClassifier:
     """Loads the encoder and heads once; ``classify`` is synchronous CPU work."""
 
-    def __init__(self, threshold: float | None = None) -> None:
+    def __init__(self) -> None:
         self.encoder = MiniLMEncoder()
         self.heads = Heads.load()
-        self.threshold = threshold
 
-    def classify(self, text: str) -> Verdict:
-        return self.heads.verdict(featurize(self.encoder, text), self.threshold)
+    def classify(self, text: str, threshold: float | None = None) -> Verdict:
+        return self.heads.verdict(featurize(self.encoder, text), threshold)
