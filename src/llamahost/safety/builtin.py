@@ -32,8 +32,13 @@ WEIGHTS = "weights/builtin.npz"
 CATEGORY_MARGIN = 0.5  # a second category is named if its probability is >= half the top one's
 
 
+# The encoder reads at most 256 tokens; cutting the text first bounds the tokenizer's
+# work on a huge message (a token is rarely more than a few characters).
+MAX_CHARS = 16_384
+
+
 def featurize(encoder: MiniLMEncoder, text: str) -> np.ndarray:
-    ids = encoder.token_ids(text)
+    ids = encoder.token_ids(text[:MAX_CHARS])
     states = encoder.hidden_states(ids)
     last = states[-1]
     inner = last[1:-1] if len(ids) > 2 else last
