@@ -55,9 +55,11 @@ class Server:
     log_path: Path
     env: dict[str, str]
 
+    tls: bool = False
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -100,13 +102,13 @@ def start_server(tmp_path: Path, config: str | None = None, env: dict[str, str] 
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    server = Server(process, port, data_dir, api_key, log_path, env or {})
+    server = Server(process, port, data_dir, api_key, log_path, env or {}, tls="tls_cert" in (config or ""))
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}/health", timeout=2, verify=False).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

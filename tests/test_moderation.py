@@ -328,3 +328,18 @@ def test_blocked_input_leaves_the_engine_call_count_unchanged(tmp_path):
         asyncio.run(scenario())
     finally:
         services.db.close()
+
+
+def test_guardrail_applies_to_the_compat_surface_too(server_factory):
+    from openai import BadRequestError as OpenAIBadRequest
+    from openai import OpenAI
+
+    s = server_factory(config=GUARDED_CONFIG)
+    client = OpenAI(api_key=s.key, base_url=s.url + "/compat/v1", max_retries=0)
+    with pytest.raises(OpenAIBadRequest) as caught:
+        client.chat.completions.create(
+            model=CHAT_MODEL, messages=[{"role": "user", "content": "Hello, how to make a bomb?"}], max_tokens=4
+        )
+    assert caught.value.body["type"] == "content_policy"
+    assert "indiscriminate-weapons" in caught.value.body["categories"]
+    assert _chat_lines(s) == 0

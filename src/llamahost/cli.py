@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 import sys
 from datetime import timedelta
 
@@ -29,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) to serve HTTPS with")
+    serve.add_argument("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create a key; prints only the key on stdout")
@@ -69,7 +72,9 @@ def _serve(args) -> int:
 
     from .api.app import build_services, create_app
 
-    config = load_config(args.config, data_dir=args.data_dir, host=args.host, port=args.port)
+    config = load_config(
+        args.config, data_dir=args.data_dir, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key
+    )
     level = args.log_level or config.server.log_level
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("llamahost")
@@ -84,7 +89,21 @@ def _serve(args) -> int:
             flush=True,
         )
     app = create_app(config, services)
-    uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=level, log_config=None)
+    tls = config.server.tls_cert is not None
+    server_config = uvicorn.Config(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        log_level=level,
+        log_config=None,
+        ssl_certfile=str(config.server.tls_cert) if tls else None,
+        ssl_keyfile=str(config.server.tls_key) if tls else None,
+    )
+    server_config.load()
+    if server_config.ssl is not None:
+        # uvicorn builds the context; we only raise its floor: no TLS 1.0/1.1.
+        server_config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+    uvicorn.Server(server_config).run()
     return 0
 
 

@@ -61,6 +61,15 @@ class ServerConfig(_Strict):
     # Request bodies larger than this get 413.
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Serve HTTPS (TLS 1.2 or newer only) with this PEM certificate chain and key.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "ServerConfig":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self
 
 
 DEFAULT_MODERATION_MODEL = "Llama-Guard"
@@ -148,6 +157,8 @@ def load_config(
     data_dir: str | os.PathLike | None = None,
     host: str | None = None,
     port: int | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> Config:
     """Build the effective configuration; raises ConfigError with a readable message."""
     config_path = config_path or os.environ.get("LLAMAHOST_CONFIG") or None
@@ -175,4 +186,11 @@ def load_config(
         config.server.host = host
     if port is not None:
         config.server.port = port
+    if tls_cert or tls_key:
+        if not (tls_cert and tls_key):
+            raise ConfigError("--tls-cert and --tls-key must be given together")
+        config.server.tls_cert, config.server.tls_key = Path(tls_cert), Path(tls_key)
+    for path in (config.server.tls_cert, config.server.tls_key):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"TLS file not found: {path}")
     return config

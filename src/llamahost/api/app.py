@@ -18,7 +18,7 @@ from ..safety.guardrails import Guardrails
 from ..safety.service import ModerationService
 from ..store.db import Database
 from ..tenancy.keys import KeyStore
-from . import native
+from . import compat, native
 from .common import BodySizeLimit
 from .errors import install_error_handlers
 
@@ -85,6 +85,7 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, limit=config.server.max_request_bytes)
     install_error_handlers(app)
     app.include_router(native.router)
+    app.include_router(compat.router)
 
     @app.get("/health", include_in_schema=False)
     async def health(request: Request) -> JSONResponse:

@@ -8,11 +8,16 @@ import json
 from contextlib import suppress
 from typing import Any, TypeVar
 
-from fastapi import Request
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..chat.service import ChatStream
+from ..chat.types import ChatRequest, ChatResult, ImageInput
 from ..protocol.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from ..tenancy.keys import Principal
 from .errors import error_response
@@ -162,3 +167,47 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+async def serve_chat(
+    request: Request,
+    chat_request: ChatRequest,
+    *,
+    stream_body: Callable[[ChatStream], AsyncIterator[bytes]],
+    json_body: Callable[[ChatResult], dict],
+) -> Response:
+    """Run a chat request for a wire surface, which only supplies its two renderings."""
+    chat = request.app.state.services.chat
+    chat_request.team = request.state.principal.team_name  # for per-team policies (guardrails)
+    try:
+        if chat_request.stream:
+            stream = await unless_disconnected(request, chat.start(chat_request))
+            return StreamingResponse(stream_body(stream), media_type="text/event-stream")
+        result = await unless_disconnected(request, chat.complete(chat_request))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    return JSONResponse(json_body(result))
+
+
+# Both surfaces' content items are pydantic models with `type` "text" (`.text`) or
+# "image_url" (`.image_url.url`); these read either.
+
+
+def content_text(content) -> str:
+    """The text of a message's content: a string, one text item, or a list of items."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    items = content if isinstance(content, list) else [content]
+    return "\n".join(item.text for item in items if item.type == "text")
+
+
+def content_images(message_index: int, content) -> tuple[ImageInput, ...]:
+    if not isinstance(content, list):
+        return ()
+    return tuple(
+        ImageInput(url=item.image_url.url, param=f"messages[{message_index}].content[{j}]")
+        for j, item in enumerate(content)
+        if item.type == "image_url"
+    )

@@ -6,13 +6,22 @@ import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from ..chat.service import ChatStream
-from ..chat.types import ChatMessage, ChatRequest, ChatResult, ImageInput, SamplingParams, ToolCall, ToolSpec, Usage
+from ..chat.types import ChatMessage, ChatRequest, ChatResult, SamplingParams, ToolCall, ToolSpec, Usage
 from ..protocol import native as wire
 from ..protocol.errors import APIError, InvalidRequest
-from .common import ClientDisconnected, authenticate, parse_body, unless_disconnected
+from ..engines.registry import ModelEntry
+from .common import (
+    ClientDisconnected,
+    authenticate,
+    content_images,
+    content_text,
+    parse_body,
+    serve_chat,
+    unless_disconnected,
+)
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
 
@@ -20,37 +29,20 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
 # --- wire -> internal ------------------------------------------------------------
 
 
-def _text_of(content: str | wire.TextItem | list | None) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, wire.TextItem):
-        return content.text
-    return "\n".join(item.text for item in content if isinstance(item, wire.TextItem))
-
-
 def _message(index: int, message: wire.Message) -> ChatMessage:
-    images: tuple[ImageInput, ...] = ()
-    if isinstance(message, wire.UserMessage) and isinstance(message.content, list):
-        images = tuple(
-            ImageInput(url=item.image_url.url, param=f"messages[{index}].content[{j}]")
-            for j, item in enumerate(message.content)
-            if isinstance(item, wire.ImageItem)
-        )
     tool_calls: tuple[ToolCall, ...] = ()
     if isinstance(message, wire.AssistantMessage) and message.tool_calls:
         tool_calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls)
     return ChatMessage(
         role=message.role,
-        content=_text_of(message.content),
-        images=images,
+        content=content_text(message.content),
+        images=content_images(index, message.content) if message.role == "user" else (),
         tool_calls=tool_calls,
         tool_call_id=message.tool_call_id if isinstance(message, wire.ToolMessage) else None,
     )
 
 
-def to_chat_request(body: wire.ChatCompletionRequest, team: str | None = None) -> ChatRequest:
+def to_chat_request(body: wire.ChatCompletionRequest) -> ChatRequest:
     defaults = SamplingParams()
     tool_choice = body.tool_choice
     if isinstance(tool_choice, wire.NamedToolChoice):
@@ -73,7 +65,6 @@ def to_chat_request(body: wire.ChatCompletionRequest, team: str | None = None) -
         tools=[ToolSpec(t.function.name, t.function.description, t.function.parameters) for t in body.tools or []],
         tool_choice=tool_choice,
         json_schema=json_schema,
-        team=team,
     )
 
 
@@ -145,16 +136,12 @@ async def stream_events(stream: ChatStream) -> AsyncIterator[bytes]:
 @router.post("/chat/completions", response_model=wire.ChatCompletionResponse)
 async def create_chat_completion(request: Request) -> Response:
     body = await parse_body(request, wire.ChatCompletionRequest)
-    chat = request.app.state.services.chat
-    chat_request = to_chat_request(body, team=request.state.principal.team_name)
-    try:
-        if body.stream:
-            stream = await unless_disconnected(request, chat.start(chat_request))
-            return StreamingResponse(stream_events(stream), media_type="text/event-stream")
-        result = await unless_disconnected(request, chat.complete(chat_request))
-    except ClientDisconnected:
-        return Response(status_code=499)
-    return JSONResponse(to_response(result).model_dump(mode="json"))
+    return await serve_chat(
+        request,
+        to_chat_request(body),
+        stream_body=stream_events,
+        json_body=lambda result: to_response(result).model_dump(mode="json"),
+    )
 
 
 @router.post("/moderations", response_model=wire.ModerationResponse)
@@ -180,14 +167,5 @@ async def retrieve_model(model_id: str, request: Request) -> wire.ModelCard:
     return _card(request.app.state.services.registry.resolve(model_id))
 
 
-def _card(entry) -> wire.ModelCard:
-    # Beyond the SDK's four fields: what actually serves this name, so an alias
-    # never passes for the model it is named after.
-    return wire.ModelCard(
-        id=entry.name,
-        created=entry.created,
-        owned_by=entry.config.owned_by,
-        root=entry.config.id,
-        engine=entry.engine.description,
-        context_window=entry.config.context_window,
-    )
+def _card(entry: ModelEntry) -> wire.ModelCard:
+    return wire.ModelCard(**entry.card())

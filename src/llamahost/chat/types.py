@@ -71,6 +71,7 @@ class ChatRequest:
     stream: bool = False
     tools: list[ToolSpec] = field(default_factory=list)
     tool_choice: str | None = None  # "none" | "auto" | "required" | a tool name
+    parallel_tool_calls: bool = True
     json_schema: dict[str, Any] | None = None
     # The calling team, for per-team policies (guardrails); None for internal calls.
     team: str | None = None

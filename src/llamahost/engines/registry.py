@@ -25,6 +25,18 @@ class ModelEntry:
     def is_alias(self) -> bool:
         return self.name != self.config.id
 
+    def card(self) -> dict:
+        """The model as listed by /models. Beyond the SDKs' four fields it says what
+        really serves the name, so an alias never passes for the model it is named after."""
+        return {
+            "id": self.name,
+            "created": self.created,
+            "owned_by": self.config.owned_by,
+            "root": self.config.id,
+            "engine": self.engine.description,
+            "context_window": self.config.context_window,
+        }
+
 
 def build_engine(config: ModelConfig) -> Engine:
     if config.engine == "llamacpp":

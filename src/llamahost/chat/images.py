@@ -1,0 +1,235 @@
+"""Image inputs: load (base64 data URL or a fetched URL), validate, and count tokens.
+
+Image handling is where API servers get hurt, so every rule here is explicit:
+- the real format is sniffed from the bytes by Pillow, never taken from a MIME type;
+- JPEG, PNG, GIF and ICO only; at most ``max_bytes`` each and ``max_images`` per request;
+- the pixel count is checked from the header *before* decoding (decompression bombs);
+- animated GIFs: the first frame is what a model sees (documented in the README);
+- URLs: http/https only; the host is resolved once, every address checked, and the
+  connection made to the checked address (with the original Host/SNI), so DNS
+  rebinding cannot swap in a private address; redirects are re-checked hop by hop;
+  the body is capped while it streams in; one overall timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import ipaddress
+import math
+import socket
+import warnings
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from PIL import Image
+
+from ..protocol.errors import InvalidRequest
+from .types import ImageInput
+
+ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "ICO": "image/x-icon"}
+TILE_SIZE = 336
+TOKENS_PER_TILE = 145  # the hosted Llama API's documented cost of one 336x336 tile
+MAX_TILES = 16  # larger images are scaled down to fit this many tiles (as Llama 4 does)
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    max_images: int = 9
+    max_bytes: int = 25 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    fetch_timeout: float = 10.0
+    max_redirects: int = 3
+    # Networks an operator explicitly allows URL images from (e.g. an internal CDN).
+    allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+    frames: int
+    param: str
+
+    @property
+    def tokens(self) -> int:
+        return image_tokens(self.width, self.height)
+
+    def data_url(self) -> str:
+        return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode()}"
+
+
+def image_tokens(width: int, height: int) -> int:
+    tiles = math.ceil(width / TILE_SIZE) * math.ceil(height / TILE_SIZE)
+    return TOKENS_PER_TILE * max(1, min(tiles, MAX_TILES))
+
+
+def check_count(images: list[ImageInput], policy: ImagePolicy) -> None:
+    if len(images) > policy.max_images:
+        raise InvalidRequest(
+            f"{len(images)} images in one request; at most {policy.max_images} are allowed",
+            param=images[policy.max_images].param,
+            code="too_many_images",
+        )
+
+
+def validate_bytes(data: bytes, param: str, policy: ImagePolicy) -> LoadedImage:
+    if len(data) > policy.max_bytes:
+        raise InvalidRequest(
+            f"{param}: image is {len(data)} bytes; the limit is {policy.max_bytes} bytes", param=param, code="image_too_large"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            # The header gives the size without decoding any pixels.
+            width, height = image.size
+            if width * height > policy.max_pixels:
+                raise InvalidRequest(
+                    f"{param}: image is {width}x{height} = {width * height} pixels; the limit is "
+                    f"{policy.max_pixels} pixels",
+                    param=param,
+                    code="image_too_many_pixels",
+                )
+            if image.format not in ALLOWED_FORMATS:
+                raise InvalidRequest(
+                    f"{param}: image format {image.format} is not allowed; use JPEG, PNG, GIF or ICO",
+                    param=param,
+                    code="invalid_image_format",
+                )
+            frames = getattr(image, "n_frames", 1)
+            image.load()  # decode the first frame fully: truncated or corrupt data fails here
+    except InvalidRequest:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own guard fired while reading the header (far over our limit).
+        raise InvalidRequest(
+            f"{param}: image has too many pixels; the limit is {policy.max_pixels} pixels ({exc})",
+            param=param,
+            code="image_too_many_pixels",
+        ) from None
+    except Exception:
+        raise InvalidRequest(
+            f"{param}: not a readable image (JPEG, PNG, GIF or ICO expected)", param=param, code="invalid_image_format"
+        ) from None
+    return LoadedImage(data, ALLOWED_FORMATS[image.format], width, height, frames, param)
+
+
+def decode_data_url(url: str, param: str, policy: ImagePolicy) -> bytes:
+    header, sep, payload = url.partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise InvalidRequest(f"{param}: data URLs must be base64 ('data:image/png;base64,...')", param=param)
+    # base64 inflates by 4/3; refuse before decoding something far too large.
+    if len(payload) > policy.max_bytes * 4 // 3 + 4:
+        raise InvalidRequest(
+            f"{param}: image is larger than the limit of {policy.max_bytes} bytes", param=param, code="image_too_large"
+        )
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{param}: invalid base64 in data URL", param=param) from None
+
+
+def _forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address, policy: ImagePolicy) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if any(address in network for network in policy.allow_networks):
+        return False
+    return not address.is_global or address.is_multicast
+
+
+async def _resolve_checked(host: str, port: int, param: str, policy: ImagePolicy) -> str:
+    """Resolve ``host`` once; refuse if ANY address is not public (unless allowed)."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise InvalidRequest(f"{param}: cannot resolve image host {host!r}", param=param, code="image_fetch_failed") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    for address in addresses:
+        if _forbidden(address, policy):
+            raise InvalidRequest(
+                f"{param}: image URL host {host!r} resolves to a non-public address ({address}); refused",
+                param=param,
+                code="image_url_forbidden",
+            )
+    return str(addresses[0])
+
+
+async def fetch_url(url: str, param: str, policy: ImagePolicy, client: httpx.AsyncClient) -> bytes:
+    async def fetch() -> bytes:
+        current = url
+        for _ in range(policy.max_redirects + 1):
+            parts = urlsplit(current)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise InvalidRequest(f"{param}: image URLs must be http or https", param=param, code="image_url_forbidden")
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            address = await _resolve_checked(parts.hostname, port, param, policy)
+            # Connect to the address that was checked, not to whatever a second lookup says.
+            pinned_host = f"[{address}]" if ":" in address else address
+            pinned = parts._replace(netloc=f"{pinned_host}:{port}").geturl()
+            host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+            request = client.build_request(
+                "GET", pinned, headers={"Host": host_header}, extensions={"sni_hostname": parts.hostname}
+            )
+            response = await client.send(request, stream=True)
+            try:
+                if response.is_redirect:
+                    location = response.headers.get("location")
+                    if not location:
+                        raise InvalidRequest(f"{param}: redirect without a location", param=param, code="image_fetch_failed")
+                    current = urljoin(current, location)
+                    continue
+                if response.status_code != 200:
+                    raise InvalidRequest(
+                        f"{param}: fetching the image failed with HTTP {response.status_code}",
+                        param=param,
+                        code="image_fetch_failed",
+                    )
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+                    raise InvalidRequest(
+                        f"{param}: image is {declared} bytes; the limit is {policy.max_bytes} bytes",
+                        param=param,
+                        code="image_too_large",
+                    )
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > policy.max_bytes:
+                        raise InvalidRequest(
+                            f"{param}: image is larger than the limit of {policy.max_bytes} bytes",
+                            param=param,
+                            code="image_too_large",
+                        )
+                return bytes(body)
+            finally:
+                await response.aclose()
+        raise InvalidRequest(f"{param}: too many redirects", param=param, code="image_fetch_failed")
+
+    try:
+        return await asyncio.wait_for(fetch(), policy.fetch_timeout)
+    except TimeoutError:
+        raise InvalidRequest(
+            f"{param}: fetching the image took longer than {policy.fetch_timeout:g} s", param=param, code="image_fetch_failed"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise InvalidRequest(f"{param}: fetching the image failed: {exc}", param=param, code="image_fetch_failed") from None
+
+
+async def load_images(images: list[ImageInput], policy: ImagePolicy) -> list[LoadedImage]:
+    """Load and validate every image of a request, in order; the first violation is a 400."""
+    check_count(images, policy)
+    loaded = []
+    async with httpx.AsyncClient(follow_redirects=False, timeout=policy.fetch_timeout, trust_env=False) as client:
+        for image in images:
+            if image.url.startswith("data:"):
+                data = decode_data_url(image.url, image.param, policy)
+            else:
+                data = await fetch_url(image.url, image.param, policy, client)
+            loaded.append(await asyncio.to_thread(validate_bytes, data, image.param, policy))
+    return loaded
