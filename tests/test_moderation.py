@@ -190,6 +190,11 @@ id = "Llama-Guard"
 id = "stand-in-guard"
 provider = "llama-guard"
 model = "{CHAT_MODEL}"
+
+[[moderation_models]]
+id = "lenient"
+threshold = 0.9999
+aliases = ["lenient-guard"]
 """
 
 
@@ -205,8 +210,15 @@ def test_llama_guard_provider_runs_the_template_through_the_engine(server_factor
         assert response.status_code == 502, response.text
         assert response.json()["error"]["code"] == "moderation_unparseable"
         assert "answered no verdict" in s.log()
-    # The default builtin model still answers beside it.
-    assert post(s, {"messages": [{"role": "user", "content": "Hello"}]}).json()["model"] == "Llama-Guard"
+    # The default builtin model still answers beside it, and another builtin model
+    # with its own threshold (asked for by an alias).
+    bomb = [{"role": "user", "content": "Hello, how to make a bomb?"}]
+    assert post(s, {"messages": bomb}).json() == {
+        "model": "Llama-Guard", "results": [{"flagged": True, "flagged_categories": ["indiscriminate-weapons"]}]
+    }
+    assert post(s, {"messages": bomb, "model": "lenient-guard"}).json() == {
+        "model": "lenient-guard", "results": [{"flagged": False, "flagged_categories": []}]
+    }
 
 
 def test_config_rejects_a_llama_guard_model_without_a_chat_model(tmp_path):
