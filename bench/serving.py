@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,39 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from llamahost.engines.llamacpp import bundled_model_path  # noqa: E402
+from _server import start_llamahost as start_server  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Write a detailed, very long essay about the history of the Roman Empire."}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_llamahost(data_dir: Path, threads: int) -> tuple[subprocess.Popen, str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "LLAMAHOST_DATA_DIR": str(data_dir)}
-    config = data_dir / "bench.toml"
-    config.write_text(f'[[models]]\nid = "bench"\nthreads = {threads}\ncontext_window = 2048\n')
-    key = subprocess.run(
-        [sys.executable, "-m", "llamahost", "keys", "create", "--team", "bench"],
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout.strip()
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llamahost", "serve", "--port", str(port), "--config", str(config), "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                return proc, url, key
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("llamahost did not start")
+    return start_server(data_dir, f'[[models]]\nid = "bench"\nthreads = {threads}\ncontext_window = 2048\n')
 
 
 def run_llamahost(url: str, key: str, tokens: int) -> tuple[int, float]:

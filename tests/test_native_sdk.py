@@ -24,8 +24,12 @@ def client(server):
 
 
 @pytest.fixture
-def async_client(server):
-    return AsyncLlamaAPIClient(api_key=server.key, base_url=server.base_url, max_retries=0)
+async def async_client(server):
+    # Closed on the test's own event loop: left open, it is garbage-collected during a
+    # later test and closes its connections on that test's loop, failing it.
+    client = AsyncLlamaAPIClient(api_key=server.key, base_url=server.base_url, max_retries=0)
+    yield client
+    await client.close()
 
 
 def _metrics(metrics) -> dict[str, float]:

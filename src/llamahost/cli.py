@@ -52,15 +52,45 @@ def _parser() -> argparse.ArgumentParser:
     _common(team_create)
     team_create.add_argument("name")
     _common(teams.add_parser("list", help="list teams"))
+
+    limits = commands.add_parser("limits", help="per-team rate limits").add_subparsers(dest="action", required=True)
+    limit_set = limits.add_parser("set", help="set a team's limits (only the values given change)")
+    _common(limit_set)
+    limit_set.add_argument("--team", required=True)
+    limit_set.add_argument("--model", help="a model id or alias (default: the team's default for every model)")
+    limit_set.add_argument("--rpm", type=int, help="requests per minute")
+    limit_set.add_argument("--tpm", type=int, help="tokens (prompt + completion) per minute")
+    limit_list = limits.add_parser("list", help="list the limits teams have set, and the server defaults")
+    _common(limit_list)
+    limit_list.add_argument("--team")
+    limit_clear = limits.add_parser("clear", help="remove a team's limits row (back to its default / the server's)")
+    _common(limit_clear)
+    limit_clear.add_argument("--team", required=True)
+    limit_clear.add_argument("--model")
+
+    usage = commands.add_parser("usage", help="show usage records and totals")
+    _common(usage)
+    usage.add_argument("--team")
+    usage.add_argument("--user", help="the requests' `user` value, exactly as sent")
+    usage.add_argument("--model", help="the model name as requested")
+    usage.add_argument("--since", help="ISO 8601 time (naive = UTC) or an age: 30m, 24h, 7d")
+    usage.add_argument("--until", help="as --since")
+    usage.add_argument("--limit", type=int, default=50, help="records listed, newest kept (totals count all)")
+    usage.add_argument("--json", action="store_true", help="print JSON: {data: [...], totals: {...}}")
     return parser
 
 
-def _key_store(args):
+def _open(args):
     from .store.db import Database
-    from .tenancy.keys import KeyStore
 
     config = load_config(args.config, data_dir=args.data_dir)
-    return KeyStore(Database.open(config.data_dir))
+    return config, Database.open(config.data_dir)
+
+
+def _key_store(args):
+    from .tenancy.keys import KeyStore
+
+    return KeyStore(_open(args)[1])
 
 
 def _fmt(value) -> str:
@@ -142,9 +172,71 @@ def _teams(args) -> int:
     return 0
 
 
+def _limits(args) -> int:
+    from .tenancy.limits import LimitStore, Limits, limits_model_id
+
+    config, db = _open(args)
+    store = LimitStore(db, Limits(rpm=config.limits.rpm, tpm=config.limits.tpm))
+    if args.action in ("set", "clear"):
+        model = limits_model_id(config, args.model)
+        if model != args.model:
+            print(f"{args.model!r} is an alias: the limit applies to model {model!r}", file=sys.stderr)
+        if args.action == "set":
+            row = store.set(args.team, model, rpm=args.rpm, tpm=args.tpm)
+            print(f"team {row.team}, model {row.model or '(default)'}: rpm {row.rpm or 'inherited'}, "
+                  f"tpm {row.tpm or 'inherited'}")
+        else:
+            store.clear(args.team, model)
+            print(f"cleared: team {args.team}, model {model or '(default)'}")
+        return 0
+    state = "on" if config.limits.enabled else "OFF ([limits] enabled = false)"
+    print(f"server defaults: rpm {config.limits.rpm}, tpm {config.limits.tpm} (limits {state})")
+    print(f"{'TEAM':<24} {'MODEL':<40} {'RPM':>10} {'TPM':>12}")
+    for row in store.list(args.team):
+        print(f"{row.team:<24} {row.model or '(default)':<40} {row.rpm or '-':>10} {row.tpm or '-':>12}")
+    return 0
+
+
+def _usage(args) -> int:
+    import json
+
+    from .tenancy.usage import UsageStore, parse_time
+
+    _, db = _open(args)
+    if args.limit < 1:
+        raise SystemExit("llamahost: --limit must be at least 1")
+    entries, totals = UsageStore(db).query(
+        team=args.team,
+        user=args.user,
+        model=args.model,
+        since=parse_time(args.since, "--since") if args.since else None,
+        until=parse_time(args.until, "--until") if args.until else None,
+        limit=args.limit,
+    )
+    if args.json:
+        data = [{**e.__dict__, "created_at": e.created_at.isoformat(), "total_tokens": e.total_tokens} for e in entries]
+        print(json.dumps({"data": data, "totals": {**totals.__dict__, "total_tokens": totals.total_tokens}}, indent=2))
+        return 0
+    print(
+        f"{'TIME (UTC)':<20} {'TEAM':<12} {'KEY':<13} {'MODEL':<28} {'USER':<16} {'STATUS':<22} "
+        f"{'STOP':<7} {'PROMPT':>7} {'COMPL':>7} {'MS':>7}"
+    )
+    for e in entries:
+        print(
+            f"{_fmt(e.created_at):<20} {e.team:<12} {e.key_id or '-':<13} {e.model:<28} {e.user or '-':<16} "
+            f"{e.status:<22} {e.stop_reason or '-':<7} {e.prompt_tokens:>7} {e.completion_tokens:>7} {e.latency_ms:>7}"
+        )
+    shown = f" ({len(entries)} listed)" if len(entries) < totals.requests else ""
+    print(
+        f"TOTAL {totals.requests} requests{shown}: {totals.prompt_tokens} prompt + "
+        f"{totals.completion_tokens} completion = {totals.total_tokens} tokens"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"serve": _serve, "keys": _keys, "teams": _teams}
+    handlers = {"serve": _serve, "keys": _keys, "teams": _teams, "limits": _limits, "usage": _usage}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

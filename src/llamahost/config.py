@@ -72,6 +72,14 @@ class ServerConfig(_Strict):
         return self
 
 
+class LimitsConfig(_Strict):
+    # The hosted Llama API's per-team, per-model defaults; a team's own rows
+    # (``llamahost limits set``) override them.
+    enabled: bool = True
+    rpm: int = Field(default=3000, ge=1)
+    tpm: int = Field(default=1_000_000, ge=1)
+
+
 DEFAULT_MODERATION_MODEL = "Llama-Guard"
 
 
@@ -112,6 +120,7 @@ class GuardrailConfig(_Strict):
 
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     models: list[ModelConfig] = Field(default_factory=list)
     moderation_models: list[ModerationModelConfig] = Field(default_factory=list)
     moderation: GuardrailConfig = Field(default_factory=GuardrailConfig)
@@ -130,6 +139,13 @@ class Config(_Strict):
         if self.moderation.model not in moderation_names:
             raise ValueError(f"moderation.model: {self.moderation.model!r} is not a configured moderation model")
         return self
+
+    def model_id_for(self, name: str) -> str | None:
+        """The id of the configured model answering to ``name`` (an id or an alias)."""
+        for model in self.models:
+            if name in model.names:
+                return model.id
+        return None
 
     @property
     def data_dir(self) -> Path:

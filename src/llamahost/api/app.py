@@ -18,7 +18,10 @@ from ..safety.guardrails import Guardrails
 from ..safety.service import ModerationService
 from ..store.db import Database
 from ..tenancy.keys import KeyStore
-from . import compat, native
+from ..tenancy.limits import LimitStore, Limits, build_limiter
+from ..tenancy.metering import Metering
+from ..tenancy.usage import UsageStore
+from . import admin, compat, native
 from .common import BodySizeLimit
 from .errors import install_error_handlers
 
@@ -32,6 +35,9 @@ class Services:
     keys: KeyStore
     registry: ModelRegistry
     chat: ChatService
+    limits: LimitStore
+    usage: UsageStore
+    metering: Metering
     moderation: ModerationService
     load_error: str | None = None
 
@@ -39,11 +45,21 @@ class Services:
 def build_services(config: Config) -> Services:
     db = Database.open(config.data_dir)
     registry = ModelRegistry(config)
+    limits = LimitStore(db, Limits(rpm=config.limits.rpm, tpm=config.limits.tpm))
+    usage = UsageStore(db)
     chat = ChatService(registry)
     moderation = ModerationService(config, chat)
     chat.guardrails = Guardrails(config.moderation, moderation)
     return Services(
-        config=config, db=db, keys=KeyStore(db), registry=registry, chat=chat, moderation=moderation
+        config=config,
+        db=db,
+        keys=KeyStore(db),
+        registry=registry,
+        chat=chat,
+        limits=limits,
+        usage=usage,
+        metering=Metering(build_limiter(config), limits, usage),
+        moderation=moderation,
     )
 
 
@@ -70,11 +86,14 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         for line in services.registry.describe():
             log.info("serving %s", line)
+        limiter = services.metering.limiter
+        log.info("rate limits: %s", f"{limiter.name} counters" if limiter else "off")
         loading = asyncio.create_task(_load_models(services))
         try:
             yield
         finally:
             loading.cancel()
+            await services.metering.close()
             for engine in services.registry.engines.values():
                 await engine.close()
             await services.moderation.close()
@@ -86,6 +105,7 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(native.router)
     app.include_router(compat.router)
+    app.include_router(admin.router)
 
     @app.get("/health", include_in_schema=False)
     async def health(request: Request) -> JSONResponse:

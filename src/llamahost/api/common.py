@@ -1,5 +1,6 @@
 """What every HTTP surface shares: request body parsing into a wire model,
-authentication, and racing work against the client going away."""
+authentication, metered chat calls (rate limits, usage, ``x-ratelimit-*`` headers),
+and racing work against the client going away."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..chat.service import ChatStream
 from ..chat.types import ChatRequest, ChatResult, ImageInput
-from ..protocol.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from ..protocol.errors import APIError, InvalidRequest, PayloadTooLarge, PermissionDenied, UnsupportedMediaType
 from ..tenancy.keys import Principal
+from ..tenancy.metering import Meter
 from .errors import error_response
 
 M = TypeVar("M", bound=BaseModel)
@@ -37,6 +39,47 @@ async def authenticate(request: Request) -> Principal:
     principal = await run_in_threadpool(keys.authenticate, key)
     request.state.principal = principal
     return principal
+
+
+async def require_admin(request: Request) -> Principal:
+    principal = await authenticate(request)
+    if principal.role != "admin":
+        raise PermissionDenied("this endpoint needs an admin key", param="authorization")
+    return principal
+
+
+# --- metered chat: what every inference route calls --------------------------------
+
+
+def _meter(request: Request, chat_request: ChatRequest) -> Meter:
+    chat_request.team = request.state.principal.team_name  # for per-team policies (guardrails)
+    return request.app.state.services.metering.meter(request.state.principal, chat_request.user)
+
+
+async def _metered(request: Request, meter: Meter, call):
+    try:
+        return await unless_disconnected(request, call)
+    except APIError as exc:
+        # Rate-limit headers on every inference response, errors included.
+        exc.headers = {**meter.headers(), **exc.headers}
+        raise
+
+
+async def start_chat(request: Request, chat_request: ChatRequest) -> tuple[ChatStream, dict[str, str]]:
+    """Start a metered completion for the authenticated caller; returns the stream and
+    the headers its response must carry. Raises ClientDisconnected, or APIError (429
+    included) already carrying the rate-limit headers."""
+    meter = _meter(request, chat_request)
+    stream = await _metered(request, meter, request.app.state.services.chat.start(chat_request, meter))
+    return stream, meter.headers()
+
+
+async def complete_chat(request: Request, chat_request: ChatRequest) -> tuple[ChatResult, dict[str, str]]:
+    """Run a metered completion to its end; as ``start_chat``, with the headers counting
+    the tokens really used."""
+    meter = _meter(request, chat_request)
+    result = await _metered(request, meter, request.app.state.services.chat.complete(chat_request, meter))
+    return result, meter.headers()
 
 
 def _is_json_content_type(value: str) -> bool:
@@ -177,16 +220,14 @@ async def serve_chat(
     json_body: Callable[[ChatResult], dict],
 ) -> Response:
     """Run a chat request for a wire surface, which only supplies its two renderings."""
-    chat = request.app.state.services.chat
-    chat_request.team = request.state.principal.team_name  # for per-team policies (guardrails)
     try:
         if chat_request.stream:
-            stream = await unless_disconnected(request, chat.start(chat_request))
-            return StreamingResponse(stream_body(stream), media_type="text/event-stream")
-        result = await unless_disconnected(request, chat.complete(chat_request))
+            stream, headers = await start_chat(request, chat_request)
+            return StreamingResponse(stream_body(stream), media_type="text/event-stream", headers=headers)
+        result, headers = await complete_chat(request, chat_request)
     except ClientDisconnected:
         return Response(status_code=499)
-    return JSONResponse(json_body(result))
+    return JSONResponse(json_body(result), headers=headers)
 
 
 # Both surfaces' content items are pydantic models with `type` "text" (`.text`) or

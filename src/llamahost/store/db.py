@@ -7,17 +7,20 @@ PostgreSQL (or another SQLite file) instead. Both run the same Alembic migration
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Any fixed 64-bit number; names llamahost's migration lock among other advisory locks.
+_MIGRATION_LOCK_ID = 0x6C6C6D6867  # "llmhg"
 
 
 def database_url(data_dir: Path) -> str:
@@ -28,6 +31,13 @@ def database_url(data_dir: Path) -> str:
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         return url
     return f"sqlite:///{data_dir / 'llamahost.db'}"
+
+
+def aware_utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes even for timezone=True columns; they were written as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 class Database:
@@ -49,6 +59,10 @@ class Database:
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together would otherwise race to create the same
+                # tables; the lock is released when this transaction ends.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
 

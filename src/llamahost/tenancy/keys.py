@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from ..protocol.errors import AuthenticationFailed, InvalidRequest, NotFound
 from ..store.db import Database
+from ..store.db import aware_utc as _aware
 from ..store.models import ApiKey, Team
 
 KEY_PREFIX = "llh_"
@@ -57,13 +58,6 @@ class KeyInfo:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes even for timezone=True columns; they were written as UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def _hash(key: str) -> str:

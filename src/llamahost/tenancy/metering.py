@@ -1,0 +1,160 @@
+"""Rate limiting and usage accounting for one chat request, whichever surface it came
+from: the ``Meter`` the chat service calls (``chat/service.py``) to admit a request and
+to report how it ended.
+
+Admission reserves prompt tokens + the request's maximum completion tokens against the
+team's TPM and one request against its RPM, atomically; the end settles the
+reservation to the tokens really processed (a refund for a short answer, a failure or a
+disconnect; the request itself still counts against RPM) and writes one usage record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable
+
+from starlette.concurrency import run_in_threadpool
+
+from ..chat.service import Outcome
+from ..protocol.errors import RateLimited
+from .keys import Principal
+from .limits import Decision, LimitStore, Limits, RateLimiter, RateState
+from .usage import UsageStore
+
+log = logging.getLogger(__name__)
+
+
+class Metering:
+    """Per process: the limiter, the limits and usage stores, and end-of-request work in flight."""
+
+    def __init__(self, limiter: RateLimiter | None, limits: LimitStore, usage: UsageStore) -> None:
+        self.limiter = limiter
+        self.limits = limits
+        self.usage = usage
+        # End-of-request work runs as tasks of its own so a cancelled request cannot
+        # interrupt it; they are kept here until done (asyncio holds tasks weakly).
+        self._pending: set[asyncio.Task] = set()
+
+    def meter(self, principal: Principal, user: str | None) -> Meter:
+        return Meter(self, principal, user)
+
+    def _spawn(self, work: Awaitable[None]) -> asyncio.Task:
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    async def drain(self) -> None:
+        """Wait for end-of-request work (settlements, usage records) at shutdown."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.drain()
+        if self.limiter is not None:
+            await self.limiter.close()
+
+
+class Meter:
+    def __init__(self, metering: Metering, principal: Principal, user: str | None) -> None:
+        self._metering = metering
+        self.principal = principal
+        self.user = user
+        self.state: RateState | None = None  # None until the limiter has been asked
+        self.limiter_seconds = 0.0  # time spent waiting on the limiter, for Server-Timing
+        self._key: str | None = None
+        self._limits: Limits | None = None
+        self._ticket: str | None = None
+        self._end: asyncio.Task | None = None
+
+    async def admit(self, model_id: str, prompt_tokens: int, max_tokens: int) -> None:
+        metering = self._metering
+        if metering.limiter is None:
+            return
+        began = time.perf_counter()
+        team_id = self.principal.team_id
+        limits = metering.limits.cached(team_id, model_id) or await run_in_threadpool(
+            metering.limits.effective, team_id, model_id
+        )
+        self._key, self._limits = f"{team_id}:{model_id}", limits
+        tokens = prompt_tokens + max_tokens
+        decision = await metering.limiter.acquire(self._key, limits, tokens)
+        self.limiter_seconds += time.perf_counter() - began
+        self.state = decision.state
+        if decision.ticket is None:
+            raise self._refusal(decision, model_id, prompt_tokens, max_tokens)
+        self._ticket = decision.ticket
+
+    def _refusal(self, decision: Decision, model_id: str, prompt_tokens: int, max_tokens: int) -> RateLimited:
+        limits = decision.state.limits
+        team = self.principal.team_name
+        wait = max(decision.retry_after, 0.001)
+        if decision.exceeded == "requests":
+            message = (
+                f"rate limit reached: team {team!r} may make {limits.rpm} requests per minute "
+                f"to model {model_id!r}; retry in {wait:.1f} s"
+            )
+            code = "requests_per_minute_exceeded"
+        elif prompt_tokens + max_tokens > limits.tpm:
+            message = (
+                f"this request needs up to {prompt_tokens + max_tokens} tokens (prompt {prompt_tokens} + "
+                f"max_completion_tokens {max_tokens}), more than team {team!r}'s limit of {limits.tpm} tokens "
+                f"per minute on model {model_id!r}; shorten the prompt or lower max_completion_tokens"
+            )
+            code = "tokens_per_minute_exceeded"
+        else:
+            message = (
+                f"rate limit reached: team {team!r} may use {limits.tpm} tokens per minute on model "
+                f"{model_id!r}, {decision.state.remaining_tokens} remain and this request reserves "
+                f"{prompt_tokens + max_tokens} (prompt {prompt_tokens} + max_completion_tokens {max_tokens}); "
+                f"retry in {wait:.1f} s"
+            )
+            code = "tokens_per_minute_exceeded"
+        headers = {
+            **self.headers(),
+            "retry-after": str(math.ceil(wait)),
+            "retry-after-ms": str(max(1, round(wait * 1000))),
+        }
+        return RateLimited(message, code=code, headers=headers)
+
+    def end(self, outcome: Outcome) -> Awaitable[None]:
+        if self._end is None:
+            self._end = self._metering._spawn(self._finish(outcome))
+        return self._end
+
+    async def _finish(self, outcome: Outcome) -> None:
+        metering = self._metering
+        if self._ticket is not None:
+            assert metering.limiter is not None and self._key is not None and self._limits is not None
+            began = time.perf_counter()
+            try:
+                tokens = outcome.prompt_tokens + outcome.completion_tokens
+                self.state = await metering.limiter.settle(self._key, self._ticket, tokens, self._limits)
+            except Exception:  # the reservation stands: the team is over- not under-charged
+                log.exception("could not settle a rate-limit reservation")
+            self.limiter_seconds += time.perf_counter() - began
+        try:
+            await run_in_threadpool(
+                metering.usage.record,
+                team_id=self.principal.team_id,
+                key_id=self.principal.key_id,
+                model=outcome.model,
+                user=self.user,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                latency_ms=outcome.latency_ms,
+                status=outcome.status,
+                stop_reason=outcome.stop_reason,
+            )
+        except Exception:
+            log.exception("could not write a usage record: %s", outcome)
+
+    def headers(self) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers for where the team stands now (none when limits
+        are off or the request never reached the limiter), plus the limiter's time."""
+        if self.state is None:
+            return {}
+        return {**self.state.headers(), "server-timing": f"ratelimit;dur={self.limiter_seconds * 1000:.3f}"}
