@@ -274,6 +274,9 @@ def test_guardrail_blocks_input_before_the_engine(server_factory):
     assert "indiscriminate-weapons" in error["categories"] and error["param"] == "messages[0]"
     assert _chat_lines(s) == 0  # no generation ran
     assert "stage=input" in s.log() and "blocked=True" in s.log()
+    # The refused request is in the team's usage, with no tokens processed.
+    records = json.loads(s.cli("usage", "--json").stdout)["data"]
+    assert [(r["status"], r["prompt_tokens"], r["completion_tokens"]) for r in records] == [("content_policy", 0, 0)]
 
     ok = c.chat.completions.create(
         model=CHAT_MODEL, messages=[{"role": "user", "content": "Name a colour."}], max_completion_tokens=8, temperature=0

@@ -5,7 +5,9 @@ with a flagged message (``flag``: record it and carry on; ``block``: refuse). In
 checked before the request reaches the engine; output on the finished reply (for a
 stream, before its final events, which a blocked reply replaces with an error event).
 
-Connection points for per-team settings and usage records (issue 3) are marked HOOK.
+The checks run inside ChatService.start's metered section, so a blocked request is a
+usage record with status ``content_policy``. Connection points for per-team settings
+and for a usage record per check (issue 3) are marked HOOK.
 """
 
 from __future__ import annotations
