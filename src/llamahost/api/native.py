@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..chat.service import ChatStream
+from ..engines.base import TextOut
 from ..chat.types import ChatMessage, ChatRequest, ChatResult, SamplingParams, ToolCall, ToolSpec, Usage
 from ..protocol import native as wire
 from ..protocol.errors import APIError, InvalidRequest
@@ -91,7 +92,9 @@ def to_response(result: ChatResult) -> wire.ChatCompletionResponse:
     return wire.ChatCompletionResponse(
         id=result.id,
         completion_message=wire.CompletionMessage(
-            content=wire.TextContent(text=result.text), stop_reason=result.stop_reason, tool_calls=[]
+            content=wire.TextContent(text=result.text),
+            stop_reason=result.stop_reason,
+            tool_calls=[{"id": c.id, "function": {"name": c.name, "arguments": c.arguments}} for c in result.tool_calls],
         ),
         metrics=_metrics(result.usage),
     )
@@ -106,8 +109,12 @@ async def stream_events(stream: ChatStream) -> AsyncIterator[bytes]:
     ``error`` event, which the SDK raises as an APIError."""
     try:
         yield _sse(wire.StreamChunk(id=stream.id, event=wire.StreamEvent(event_type="start")))
-        async for text in stream:
-            delta = wire.TextDelta(text=text)
+        async for out in stream:
+            if isinstance(out, TextOut):
+                delta: wire.TextDelta | wire.ToolCallDelta = wire.TextDelta(text=out.text)
+            else:
+                function = {"name": out.name} if out.name else {}
+                delta = wire.ToolCallDelta(id=out.id, function=function | {"arguments": out.arguments})
             yield _sse(wire.StreamChunk(id=stream.id, event=wire.StreamEvent(event_type="progress", delta=delta)))
         result = stream.result
         assert result is not None

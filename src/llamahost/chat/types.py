@@ -76,7 +76,8 @@ class ChatRequest:
     # The calling team, for per-team policies (guardrails); None for internal calls.
     team: str | None = None
     # A prompt already rendered for the model (e.g. the Llama Guard template): the
-    # engine tokenizes it as is instead of applying the model's chat template.
+    # embedded engine tokenizes it as is instead of applying the model's chat template
+    # (upstream engines, which only take messages, use ``messages``).
     raw_prompt: str | None = None
 
 

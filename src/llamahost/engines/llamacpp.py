@@ -19,11 +19,12 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .. import observability as obs
 from ..chat.stops import StopMatcher
-from ..chat.types import ChatMessage, ChatRequest
+from ..chat.types import ChatRequest
 from ..config import ModelConfig
 from ..protocol.errors import EngineFailure, ServiceUnavailable
-from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut
+from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut, openai_message
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,6 @@ def resolve_model_path(path: str) -> Path:
     if not resolved.is_file():
         raise FileNotFoundError(f"GGUF model file not found: {resolved}")
     return resolved
-
-
-def _template_message(message: ChatMessage) -> dict:
-    out: dict = {"role": message.role, "content": message.content}
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in message.tool_calls
-        ]
-    if message.tool_call_id is not None:
-        out["tool_call_id"] = message.tool_call_id
-    return out
 
 
 class LlamaCppEngine(Engine):
@@ -117,7 +106,7 @@ class LlamaCppEngine(Engine):
         if request.raw_prompt is not None:
             prompt, add_bos = request.raw_prompt, True
         else:
-            rendered = self._formatter(messages=[_template_message(m) for m in request.messages])
+            rendered = self._formatter(messages=[openai_message(m) for m in request.messages])
             prompt, add_bos = rendered.prompt, not rendered.added_special
         # Tokenizing is read-only on the vocabulary, safe beside a running decode.
         tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
@@ -134,10 +123,15 @@ class LlamaCppEngine(Engine):
             )
         self.generations += 1
         self._waiting += 1
+        queued = self._busy.locked()
+        if queued:
+            obs.QUEUE_DEPTH.labels(self.config.id).inc()
         try:
             await self._busy.acquire()
         finally:
             self._waiting -= 1
+            if queued:
+                obs.QUEUE_DEPTH.labels(self.config.id).dec()
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()

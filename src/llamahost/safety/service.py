@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ..chat.types import ChatMessage, ChatRequest, SamplingParams
 from ..config import Config, ModerationModelConfig
 from ..protocol.errors import APIError, NotFound, ServiceUnavailable
-from .llama_guard import UnparseableVerdict, Verdict, parse_verdict, render_prompt
+from .llama_guard import UnparseableVerdict, Verdict, conversation_turns, parse_verdict, render_prompt
 
 if TYPE_CHECKING:
     from ..chat.service import ChatService
@@ -118,9 +118,13 @@ class LlamaGuardModerator(Moderator):
         return self.chat.registry.resolve(self.chat_model).engine.ready
 
     async def classify(self, messages: Sequence[ChatMessage]) -> Verdict:
+        # The embedded engine takes the rendered template as is; an upstream engine (an
+        # OpenAI-compatible server) gets the same turns as chat messages and applies the
+        # model's own template, which for a Llama Guard 3 model is this one.
+        turns = conversation_turns(messages) or [("User", "")]
         request = ChatRequest(
             model=self.chat_model,
-            messages=list(messages),
+            messages=[ChatMessage(role="user" if who == "User" else "assistant", content=text) for who, text in turns],
             raw_prompt=render_prompt(messages),
             max_tokens=LLAMA_GUARD_MAX_TOKENS,
             sampling=SamplingParams(temperature=0.0, top_p=1.0, seed=0),
