@@ -168,21 +168,64 @@ class LimitsConfig(_Strict):
     tpm: int = Field(default=1_000_000, ge=1)
 
 
+DEFAULT_MODERATION_MODEL = "Llama-Guard"
+
+
+class ModerationModelConfig(_Strict):
+    """A model ``/v1/moderations`` (and the guardrails) can use."""
+
+    id: str = Field(default=DEFAULT_MODERATION_MODEL, min_length=1, max_length=128)
+    # builtin: the classifier shipped in the package. llama-guard: a configured chat
+    # model (``model``) whose GGUF is a Llama Guard 3 model, prompted with its template.
+    provider: Literal["builtin", "llama-guard"] = "builtin"
+    model: str | None = None
+    # builtin only: flag when P(unsafe) is at least this (default: the trained threshold).
+    threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
+    aliases: list[str] = Field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [self.id, *self.aliases]
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> "ModerationModelConfig":
+        if self.provider == "llama-guard" and not self.model:
+            raise ValueError(f"moderation model {self.id!r}: provider 'llama-guard' needs 'model' (a configured chat model)")
+        if self.provider == "builtin" and self.model:
+            raise ValueError(f"moderation model {self.id!r}: 'model' is only for provider 'llama-guard'")
+        if self.provider == "llama-guard" and self.threshold is not None:
+            raise ValueError(f"moderation model {self.id!r}: 'threshold' is only for provider 'builtin'")
+        return self
+
+
+class GuardrailConfig(_Strict):
+    """Automatic moderation of chat completions, server-wide (the default for every team)."""
+
+    mode: Literal["off", "input", "input+output"] = "off"
+    action: Literal["flag", "block"] = "flag"
+    model: str = DEFAULT_MODERATION_MODEL  # a moderation model name
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     models: list[ModelConfig] = Field(default_factory=list)
+    moderation_models: list[ModerationModelConfig] = Field(default_factory=list)
+    moderation: GuardrailConfig = Field(default_factory=GuardrailConfig)
 
     @model_validator(mode="after")
     def _default_models_and_unique_names(self) -> "Config":
         if not self.models:
             self.models = [ModelConfig(id=BUNDLED_MODEL_ID, aliases=list(HOSTED_CATALOG_ALIASES))]
-        seen: set[str] = set()
-        for model in self.models:
-            for name in model.names:
-                if name in seen:
-                    raise ValueError(f"model name {name!r} is configured twice")
-                seen.add(name)
+        if not self.moderation_models:
+            self.moderation_models = [ModerationModelConfig()]
+        chat_names = _unique_names(self.models, "model")
+        moderation_names = _unique_names(self.moderation_models, "moderation model")
+        for mod in self.moderation_models:
+            if mod.model is not None and mod.model not in chat_names:
+                raise ValueError(f"moderation model {mod.id!r}: model {mod.model!r} is not a configured model")
+        if self.moderation.model not in moderation_names:
+            raise ValueError(f"moderation.model: {self.moderation.model!r} is not a configured moderation model")
         return self
 
     def model_id_for(self, name: str) -> str | None:
@@ -196,6 +239,16 @@ class Config(_Strict):
     def data_dir(self) -> Path:
         assert self.server.data_dir is not None
         return self.server.data_dir
+
+
+def _unique_names(entries: list, what: str) -> set[str]:
+    seen: set[str] = set()
+    for entry in entries:
+        for name in entry.names:
+            if name in seen:
+                raise ValueError(f"{what} name {name!r} is configured twice")
+            seen.add(name)
+    return seen
 
 
 def default_data_dir() -> Path:

@@ -18,6 +18,8 @@ from ..config import Config
 from ..engines.openai_upstream import OpenAIUpstreamEngine
 from ..observability import process_exiting
 from ..engines.registry import ModelRegistry
+from ..safety.guardrails import Guardrails
+from ..safety.service import ModerationService
 from ..store.db import Database
 from ..tenancy.keys import KeyStore
 from ..tenancy.limits import LimitStore, Limits, build_limiter
@@ -40,6 +42,7 @@ class Services:
     limits: LimitStore
     usage: UsageStore
     metering: Metering
+    moderation: ModerationService
     load_error: str | None = None
 
 
@@ -48,15 +51,19 @@ def build_services(config: Config) -> Services:
     registry = ModelRegistry(config)
     limits = LimitStore(db, Limits(rpm=config.limits.rpm, tpm=config.limits.tpm))
     usage = UsageStore(db)
+    chat = ChatService(registry)
+    moderation = ModerationService(config, chat)
+    chat.guardrails = Guardrails(config.moderation, moderation)
     return Services(
         config=config,
         db=db,
         keys=KeyStore(db),
         registry=registry,
-        chat=ChatService(registry),
+        chat=chat,
         limits=limits,
         usage=usage,
         metering=Metering(build_limiter(config), limits, usage),
+        moderation=moderation,
     )
 
 
@@ -68,6 +75,12 @@ async def _load_models(services: Services) -> None:
         except Exception as exc:  # health reports it; the process stays up to say why
             services.load_error = f"model {model_id!r} failed to load: {exc}"
             log.exception("model %s failed to load", model_id)
+    try:
+        await services.moderation.load()
+        log.info("moderation models loaded: %s", ", ".join(m.config.id for m in services.moderation.moderators))
+    except Exception as exc:
+        services.load_error = f"the builtin moderation model failed to load: {exc}"
+        log.exception("moderation model failed to load")
 
 
 def create_app(config: Config, services: Services | None = None) -> FastAPI:
@@ -87,6 +100,7 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
             await services.metering.close()
             for engine in services.registry.engines.values():
                 await engine.close()
+            await services.moderation.close()
             services.db.close()
             process_exiting()
 
@@ -106,7 +120,7 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
         services: Services = request.app.state.services
         if services.load_error:
             return JSONResponse({"status": "error", "detail": services.load_error}, status_code=503)
-        if not services.registry.ready:
+        if not (services.registry.ready and services.moderation.ready):
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
         upstreams = {
             model_id: engine.pool.status()

@@ -52,6 +52,7 @@ async def require_admin(request: Request) -> Principal:
 
 
 def _meter(request: Request, chat_request: ChatRequest) -> Meter:
+    chat_request.team = request.state.principal.team_name  # for per-team policies (guardrails)
     return request.app.state.services.metering.meter(request.state.principal, chat_request.user)
 
 

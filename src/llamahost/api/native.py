@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
 
 from ..chat.service import ChatStream
 from ..chat.types import (
@@ -19,9 +20,17 @@ from ..chat.types import (
     Usage,
 )
 from ..protocol import native as wire
-from ..protocol.errors import APIError
+from ..protocol.errors import APIError, InvalidRequest
 from ..engines.registry import ModelEntry
-from .common import authenticate, content_images, content_text, parse_body, serve_chat
+from .common import (
+    ClientDisconnected,
+    authenticate,
+    content_images,
+    content_text,
+    parse_body,
+    serve_chat,
+    unless_disconnected,
+)
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
 
@@ -66,6 +75,14 @@ def to_chat_request(body: wire.ChatCompletionRequest) -> ChatRequest:
         tool_choice=tool_choice,
         json_schema=json_schema,
     )
+
+
+def to_moderation_messages(body: wire.ModerationRequest) -> list[ChatMessage]:
+    messages = [_message(i, m) for i, m in enumerate(body.messages)]
+    for message in messages:
+        for image in message.images:
+            raise InvalidRequest("moderation judges text only; image items are not accepted", param=image.param)
+    return messages
 
 
 # --- internal -> wire ------------------------------------------------------------
@@ -147,6 +164,19 @@ async def create_chat_completion(request: Request) -> Response:
         stream_body=stream_events,
         json_body=lambda result: to_response(result).model_dump(mode="json"),
     )
+
+
+@router.post("/moderations", response_model=wire.ModerationResponse)
+async def create_moderation(request: Request) -> Response:
+    body = await parse_body(request, wire.ModerationRequest)
+    messages = to_moderation_messages(body)
+    moderation = request.app.state.services.moderation
+    try:
+        outcome = await unless_disconnected(request, moderation.moderate(body.model, messages))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    result = wire.ModerationResult(flagged=outcome.verdict.flagged, flagged_categories=list(outcome.verdict.categories))
+    return JSONResponse(wire.ModerationResponse(model=outcome.model, results=[result]).model_dump(mode="json"))
 
 
 @router.get("/models", response_model=wire.ModelList)

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from .. import observability as obs
 from ..engines.base import EngineEvent, Finished, TextOut
@@ -24,6 +24,9 @@ from ..engines.registry import ModelEntry, ModelRegistry
 from ..protocol.errors import APIError, EngineFailure, InvalidRequest, NotFound, ServiceUnavailable
 from .tools import check_request, new_call_id
 from .types import ChatEvent, ChatRequest, ChatResult, TextChunk, ToolCall, ToolCallDelta, Usage
+
+if TYPE_CHECKING:
+    from ..safety.guardrails import Guardrails
 
 log = logging.getLogger("llamahost.requests")
 
@@ -92,6 +95,7 @@ class ChatStream:
         started: float,
         on_finished: list[Callable[[CompletionRecord], None]],
         meter: Meter | None = None,
+        check_output: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -110,6 +114,7 @@ class ChatStream:
         self._on_finished = on_finished
         self._recorded = False
         self._meter = meter
+        self._check_output = check_output
         # Children looked up once: these are observed for every piece of output.
         self._ttft = obs.TIME_TO_FIRST_TOKEN.labels(entry.name)
         self._itl = obs.INTER_TOKEN_LATENCY.labels(entry.name)
@@ -126,6 +131,10 @@ class ChatStream:
                     except StopAsyncIteration:
                         raise EngineFailure("the engine ended the generation without finishing it") from None
                 if isinstance(event, Finished):
+                    if self._check_output is not None:
+                        # Before the result exists, so a stream's final events come only
+                        # after the reply passed (a blocked one raises instead).
+                        await self._check_output("".join(self._text))
                     stop_reason = event.stop_reason
                     if self._calls and stop_reason == "stop":
                         stop_reason = "tool_calls"
@@ -260,15 +269,20 @@ class ChatStream:
 
 
 class ChatService:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, guardrails: "Guardrails | None" = None) -> None:
         self.registry = registry
+        # Set after construction: the moderation behind the guardrails may itself run
+        # a chat model through this service.
+        self.guardrails = guardrails
         # Called with a CompletionRecord when each admitted completion ends (usage
         # records, audit). Hooks run on the event loop: keep them quick.
         self.on_finished: list[Callable[[CompletionRecord], None]] = []
 
-    async def start(self, request: ChatRequest, meter: Meter | None = None) -> ChatStream:
+    async def start(self, request: ChatRequest, meter: Meter | None = None, *, guarded: bool = True) -> ChatStream:
         """Admit and start a completion. Every error a client can cause is raised here,
-        before the first byte of a response, so it can still be an HTTP status."""
+        before the first byte of a response, so it can still be an HTTP status.
+
+        ``guarded=False`` skips the guardrails (for the moderation models' own calls)."""
         started = time.monotonic()
         try:
             entry = self.registry.resolve(request.model)
@@ -286,6 +300,7 @@ class ChatService:
                 )
             self._reject_unsupported(entry, request)
             check_request(request)
+            check_output = await self._guard_input(request) if guarded else None
             prepared = await entry.engine.prepare(request)
             max_tokens = self._token_budget(entry, prepared.prompt_tokens, request.max_tokens)
             if meter is not None:
@@ -314,10 +329,29 @@ class ChatService:
             started=started,
             on_finished=self.on_finished,
             meter=meter,
+            check_output=check_output,
         )
 
-    async def complete(self, request: ChatRequest, meter: Meter | None = None) -> ChatResult:
-        stream = await self.start(request, meter)
+    async def _guard_input(self, request: ChatRequest) -> Callable[[str], Awaitable[object]] | None:
+        """Run the input guardrail (before the engine sees anything: a blocked input costs
+        no generation, and the meter records it as refused); return the output check."""
+        guardrails = self.guardrails
+        policy = guardrails.policy_for(request) if guardrails is not None else None
+        if guardrails is None or policy is None:
+            return None
+        if policy.checks_input:
+            await guardrails.check(request, policy, "input", request.messages)
+        if not policy.checks_output:
+            return None
+
+        async def check_output(text: str) -> object:
+            reply = ChatMessage(role="assistant", content=text)
+            return await guardrails.check(request, policy, "output", [*request.messages, reply])
+
+        return check_output
+
+    async def complete(self, request: ChatRequest, meter: Meter | None = None, *, guarded: bool = True) -> ChatResult:
+        stream = await self.start(request, meter, guarded=guarded)
         try:
             async for _ in stream:
                 pass

@@ -73,6 +73,12 @@ class ChatRequest:
     tool_choice: str | None = None  # "none" | "auto" | "required" | a tool name
     parallel_tool_calls: bool = True
     json_schema: dict[str, Any] | None = None
+    # The calling team, for per-team policies (guardrails); None for internal calls.
+    team: str | None = None
+    # A prompt already rendered for the model (e.g. the Llama Guard template): the
+    # embedded engine tokenizes it as is instead of applying the model's chat template
+    # (upstream engines, which only take messages, use ``messages``).
+    raw_prompt: str | None = None
 
 
 @dataclass

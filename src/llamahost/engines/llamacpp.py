@@ -83,6 +83,7 @@ class LlamaCppEngine(Engine):
         self._grammars: GrammarCompiler | None = None
         self._busy: asyncio.Lock | None = None
         self._waiting = 0
+        self.generations = 0  # generations started, for observability and tests
 
     @property
     def ready(self) -> bool:
@@ -127,6 +128,10 @@ class LlamaCppEngine(Engine):
 
     def _prepare_sync(self, request: ChatRequest) -> PreparedPrompt:
         assert self._llm is not None and self._formatter is not None
+        if request.raw_prompt is not None:
+            # A caller-rendered prompt (e.g. the Llama Guard template): no chat template, no grammar.
+            tokens = self._llm.tokenize(request.raw_prompt.encode("utf-8"), add_bos=True, special=True)
+            return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=_Prepared(tokens, None, None))
         assert self._tool_format is not None and self._grammars is not None
         fmt = self._tool_format
         messages, tools = render_messages(request, fmt)
@@ -150,6 +155,7 @@ class LlamaCppEngine(Engine):
                 code="engine_overloaded",
                 headers={"Retry-After": "1"},
             )
+        self.generations += 1
         self._waiting += 1
         queued = self._busy.locked()
         if queued:

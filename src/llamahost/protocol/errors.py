@@ -74,3 +74,19 @@ class ServiceUnavailable(APIError):
 class EngineFailure(APIError):
     status_code = 500
     error_type = "server_error"
+
+
+class ContentPolicyViolation(APIError):
+    """A guardrail blocked the input or the reply; ``categories`` names the hazards."""
+
+    status_code = 400
+    error_type = "content_policy"
+
+    def __init__(self, message: str, *, categories: tuple[str, ...] | list[str], **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.categories = list(categories)
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["error"]["categories"] = self.categories
+        return body

@@ -144,6 +144,11 @@ class ChatCompletionRequest(_Request):
     user: str | None = Field(default=None, max_length=256)
 
 
+class ModerationRequest(_Request):
+    messages: list[Message] = Field(min_length=1)
+    model: str | None = Field(default=None, min_length=1)
+
+
 # --- responses ---------------------------------------------------------------------
 
 
@@ -203,3 +208,13 @@ class ModelCard(_Response):
 
 class ModelList(_Response):
     data: list[ModelCard]
+
+
+class ModerationResult(_Response):
+    flagged: bool
+    flagged_categories: list[str]
+
+
+class ModerationResponse(_Response):
+    model: str
+    results: list[ModerationResult]

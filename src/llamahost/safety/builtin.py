@@ -1,0 +1,105 @@
+"""The ``builtin`` moderation provider: sentence embeddings + trained linear heads.
+
+Features come from one all-MiniLM-L6-v2 forward pass over the judged message
+(``minilm.py``): the mean of the token states after layers 3, 4, 5 and 6, the max
+over tokens of the last layer (with and without the [CLS]/[SEP] positions) and the
+[CLS] state. Pooling several layers and the max kept more of what a single mean
+embedding averages away (cross-validated F1 rose by about 0.04 on both the OpenAI
+moderation and XSTest rows; see MODEL_CARD.md).
+Two heads trained by ``training/moderation/train.py`` ship as package data
+(``weights/builtin.npz``, a few hundred kilobytes):
+
+- a logistic-regression *flag* head: P(unsafe) >= threshold flags the message;
+- a softmax *category* head over the 14 Llama Guard 3 categories, consulted only for
+  flagged messages; it names the most likely category, plus any other within
+  ``CATEGORY_MARGIN`` of it.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .llama_guard import Verdict
+from .minilm import MiniLMEncoder
+from .taxonomy import NAMES
+
+WEIGHTS = "weights/builtin.npz"
+CATEGORY_MARGIN = 0.5  # a second category is named if its probability is >= half the top one's
+
+
+# The encoder reads at most 256 tokens; cutting the text first bounds the tokenizer's
+# work on a huge message (a token is rarely more than a few characters).
+MAX_CHARS = 16_384
+
+
+def featurize(encoder: MiniLMEncoder, text: str) -> np.ndarray:
+    ids = encoder.token_ids(text[:MAX_CHARS])
+    states = encoder.hidden_states(ids)
+    last = states[-1]
+    inner = last[1:-1] if len(ids) > 2 else last
+    parts = [states[3].mean(0), states[4].mean(0), states[5].mean(0), last.mean(0), last.max(0), last[0], inner.max(0)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def weights_path() -> Path:
+    return Path(str(importlib.resources.files("llamahost.safety").joinpath(WEIGHTS)))
+
+
+@dataclass
+class Heads:
+    flag_w: np.ndarray  # (dim,)
+    flag_b: float
+    threshold: float
+    cat_w: np.ndarray  # (dim, 14)
+    cat_b: np.ndarray  # (14,)
+    meta: dict
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> "Heads":
+        with np.load(path or weights_path()) as z:
+            meta = json.loads(str(z["meta"]))
+            if tuple(meta["categories"]) != NAMES:
+                raise ValueError("moderation weights were trained for a different category list")
+            return cls(z["flag_w"], float(z["flag_b"]), float(z["threshold"]), z["cat_w"], z["cat_b"], meta)
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(
+            path, flag_w=self.flag_w.astype(np.float32), flag_b=np.float32(self.flag_b),
+            threshold=np.float32(self.threshold), cat_w=self.cat_w.astype(np.float32),
+            cat_b=self.cat_b.astype(np.float32), meta=np.array(json.dumps({**self.meta, "categories": list(NAMES)})),
+        )
+
+    def unsafe_probability(self, features: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(features @ self.flag_w + self.flag_b)))
+
+    def category_probabilities(self, features: np.ndarray) -> np.ndarray:
+        logits = features @ self.cat_w + self.cat_b
+        logits = logits - logits.max(axis=-1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=-1, keepdims=True)
+
+    def verdict(self, features: np.ndarray, threshold: float | None = None) -> Verdict:
+        p = float(self.unsafe_probability(features))
+        if p < (self.threshold if threshold is None else threshold):
+            return Verdict(flagged=False)
+        probs = self.category_probabilities(features)
+        order = np.argsort(-probs)
+        top = probs[order[0]]
+        names = tuple(NAMES[i] for i in order if probs[i] >= top * CATEGORY_MARGIN)
+        return Verdict(flagged=True, categories=names)
+
+
+class BuiltinClassifier:
+    """Loads the encoder and heads once; ``classify`` is synchronous CPU work."""
+
+    def __init__(self) -> None:
+        self.encoder = MiniLMEncoder()
+        self.heads = Heads.load()
+
+    def classify(self, text: str, threshold: float | None = None) -> Verdict:
+        return self.heads.verdict(featurize(self.encoder, text), threshold)

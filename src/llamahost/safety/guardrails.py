@@ -1,0 +1,133 @@
+"""Guardrails: automatic moderation of chat completions (beyond the hosted API).
+
+A policy says what to check (``off`` | ``input`` | ``input+output``) and what to do
+with a flagged message (``flag``: record it and carry on; ``block``: refuse). Input is
+checked before the request reaches the engine; output on the finished reply (for a
+stream, before its final events, which a blocked reply replaces with an error event).
+
+The checks run inside ChatService.start's metered section, so a blocked request is a
+usage record with status ``content_policy``. Connection points for per-team settings
+and for a usage record per check (issue 3) are marked HOOK.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from ..chat.types import ChatMessage, ChatRequest
+from ..config import GuardrailConfig
+from ..protocol.errors import ContentPolicyViolation
+from .llama_guard import Verdict
+from .service import ModerationService
+
+log = logging.getLogger("llamahost.moderation")
+
+Stage = Literal["input", "output"]
+
+
+@dataclass(frozen=True)
+class GuardrailPolicy:
+    mode: Literal["off", "input", "input+output"]
+    action: Literal["flag", "block"]
+    model: str  # moderation model name
+
+    @classmethod
+    def from_config(cls, config: GuardrailConfig) -> "GuardrailPolicy":
+        return cls(mode=config.mode, action=config.action, model=config.model)
+
+    @property
+    def checks_input(self) -> bool:
+        return self.mode in ("input", "input+output")
+
+    @property
+    def checks_output(self) -> bool:
+        return self.mode == "input+output"
+
+
+@dataclass(frozen=True)
+class GuardrailCheck:
+    """One moderation check, as recorded."""
+
+    team: str | None
+    user: str | None
+    chat_model: str
+    moderation_model: str
+    stage: Stage
+    flagged: bool
+    categories: tuple[str, ...]
+    action: str
+    blocked: bool
+    latency_ms: float
+
+
+class CheckRecorder(Protocol):
+    def record(self, check: GuardrailCheck) -> None: ...
+
+
+class LogRecorder:
+    """Writes each check to the log.
+
+    HOOK(issue 3): the usage store should record every check per team (it is billable
+    work and an audit trail); pass a recorder that writes usage rows to Guardrails.
+    """
+
+    def record(self, check: GuardrailCheck) -> None:
+        log.info(
+            "moderation stage=%s team=%s user=%s chat_model=%s model=%s flagged=%s categories=%s action=%s "
+            "blocked=%s latency_ms=%.1f",
+            check.stage, check.team, check.user, check.chat_model, check.moderation_model, check.flagged,
+            ",".join(check.categories) or "-", check.action, check.blocked, check.latency_ms,
+        )
+
+
+class Guardrails:
+    def __init__(
+        self, config: GuardrailConfig, moderation: ModerationService, recorder: CheckRecorder | None = None
+    ) -> None:
+        self.default = GuardrailPolicy.from_config(config)
+        self.moderation = moderation
+        self.recorder: CheckRecorder = recorder or LogRecorder()
+
+    def policy_for(self, request: ChatRequest) -> GuardrailPolicy | None:
+        """The policy for this request, or None when nothing is checked.
+
+        HOOK(issue 3): look up the team's own ``moderation``/``action`` settings
+        (``request.team``) here; the server-wide ``[moderation]`` section is the default.
+        """
+        policy = self.default
+        return policy if policy.mode != "off" else None
+
+    async def check(
+        self, request: ChatRequest, policy: GuardrailPolicy, stage: Stage, messages: Sequence[ChatMessage]
+    ) -> Verdict:
+        """Moderate the last of ``messages``; raise ContentPolicyViolation if the policy blocks it."""
+        started = time.monotonic()
+        moderation = await self.moderation.moderate(policy.model, messages)
+        verdict = moderation.verdict
+        blocked = verdict.flagged and policy.action == "block"
+        self.recorder.record(
+            GuardrailCheck(
+                team=request.team, user=request.user, chat_model=request.model, moderation_model=moderation.model,
+                stage=stage, flagged=verdict.flagged, categories=verdict.categories, action=policy.action,
+                blocked=blocked, latency_ms=(time.monotonic() - started) * 1000,
+            )
+        )
+        if blocked:
+            named = ", ".join(verdict.categories) or "unspecified"
+            if stage == "input":
+                raise ContentPolicyViolation(
+                    f"the input was flagged by moderation ({named}) and blocked by this server's content policy",
+                    categories=verdict.categories,
+                    param=f"messages[{len(request.messages) - 1}]",
+                    code="input_flagged",
+                )
+            raise ContentPolicyViolation(
+                f"the reply was flagged by moderation ({named}) and blocked by this server's content policy",
+                categories=verdict.categories,
+                code="output_flagged",
+            )
+        return verdict

@@ -1,0 +1,185 @@
+"""Moderation as a service: the configured moderation models and the provider behind each.
+
+``/v1/moderations`` and the chat guardrails both call ``ModerationService.moderate``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..chat.types import ChatMessage, ChatRequest, SamplingParams
+from ..config import Config, ModerationModelConfig
+from ..protocol.errors import APIError, NotFound, ServiceUnavailable
+from .llama_guard import UnparseableVerdict, Verdict, conversation_turns, parse_verdict, render_prompt
+
+if TYPE_CHECKING:
+    from ..chat.service import ChatService
+    from .builtin import BuiltinClassifier
+
+log = logging.getLogger(__name__)
+
+# "unsafe\nS1,S2,...,S14" is at most ~45 tokens; a verdict needs no more.
+LLAMA_GUARD_MAX_TOKENS = 48
+
+
+class ModerationFailed(APIError):
+    """The moderation model answered something that is not a verdict."""
+
+    status_code = 502
+    error_type = "server_error"
+
+
+@dataclass(frozen=True)
+class Moderation:
+    model: str  # the name the caller used
+    verdict: Verdict
+
+
+class Moderator(abc.ABC):
+    def __init__(self, config: ModerationModelConfig) -> None:
+        self.config = config
+
+    @property
+    @abc.abstractmethod
+    def ready(self) -> bool: ...
+
+    async def load(self) -> None:  # noqa: B027 - optional
+        return None
+
+    @abc.abstractmethod
+    async def classify(self, messages: Sequence[ChatMessage]) -> Verdict:
+        """Judge the last message in the context of the ones before it."""
+
+    async def close(self) -> None:  # noqa: B027 - optional
+        return None
+
+
+class BuiltinModerator(Moderator):
+    """The classifier shipped in the package; CPU work on one dedicated thread."""
+
+    _shared: "BuiltinClassifier | None" = None  # every builtin model shares one encoder
+
+    def __init__(self, config: ModerationModelConfig, executor: ThreadPoolExecutor) -> None:
+        super().__init__(config)
+        self._executor = executor
+
+    @property
+    def ready(self) -> bool:
+        return BuiltinModerator._shared is not None
+
+    async def load(self) -> None:
+        if BuiltinModerator._shared is None:
+            loop = asyncio.get_running_loop()
+            BuiltinModerator._shared = await loop.run_in_executor(self._executor, _load_builtin)
+
+    async def classify(self, messages: Sequence[ChatMessage]) -> Verdict:
+        classifier = BuiltinModerator._shared
+        if classifier is None:
+            raise ServiceUnavailable(
+                f"moderation model {self.config.id!r} is still loading", code="model_loading", headers={"Retry-After": "1"}
+            )
+        # The builtin model judges the text of the last message on its own (see its
+        # model card); an empty message (an assistant turn with only tool calls) is safe.
+        text = messages[-1].content
+        if not text.strip():
+            return Verdict(flagged=False)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, classifier.classify, text, self.config.threshold)
+
+
+def _load_builtin() -> "BuiltinClassifier":
+    from threadpoolctl import threadpool_limits
+
+    from .builtin import BuiltinClassifier
+
+    # One BLAS thread: the encoder's matrices are small, and a second spinning
+    # thread would compete with llama.cpp's for the same cores.
+    threadpool_limits(1, user_api="blas")
+    return BuiltinClassifier()
+
+
+class LlamaGuardModerator(Moderator):
+    """A configured chat model that is a Llama Guard 3 model, run through ChatService."""
+
+    def __init__(self, config: ModerationModelConfig, chat: "ChatService") -> None:
+        super().__init__(config)
+        self.chat = chat
+        assert config.model is not None
+        self.chat_model = config.model
+
+    @property
+    def ready(self) -> bool:
+        return self.chat.registry.resolve(self.chat_model).engine.ready
+
+    async def classify(self, messages: Sequence[ChatMessage]) -> Verdict:
+        # The embedded engine takes the rendered template as is; an upstream engine (an
+        # OpenAI-compatible server) gets the same turns as chat messages and applies the
+        # model's own template, which for a Llama Guard 3 model is this one.
+        turns = conversation_turns(messages) or [("User", "")]
+        request = ChatRequest(
+            model=self.chat_model,
+            messages=[ChatMessage(role="user" if who == "User" else "assistant", content=text) for who, text in turns],
+            raw_prompt=render_prompt(messages),
+            max_tokens=LLAMA_GUARD_MAX_TOKENS,
+            sampling=SamplingParams(temperature=0.0, top_p=1.0, seed=0),
+        )
+        # Not guarded: a guardrail's own moderation call must not be moderated again.
+        result = await self.chat.complete(request, guarded=False)
+        try:
+            return parse_verdict(result.text)
+        except UnparseableVerdict as exc:
+            log.warning("moderation model %s (%s) answered no verdict: %r", self.config.id, self.chat_model, result.text)
+            raise ModerationFailed(
+                f"moderation model {self.config.id!r} (chat model {self.chat_model!r}) did not answer a Llama Guard "
+                f"verdict: {exc}. Is it a Llama Guard 3 model?",
+                code="moderation_unparseable",
+            ) from None
+
+
+class ModerationService:
+    def __init__(self, config: Config, chat: "ChatService") -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moderation")
+        self._by_name: dict[str, Moderator] = {}
+        self.moderators: list[Moderator] = []
+        for model in config.moderation_models:
+            moderator: Moderator
+            if model.provider == "builtin":
+                moderator = BuiltinModerator(model, self._executor)
+            else:
+                moderator = LlamaGuardModerator(model, chat)
+            self.moderators.append(moderator)
+            for name in model.names:
+                self._by_name[name] = moderator
+        self.default_name = config.moderation_models[0].id
+
+    def resolve(self, name: str | None) -> tuple[str, Moderator]:
+        name = name or self.default_name
+        moderator = self._by_name.get(name)
+        if moderator is None:
+            raise NotFound(
+                f"moderation model {name!r} not found; available: {', '.join(self._by_name)}",
+                param="model",
+                code="model_not_found",
+            )
+        return name, moderator
+
+    async def moderate(self, name: str | None, messages: Sequence[ChatMessage]) -> Moderation:
+        name, moderator = self.resolve(name)
+        return Moderation(model=name, verdict=await moderator.classify(messages))
+
+    async def load(self) -> None:
+        for moderator in self.moderators:
+            await moderator.load()
+
+    @property
+    def ready(self) -> bool:
+        return all(m.ready for m in self.moderators)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

