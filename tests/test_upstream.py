@@ -175,7 +175,7 @@ def test_tool_calls_are_translated_both_ways(gateway):
     deltas = [e.event.delta for e in events if e.event.event_type == "progress"]
     assert deltas and all(d.type == "tool_call" for d in deltas)
     assert deltas[0].function.name == "get_weather" and deltas[0].id
-    arguments = json.loads("".join(d.function.arguments for d in deltas))
+    arguments = json.loads("".join(d.function.arguments or "" for d in deltas))
     assert isinstance(arguments.get("city"), str)
     assert events[-1].event.stop_reason == "tool_calls"
 
@@ -207,9 +207,10 @@ def test_capabilities_decide_what_passes(gateway):
             model=MODEL, messages=[{"role": "user", "content": [{"type": "text", "text": "what is it?"}, image]}]
         )
     assert refused.value.body["error"]["param"] == "messages[0].content[1]"  # vision not declared
+    # The embedded engine serves tools (constrained decoding) but not images.
     with pytest.raises(BadRequestError) as embedded:
-        client.chat.completions.create(model="embedded", messages=[{"role": "user", "content": "hi"}], tools=TOOLS)
-    assert embedded.value.body["error"]["param"] == "tools"
+        client.chat.completions.create(model="embedded", messages=[{"role": "user", "content": [image]}])
+    assert embedded.value.body["error"]["param"] == "messages[0].content[0]"
     # json_schema is passed through as response_format json_schema. This upstream
     # (llama_cpp.server) only knows json_object and refuses it, with a 500 of its own:
     # the client gets a 502 that quotes the upstream, and no replica is ejected for it.
@@ -430,7 +431,7 @@ def test_bad_upstream_requests_are_4xx_naming_the_field(gateway, patch, param):
         ('[[models]]\nid = "x"\nengine = "openai"\nreplicas = ["10.0.0.5:8000"]\n', "http://"),
         ('[[models]]\nid = "x"\nengine = "openai"\nreplicas = ["http://h/v1"]\npath = "bundled"\n', "llamacpp key"),
         ('[[models]]\nid = "x"\nreplicas = ["http://h/v1"]\n', "openai-engine key"),
-        ('[[models]]\nid = "x"\ntools = true\n', "cannot serve tools"),
+        ('[[models]]\nid = "x"\nvision = true\n', "cannot serve vision"),
         ('[[models]]\nid = "x"\nengine = "openai"\nreplicas = ["http://h/v1"]\napi_key_env = "LLAMAHOST_TEST_UNSET"\n', "LLAMAHOST_TEST_UNSET"),
     ],
 )

@@ -357,7 +357,7 @@ class OpenAIUpstreamEngine(Engine):
                 for i, call in enumerate(message.get("tool_calls") or ()):
                     function = call.get("function") or {}
                     pieces.append(function.get("arguments") or "")
-                    yield ToolCallDelta(i, call.get("id"), function.get("name"), function.get("arguments") or "")
+                    yield ToolCallDelta(index=i, id=call.get("id"), name=function.get("name"), arguments=function.get("arguments") or "")
                 usage = result.get("usage") or {}
                 completion_tokens = usage.get("completion_tokens")
                 if completion_tokens is None:
