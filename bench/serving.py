@@ -30,8 +30,9 @@ from _server import start_llamahost as start_server  # noqa: E402
 MESSAGES = [{"role": "user", "content": "Write a detailed, very long essay about the history of the Roman Empire."}]
 
 
-def start_llamahost(data_dir: Path, threads: int) -> tuple[subprocess.Popen, str, str]:
-    return start_server(data_dir, f'[[models]]\nid = "bench"\nthreads = {threads}\ncontext_window = 2048\n')
+def start_llamahost(data_dir: Path, threads: int = 1, config_text: str | None = None) -> tuple[subprocess.Popen, str, str]:
+    """A llamahost serving model "bench" (the bundled GGUF unless ``config_text`` says otherwise)."""
+    return start_server(data_dir, config_text or f'[[models]]\nid = "bench"\nthreads = {threads}\ncontext_window = 2048\n')
 
 
 def run_llamahost(url: str, key: str, tokens: int) -> tuple[int, float]:

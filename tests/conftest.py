@@ -84,10 +84,12 @@ class Server:
                 self.process.wait()
 
 
-def start_server(tmp_path: Path, config: str | None = None, env: dict[str, str] | None = None, key: bool = True) -> Server:
+def start_server(
+    tmp_path: Path, config: str | None = None, env: dict[str, str] | None = None, key: bool = True, args: tuple[str, ...] = ()
+) -> Server:
     data_dir = tmp_path / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    args = []
+    args = list(args)
     if config is not None:
         config_path = tmp_path / "llamahost.toml"
         config_path.write_text(config)
@@ -121,8 +123,10 @@ def start_server(tmp_path: Path, config: str | None = None, env: dict[str, str] 
 def server_factory(tmp_path):
     started: list[Server] = []
 
-    def factory(config: str | None = None, env: dict[str, str] | None = None, key: bool = True, name: str = "s") -> Server:
-        server = start_server(tmp_path / f"{name}{len(started)}", config, env, key)
+    def factory(
+        config: str | None = None, env: dict[str, str] | None = None, key: bool = True, name: str = "s", args: tuple[str, ...] = ()
+    ) -> Server:
+        server = start_server(tmp_path / f"{name}{len(started)}", config, env, key, args)
         started.append(server)
         return server
 

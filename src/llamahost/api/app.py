@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -13,13 +15,15 @@ from fastapi.responses import JSONResponse
 from .. import __version__
 from ..chat.service import ChatService
 from ..config import Config
+from ..engines.openai_upstream import OpenAIUpstreamEngine
+from ..observability import process_exiting
 from ..engines.registry import ModelRegistry
 from ..store.db import Database
 from ..tenancy.keys import KeyStore
 from ..tenancy.limits import LimitStore, Limits, build_limiter
 from ..tenancy.metering import Metering
 from ..tenancy.usage import UsageStore
-from . import admin, compat, native
+from . import admin, compat, native, observability
 from .common import BodySizeLimit
 from .errors import install_error_handlers
 
@@ -84,14 +88,18 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
             for engine in services.registry.engines.values():
                 await engine.close()
             services.db.close()
+            process_exiting()
 
     app = FastAPI(title="llamahost", version=__version__, lifespan=lifespan)
     app.state.services = services
     app.add_middleware(BodySizeLimit, limit=config.server.max_request_bytes)
+    app.add_middleware(observability.RequestContext)  # added last: outermost
     install_error_handlers(app)
     app.include_router(native.router)
     app.include_router(compat.router)
     app.include_router(admin.router)
+    if config.server.metrics:
+        app.include_router(observability.router)
 
     @app.get("/health", include_in_schema=False)
     async def health(request: Request) -> JSONResponse:
@@ -100,6 +108,27 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
             return JSONResponse({"status": "error", "detail": services.load_error}, status_code=503)
         if not services.registry.ready:
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
-        return JSONResponse({"status": "ok"})
+        upstreams = {
+            model_id: engine.pool.status()
+            for model_id, engine in services.registry.engines.items()
+            if isinstance(engine, OpenAIUpstreamEngine)
+        }
+        # llamahost itself is up even when an upstream is not: the replicas' state is
+        # reported, not turned into a failing check that would take llamahost out too.
+        return JSONResponse({"status": "ok", "upstreams": upstreams} if upstreams else {"status": "ok"})
 
     return app
+
+
+WORKER_CONFIG_ENV = "LLAMAHOST_WORKER_CONFIG"
+
+
+def worker_app() -> FastAPI:
+    """The app factory run by each ``llamahost serve --workers N`` process: uvicorn
+    starts workers from an import string, so the parent's resolved configuration
+    (file, environment and flags already merged) reaches them as JSON in the environment."""
+    from ..observability import configure_logging
+
+    config = Config.model_validate(json.loads(os.environ[WORKER_CONFIG_ENV]))
+    configure_logging(config.server.log_level, config.server.log_format)
+    return create_app(config)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request, Response
 
 from ..chat.service import ChatStream
-from ..chat.types import ChatMessage, ChatRequest, ChatResult, SamplingParams, ToolCall, ToolSpec
+from ..chat.types import ChatMessage, ChatRequest, ChatResult, SamplingParams, TextChunk, ToolCall, ToolSpec
 from ..engines.registry import ModelEntry
 from ..protocol import compat as wire
 from ..protocol.errors import APIError, InvalidRequest
@@ -142,8 +142,15 @@ def stream_chunks(include_usage: bool):
         a failure mid-stream is sent as ``data: {"error": ...}``, which the OpenAI SDK raises."""
         try:
             yield _chunk(stream, {"role": "assistant", "content": ""})
-            async for text in stream:
-                yield _chunk(stream, {"content": text})
+            async for out in stream:
+                if isinstance(out, TextChunk):
+                    yield _chunk(stream, {"content": out.text})
+                    continue
+                call: dict = {"index": out.index}
+                if out.id:
+                    call |= {"id": out.id, "type": "function"}
+                call["function"] = ({"name": out.name} if out.name else {}) | {"arguments": out.arguments}
+                yield _chunk(stream, {"tool_calls": [call]})
             result = stream.result
             assert result is not None
             yield _chunk(stream, {}, result.stop_reason)

@@ -8,7 +8,16 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request, Response
 
 from ..chat.service import ChatStream
-from ..chat.types import ChatMessage, ChatRequest, ChatResult, SamplingParams, ToolCall, ToolSpec, Usage
+from ..chat.types import (
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    SamplingParams,
+    TextChunk,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
 from ..protocol import native as wire
 from ..protocol.errors import APIError
 from ..engines.registry import ModelEntry
@@ -71,10 +80,13 @@ def _metrics(usage: Usage) -> list[wire.Metric]:
 
 
 def to_response(result: ChatResult) -> wire.ChatCompletionResponse:
+    # Exactly {id, function: {name, arguments}}: clients send the message back
+    # verbatim, and the request side accepts no more than that.
+    tool_calls = [{"id": c.id, "function": {"name": c.name, "arguments": c.arguments}} for c in result.tool_calls]
     return wire.ChatCompletionResponse(
         id=result.id,
         completion_message=wire.CompletionMessage(
-            content=wire.TextContent(text=result.text), stop_reason=result.stop_reason, tool_calls=[]
+            content=wire.TextContent(text=result.text), stop_reason=result.stop_reason, tool_calls=tool_calls
         ),
         metrics=_metrics(result.usage),
     )
@@ -89,8 +101,18 @@ async def stream_events(stream: ChatStream) -> AsyncIterator[bytes]:
     ``error`` event, which the SDK raises as an APIError."""
     try:
         yield _sse(wire.StreamChunk(id=stream.id, event=wire.StreamEvent(event_type="start")))
-        async for text in stream:
-            delta = wire.TextDelta(text=text)
+        async for event in stream:
+            if isinstance(event, TextChunk):
+                delta: wire.TextDelta | wire.ToolCallDelta = wire.TextDelta(text=event.text)
+            elif event.name is not None:
+                # A call opens with its id and name; its arguments follow in later deltas.
+                delta = wire.ToolCallDelta(id=event.id, function={"name": event.name})
+                yield _sse(wire.StreamChunk(id=stream.id, event=wire.StreamEvent(event_type="progress", delta=delta)))
+                if not event.arguments:
+                    continue
+                delta = wire.ToolCallDelta(function={"arguments": event.arguments})
+            else:
+                delta = wire.ToolCallDelta(function={"arguments": event.arguments})
             yield _sse(wire.StreamChunk(id=stream.id, event=wire.StreamEvent(event_type="progress", delta=delta)))
         result = stream.result
         assert result is not None

@@ -14,22 +14,41 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
+from .. import observability as obs
 from ..engines.base import EngineEvent, Finished, TextOut
 from ..engines.registry import ModelEntry, ModelRegistry
-from ..protocol.errors import APIError, EngineFailure, InvalidRequest, ServiceUnavailable
-from .types import ChatRequest, ChatResult, Usage
+from ..protocol.errors import APIError, EngineFailure, InvalidRequest, NotFound, ServiceUnavailable
+from .tools import check_request, new_call_id
+from .types import ChatEvent, ChatRequest, ChatResult, TextChunk, ToolCall, ToolCallDelta, Usage
 
 log = logging.getLogger("llamahost.requests")
+
+@dataclass(frozen=True)
+class CompletionRecord:
+    """How one admitted completion ended. Hooks in ``ChatService.on_finished`` get one
+    per completion, whatever the ending: this is where usage accounting plugs in."""
+
+    request_id: str | None
+    model: str  # the name the client asked for
+    model_id: str  # the configured model serving it
+    user: str | None
+    status: Literal["ok", "error", "cancelled"]
+    prompt_tokens: int
+    completion_tokens: int
+    stop_reason: str | None
+    error: str | None
+    time_to_first_token: float | None
+    duration: float
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a request ended. Tokens are those really processed: a request refused or
-    failed before generation started processed none."""
+    """How a request ended, for the meter. Tokens are those really processed: a request
+    refused or failed before generation started processed none."""
 
     status: str  # "ok", "cancelled" (the caller went away), or the APIError type that ended it
     model: str  # as requested
@@ -59,7 +78,8 @@ def status_of(exc: BaseException) -> str:
 
 
 class ChatStream:
-    """A started completion: iterate it for text pieces; ``result`` is set at the end."""
+    """A started completion: iterate it for ``TextChunk``s and ``ToolCallDelta``s (each
+    call's first delta carries a fresh ``id`` and the name); ``result`` is set at the end."""
 
     def __init__(
         self,
@@ -68,24 +88,34 @@ class ChatStream:
         events: AsyncIterator[EngineEvent],
         first: EngineEvent,
         *,
-        prompt_tokens: int = 0,
+        prompt_tokens: int,
+        started: float,
+        on_finished: list[Callable[[CompletionRecord], None]],
         meter: Meter | None = None,
-        started: float | None = None,
     ) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.request = request
         self.entry = entry
+        self.request_id = obs.request_id_var.get()
         self._events = events
         self._first: EngineEvent | None = first
         self._text: list[str] = []
-        self._started = time.monotonic() if started is None else started
+        self._calls: list[list[str]] = []  # [id, name, arguments so far] per call index
         self._prompt_tokens = prompt_tokens
+        self._output_pieces = 0
+        self._started = started
+        self._first_output: float | None = None
+        self._last_output: float | None = None
+        self._on_finished = on_finished
+        self._recorded = False
         self._meter = meter
-        self._ended = meter is None
+        # Children looked up once: these are observed for every piece of output.
+        self._ttft = obs.TIME_TO_FIRST_TOKEN.labels(entry.name)
+        self._itl = obs.INTER_TOKEN_LATENCY.labels(entry.name)
         self.result: ChatResult | None = None
 
-    async def __aiter__(self) -> AsyncIterator[str]:
+    async def __aiter__(self) -> AsyncIterator[ChatEvent]:
         try:
             while self.result is None:
                 if self._first is not None:
@@ -95,72 +125,146 @@ class ChatStream:
                         event = await anext(self._events)
                     except StopAsyncIteration:
                         raise EngineFailure("the engine ended the generation without finishing it") from None
-                if isinstance(event, TextOut):
-                    self._text.append(event.text)
-                    yield event.text
-                elif isinstance(event, Finished):
-                    result = ChatResult(
+                if isinstance(event, Finished):
+                    stop_reason = event.stop_reason
+                    if self._calls and stop_reason == "stop":
+                        stop_reason = "tool_calls"
+                    self.result = ChatResult(
                         id=self.id,
                         model=self.request.model,
                         created=self.created,
                         text="".join(self._text),
-                        stop_reason=event.stop_reason,
+                        stop_reason=stop_reason,
                         usage=Usage(event.prompt_tokens, event.completion_tokens),
+                        tool_calls=[ToolCall(id=i, name=n, arguments=a) for i, n, a in self._calls],
                     )
-                    self.result = result
-                    self._log()
+                    self._record("ok", event.prompt_tokens, event.completion_tokens, stop_reason)
                     # Settled before the caller sees the result, so what it reports
                     # (e.g. remaining tokens) already counts the real usage. Shielded: a
                     # caller cancelled now must not cut the bookkeeping short.
-                    if not self._ended:
-                        await asyncio.shield(
-                            self._end("ok", event.prompt_tokens, event.completion_tokens, event.stop_reason)
-                        )
-        except BaseException as exc:
-            if not self._ended:
-                self._end(status_of(exc))
+                    settling = self._end_meter("ok", event.prompt_tokens, event.completion_tokens, stop_reason)
+                    if settling is not None:
+                        await asyncio.shield(settling)
+                    continue
+                self._observe_output()
+                if isinstance(event, TextOut):
+                    self._text.append(event.text)
+                    yield TextChunk(event.text)
+                else:
+                    yield self._tool_call_delta(event)
+        except APIError as exc:
+            tokens = getattr(exc, "completion_tokens", self._output_pieces)
+            self._record("error", self._prompt_tokens, tokens, None, error=exc.message)
+            self._end_meter(exc.error_type, self._prompt_tokens, tokens)
             raise
 
-    def _end(
-        self, status: str, prompt_tokens: int | None = None, completion_tokens: int | None = None,
-        stop_reason: str | None = None,
-    ) -> Awaitable[None]:
-        """Tell the meter once. Without the engine's final count, a request is charged its
-        prompt and the pieces of text it produced (a lower bound of its tokens)."""
-        assert self._meter is not None
-        self._ended = True
-        outcome = Outcome(
-            status=status,
-            model=self.request.model,
-            prompt_tokens=self._prompt_tokens if prompt_tokens is None else prompt_tokens,
-            completion_tokens=len(self._text) if completion_tokens is None else completion_tokens,
-            stop_reason=stop_reason,
-            latency_ms=(time.monotonic() - self._started) * 1000,
-        )
-        return self._meter.end(outcome)
+    def _end_meter(
+        self, status: str, prompt_tokens: int, completion_tokens: int, stop_reason: str | None = None
+    ) -> Awaitable[None] | None:
+        """Tell the meter once how the request ended. Without the engine's final count, a
+        request is charged its prompt and the pieces it produced (a lower bound)."""
+        if self._meter is None:
+            return None
+        meter, self._meter = self._meter, None
+        latency_ms = (time.monotonic() - self._started) * 1000
+        return meter.end(Outcome(status, self.request.model, prompt_tokens, completion_tokens, stop_reason, latency_ms))
 
-    def _log(self) -> None:
-        assert self.result is not None
-        log.info(
-            "chat model=%s user=%s prompt_tokens=%d completion_tokens=%d stop_reason=%s latency_ms=%.0f",
+    def _observe_output(self) -> None:
+        now = time.monotonic()
+        if self._last_output is None:
+            self._first_output = now
+            self._ttft.observe(now - self._started)
+        else:
+            self._itl.observe(now - self._last_output)
+        self._last_output = now
+        self._output_pieces += 1
+
+    def _tool_call_delta(self, delta: ToolCallDelta) -> ToolCallDelta:
+        if delta.index == len(self._calls):
+            if delta.name is None:
+                raise EngineFailure("the engine streamed tool call arguments before the call's name")
+            # Fresh ids, whatever the engine had: a later tool message is matched by it.
+            self._calls.append([new_call_id(), delta.name, ""])
+            call = self._calls[-1]
+            call[2] += delta.arguments
+            return ToolCallDelta(index=delta.index, id=call[0], name=delta.name, arguments=delta.arguments)
+        if not 0 <= delta.index < len(self._calls):
+            raise EngineFailure(f"the engine streamed tool call {delta.index} out of order")
+        self._calls[delta.index][2] += delta.arguments
+        return ToolCallDelta(index=delta.index, arguments=delta.arguments)
+
+    def _record(
+        self, status: str, prompt_tokens: int, completion_tokens: int, stop_reason: str | None, error: str | None = None
+    ) -> None:
+        if self._recorded:
+            return
+        self._recorded = True
+        duration = time.monotonic() - self._started
+        model = self.entry.name
+        obs.REQUESTS.labels(model, status).inc()
+        obs.IN_FLIGHT.labels(model).dec()
+        obs.REQUEST_DURATION.labels(model).observe(duration)
+        obs.PROMPT_TOKENS.labels(model).inc(prompt_tokens)
+        obs.COMPLETION_TOKENS.labels(model).inc(completion_tokens)
+        record = CompletionRecord(
+            request_id=self.request_id,
+            model=self.request.model,
+            model_id=self.entry.config.id,
+            user=self.request.user,
+            status=status,  # type: ignore[arg-type]
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            stop_reason=stop_reason,
+            error=error,
+            time_to_first_token=(self._first_output - self._started) if self._first_output else None,
+            duration=duration,
+        )
+        log.log(
+            logging.WARNING if status == "error" else logging.INFO,
+            "chat model=%s user=%s status=%s prompt_tokens=%d completion_tokens=%d stop_reason=%s latency_ms=%.0f%s",
             self.request.model,
             self.request.user,
-            self.result.usage.prompt_tokens,
-            self.result.usage.completion_tokens,
-            self.result.stop_reason,
-            (time.monotonic() - self._started) * 1000,
+            status,
+            prompt_tokens,
+            completion_tokens,
+            stop_reason,
+            duration * 1000,
+            f" error={error!r}" if error else "",
+            extra={
+                "event": "chat_completion",
+                "model": self.request.model,
+                "user": self.request.user,
+                "status": status,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "stop_reason": stop_reason,
+                "ttft_ms": round(record.time_to_first_token * 1000, 1) if record.time_to_first_token else None,
+                "latency_ms": round(duration * 1000, 1),
+                "error": error,
+            },
         )
+        for hook in self._on_finished:
+            try:
+                hook(record)
+            except Exception:  # accounting must never break the response
+                log.exception("completion hook failed")
 
     async def aclose(self) -> None:
         """Stop generating (a no-op once finished); frees the engine at once."""
-        if not self._ended:
-            self._end("cancelled")
-        await self._events.aclose()
+        try:
+            await self._events.aclose()
+        finally:
+            # Not finished and not failed: the client went away.
+            self._record("cancelled", self._prompt_tokens, self._output_pieces, None)
+            self._end_meter("cancelled", self._prompt_tokens, self._output_pieces)
 
 
 class ChatService:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
+        # Called with a CompletionRecord when each admitted completion ends (usage
+        # records, audit). Hooks run on the event loop: keep them quick.
+        self.on_finished: list[Callable[[CompletionRecord], None]] = []
 
     async def start(self, request: ChatRequest, meter: Meter | None = None) -> ChatStream:
         """Admit and start a completion. Every error a client can cause is raised here,
@@ -168,11 +272,20 @@ class ChatService:
         started = time.monotonic()
         try:
             entry = self.registry.resolve(request.model)
+        except NotFound as exc:
+            obs.REQUESTS.labels("unknown", "404").inc()
+            if meter is not None:
+                meter.end(Outcome(status_of(exc), request.model, 0, 0, None, (time.monotonic() - started) * 1000))
+            raise
+        model = entry.name
+        obs.IN_FLIGHT.labels(model).inc()
+        try:
             if not entry.engine.ready:
                 raise ServiceUnavailable(
                     f"model {request.model!r} is still loading", code="model_loading", headers={"Retry-After": "2"}
                 )
-            self._reject_unsupported(request)
+            self._reject_unsupported(entry, request)
+            check_request(request)
             prepared = await entry.engine.prepare(request)
             max_tokens = self._token_budget(entry, prepared.prompt_tokens, request.max_tokens)
             if meter is not None:
@@ -186,11 +299,21 @@ class ChatService:
                 await events.aclose()
                 raise
         except BaseException as exc:
+            obs.IN_FLIGHT.labels(model).dec()
+            if isinstance(exc, APIError):
+                obs.REQUESTS.labels(model, str(exc.status_code)).inc()
             if meter is not None:
                 meter.end(Outcome(status_of(exc), request.model, 0, 0, None, (time.monotonic() - started) * 1000))
             raise
         return ChatStream(
-            request, entry, events, first, prompt_tokens=prepared.prompt_tokens, meter=meter, started=started
+            request,
+            entry,
+            events,
+            first,
+            prompt_tokens=prepared.prompt_tokens,
+            started=started,
+            on_finished=self.on_finished,
+            meter=meter,
         )
 
     async def complete(self, request: ChatRequest, meter: Meter | None = None) -> ChatResult:
@@ -204,21 +327,34 @@ class ChatService:
         return stream.result
 
     @staticmethod
-    def _reject_unsupported(request: ChatRequest) -> None:
-        # Not yet implemented features are refused, never silently ignored.
-        for message in request.messages:
-            for image in message.images:
+    def _reject_unsupported(entry: ModelEntry, request: ChatRequest) -> None:
+        # What the model cannot serve is refused, never silently ignored.
+        capabilities = entry.capabilities
+        if "vision" not in capabilities:
+            for message in request.messages:
+                for image in message.images:
+                    raise InvalidRequest(
+                        f"model {request.model!r} does not accept image input (text only)", param=image.param
+                    )
+        if "tools" not in capabilities:
+            if request.tools:
+                raise InvalidRequest(f"model {request.model!r} does not support tool calling", param="tools")
+            if request.tool_choice not in (None, "none", "auto"):
                 raise InvalidRequest(
-                    f"model {request.model!r} does not accept image input (text only)", param=image.param
+                    f"tool_choice needs tools, which model {request.model!r} does not support", param="tool_choice"
                 )
-        if request.tools:
-            raise InvalidRequest("tool calling is not supported by this server yet", param="tools")
-        if request.tool_choice not in (None, "none", "auto"):
-            raise InvalidRequest("tool_choice needs tools, which this server does not support yet", param="tool_choice")
-        if request.json_schema is not None:
+        elif request.tool_choice not in (None, "none", "auto", "required"):
+            if request.tool_choice not in {t.name for t in request.tools}:
+                raise InvalidRequest(
+                    f"tool_choice names {request.tool_choice!r}, which is not one of the request's tools",
+                    param="tool_choice",
+                )
+        if request.json_schema is not None and "json_schema" not in capabilities:
             raise InvalidRequest(
-                "response_format json_schema is not supported by this server yet", param="response_format"
+                f"model {request.model!r} does not support response_format json_schema", param="response_format"
             )
+        if request.tool_choice == "required" and not request.tools:
+            raise InvalidRequest("tool_choice 'required' needs tools", param="tool_choice")
 
     @staticmethod
     def _token_budget(entry: ModelEntry, prompt_tokens: int, requested: int | None) -> int:

@@ -103,4 +103,19 @@ class TextChunk:
     text: str
 
 
-ChatEvent = TextChunk
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call being generated, in order.
+
+    The first delta of call ``index`` carries its ``name`` (and, once it reaches a
+    surface, its ``id``); the following ones append ``arguments`` fragments. Engines
+    leave ``id`` unset: the chat service gives every call a fresh id.
+    """
+
+    index: int
+    name: str | None = None
+    arguments: str = ""
+    id: str | None = None
+
+
+ChatEvent = TextChunk | ToolCallDelta

@@ -1,8 +1,14 @@
-"""The interface every engine implements: the embedded llama.cpp engine now,
-remote OpenAI-compatible engines (vLLM, llama-server, Ollama, ...) later.
+"""The interface every engine implements: the embedded llama.cpp engine and remote
+OpenAI-compatible engines (vLLM, SGLang, TGI, llama-server, Ollama, ...).
 
 An engine takes an internal ``ChatRequest`` (never a wire model), reports how many
 prompt tokens it costs, and streams ``EngineEvent``s ending in exactly one ``Finished``.
+
+A request with ``tools`` or a ``json_schema`` (checked and normalized by the chat
+service) must be answered within them: the embedded engine constrains decoding with a
+grammar; a remote engine passes them on to a server that does. Tool calls stream out
+as ``ToolCallDelta``s (name first, then argument fragments), whatever the model's own
+call syntax, so surfaces never see an engine's format.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..chat.types import ChatRequest, StopReason
+from ..chat.types import ChatMessage, ChatRequest, StopReason, ToolCallDelta
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,21 @@ class Finished:
     completion_tokens: int
 
 
-EngineEvent = TextOut | Finished
+EngineEvent = TextOut | ToolCallDelta | Finished
+
+
+def openai_message(message: ChatMessage) -> dict[str, Any]:
+    """A message in the OpenAI chat shape that chat templates and OpenAI-compatible
+    servers both take: role, text content, tool calls, tool_call_id."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
 
 
 @dataclass
@@ -43,6 +63,10 @@ class Engine(abc.ABC):
     """One loaded model. Engines are shared by every alias that points at them."""
 
     description: str = ""
+    # Request features this engine can serve at all ("vision", "tools", "json_schema"),
+    # and those it serves unless the model's config says otherwise.
+    capabilities: frozenset[str] = frozenset()
+    default_capabilities: frozenset[str] = frozenset()
 
     @property
     @abc.abstractmethod

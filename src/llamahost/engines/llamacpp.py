@@ -4,6 +4,10 @@ One generation runs at a time on a dedicated thread, so the event loop never
 blocks on llama.cpp. Requests that arrive while it is busy wait in a bounded
 queue (``max_queue``); past the bound they are refused with 503 + Retry-After.
 A generation stops within one token of its consumer going away.
+
+Tools and ``json_schema`` are enforced by constrained decoding (``constraint.py``):
+the reply is generated under a grammar from ``chat.tools`` and, when tools are in
+play, parsed back into tool-call deltas as it streams.
 """
 
 from __future__ import annotations
@@ -19,11 +23,16 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from dataclasses import dataclass
+
+from .. import observability as obs
 from ..chat.stops import StopMatcher
-from ..chat.types import ChatMessage, ChatRequest
+from ..chat.tools import ToolFormat, ToolStreamParser, format_for_template, render_messages
+from ..chat.types import ChatRequest, ToolCallDelta
 from ..config import ModelConfig
 from ..protocol.errors import EngineFailure, ServiceUnavailable
 from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut
+from .constraint import Constraint, GrammarCompiler
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +57,18 @@ def resolve_model_path(path: str) -> Path:
     return resolved
 
 
-def _template_message(message: ChatMessage) -> dict:
-    out: dict = {"role": message.role, "content": message.content}
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in message.tool_calls
-        ]
-    if message.tool_call_id is not None:
-        out["tool_call_id"] = message.tool_call_id
-    return out
+@dataclass
+class _Prepared:
+    tokens: list[int]
+    constraint: Constraint | None
+    parser: ToolStreamParser | None
 
 
 class LlamaCppEngine(Engine):
+    # Constrained decoding serves tools and json_schema on any GGUF; images need a projector.
+    capabilities = frozenset({"tools", "json_schema"})
+    default_capabilities = frozenset({"tools", "json_schema"})
+
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.model_path = resolve_model_path(config.path)
@@ -71,6 +79,8 @@ class LlamaCppEngine(Engine):
         self._llm = None
         self._formatter = None
         self._is_eog: Callable[[int], bool] | None = None
+        self._tool_format: ToolFormat | None = None
+        self._grammars: GrammarCompiler | None = None
         self._busy: asyncio.Lock | None = None
         self._waiting = 0
 
@@ -106,6 +116,10 @@ class LlamaCppEngine(Engine):
         )
         vocab = model.vocab
         self._is_eog = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+        self._tool_format = format_for_template(template)
+        n_vocab = llm.n_vocab()
+        eog = [t for t in range(n_vocab) if self._is_eog(t)]
+        self._grammars = GrammarCompiler(vocab, n_vocab, eog)
         self._llm = llm
 
     async def prepare(self, request: ChatRequest) -> PreparedPrompt:
@@ -113,10 +127,19 @@ class LlamaCppEngine(Engine):
 
     def _prepare_sync(self, request: ChatRequest) -> PreparedPrompt:
         assert self._llm is not None and self._formatter is not None
-        rendered = self._formatter(messages=[_template_message(m) for m in request.messages])
-        # Tokenizing is read-only on the vocabulary, safe beside a running decode.
+        assert self._tool_format is not None and self._grammars is not None
+        fmt = self._tool_format
+        messages, tools = render_messages(request, fmt)
+        rendered = self._formatter(messages=messages, tools=tools)
+        # Tokenizing and grammar compiling only read the vocabulary: safe beside a running decode.
         tokens = self._llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
-        return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=tokens)
+        grammar = fmt.grammar(request)
+        constraint = None
+        if grammar is not None:
+            tools_active = bool(request.tools) and request.tool_choice != "none"
+            constraint = self._grammars.compile(grammar, "tools" if tools_active else "response_format")
+        prepared = _Prepared(tokens, constraint, fmt.stream_parser(request))
+        return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=prepared)
 
     async def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncIterator[EngineEvent]:
         if self._busy is None:
@@ -128,10 +151,15 @@ class LlamaCppEngine(Engine):
                 headers={"Retry-After": "1"},
             )
         self._waiting += 1
+        queued = self._busy.locked()
+        if queued:
+            obs.QUEUE_DEPTH.labels(self.config.id).inc()
         try:
             await self._busy.acquire()
         finally:
             self._waiting -= 1
+            if queued:
+                obs.QUEUE_DEPTH.labels(self.config.id).dec()
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()
@@ -173,15 +201,28 @@ class LlamaCppEngine(Engine):
         assert llm is not None and is_eog is not None
         request = prepared.request
         sampling = request.sampling
+        data: _Prepared = prepared.engine_data
+        constraint, parser = data.constraint, data.parser
         try:
             llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             stops = StopMatcher(request.stop)
+
+            def route(pieces: list[str | ToolCallDelta]) -> None:
+                # Stop sequences apply to text only, never inside a tool call.
+                for piece in pieces:
+                    if isinstance(piece, ToolCallDelta):
+                        emit(piece)
+                    elif not stops.stopped:
+                        text = stops.feed(piece)
+                        if text:
+                            emit(TextOut(text))
+
             completion_tokens = 0
             stop_reason = "length"
             if max_tokens > 0:
                 tokens = llm.generate(
-                    prepared.engine_data,
+                    data.tokens,
                     temp=sampling.temperature,
                     top_p=sampling.top_p,
                     top_k=sampling.top_k,
@@ -189,6 +230,7 @@ class LlamaCppEngine(Engine):
                     repeat_penalty=sampling.repetition_penalty,
                     presence_penalty=sampling.presence_penalty,
                     frequency_penalty=sampling.frequency_penalty,
+                    logits_processor=[constraint.mask_logits] if constraint is not None else None,
                 )
                 for token in tokens:
                     if cancel.is_set():
@@ -196,18 +238,22 @@ class LlamaCppEngine(Engine):
                     if is_eog(token):
                         stop_reason = "stop"
                         break
+                    if constraint is not None:
+                        constraint.advance(token)
                     completion_tokens += 1
-                    text = stops.feed(decoder.decode(llm.detokenize([token])))
-                    if text:
-                        emit(TextOut(text))
-                    if stops.stopped:
+                    text = decoder.decode(llm.detokenize([token]))
+                    route(parser.feed(text) if parser is not None else [text])
+                    if stops.stopped or (constraint is not None and constraint.finished):
+                        # A complete grammar allows only the end of turn: skip decoding it.
                         stop_reason = "stop"
                         break
                     if completion_tokens >= max_tokens:
                         break
-            tail = ("" if stops.stopped else stops.feed(decoder.decode(b"", final=True)) + stops.flush())
-            if tail:
-                emit(TextOut(tail))
+            tail = decoder.decode(b"", final=True)
+            route((parser.feed(tail) + parser.finish()) if parser is not None else [tail])
+            held = "" if stops.stopped else stops.flush()
+            if held:
+                emit(TextOut(held))
             emit(Finished(stop_reason, prepared.prompt_tokens, completion_tokens))
         except Exception as exc:  # surfaced to the request, never to the event loop
             log.exception("generation failed")

@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ..config import Config, ModelConfig
+from ..config import Config, ConfigError, ModelConfig
 from ..protocol.errors import NotFound
 from .base import Engine
 from .llamacpp import LlamaCppEngine
@@ -20,6 +20,8 @@ class ModelEntry:
     config: ModelConfig
     engine: Engine
     created: int
+    # What this model serves of "vision", "tools", "json_schema".
+    capabilities: frozenset[str] = frozenset()
 
     @property
     def is_alias(self) -> bool:
@@ -35,13 +37,34 @@ class ModelEntry:
             "root": self.config.id,
             "engine": self.engine.description,
             "context_window": self.config.context_window,
+            "capabilities": sorted(self.capabilities),
         }
+
+
+CAPABILITIES = ("vision", "tools", "json_schema")
 
 
 def build_engine(config: ModelConfig) -> Engine:
     if config.engine == "llamacpp":
         return LlamaCppEngine(config)
+    if config.engine == "openai":
+        from .openai_upstream import OpenAIUpstreamEngine
+
+        return OpenAIUpstreamEngine(config)
     raise ValueError(f"unknown engine {config.engine!r}")
+
+
+def model_capabilities(config: ModelConfig, engine: Engine) -> frozenset[str]:
+    """The config's capability flags where set, else the engine's defaults; a flag the
+    engine cannot honour is a configuration error rather than a silent no-op."""
+    chosen = set()
+    for name in CAPABILITIES:
+        flag = getattr(config, name)
+        if flag and name not in engine.capabilities:
+            raise ConfigError(f"model {config.id!r}: {name} = true, but engine {config.engine!r} cannot serve {name} yet")
+        if flag or (flag is None and name in engine.default_capabilities):
+            chosen.add(name)
+    return frozenset(chosen)
 
 
 class ModelRegistry:
@@ -51,9 +74,12 @@ class ModelRegistry:
         created = int(time.time())
         for model in config.models:
             engine = build_engine(model)
+            capabilities = model_capabilities(model, engine)
             self.engines[model.id] = engine
             for name in model.names:
-                self._entries[name] = ModelEntry(name=name, config=model, engine=engine, created=created)
+                self._entries[name] = ModelEntry(
+                    name=name, config=model, engine=engine, created=created, capabilities=capabilities
+                )
 
     def resolve(self, name: str) -> ModelEntry:
         entry = self._entries.get(name)

@@ -53,6 +53,7 @@ class ToolCallFunction(_Request):
 class ToolCall(_Request):
     id: str
     function: ToolCallFunction
+    type: Literal["function"] | None = None
 
 
 class SystemMessage(_Request):

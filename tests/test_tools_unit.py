@@ -1,0 +1,297 @@
+"""Tool and schema logic below the HTTP layer: request checks, the grammars (compiled by
+llguidance against the bundled model's real vocabulary), the streaming call parser and
+prompt rendering."""
+
+from __future__ import annotations
+
+import json
+
+import llama_cpp
+import pytest
+
+from llamahost.chat.schema import check_schema
+from llamahost.chat.tools import (
+    LLAMA3_JSON_FORMAT,
+    OWN_FORMAT,
+    ToolStreamParser,
+    check_request,
+    format_for_template,
+    render_messages,
+)
+from llamahost.chat.types import ChatMessage, ChatRequest, ToolCall, ToolCallDelta, ToolSpec
+from llamahost.engines.constraint import GrammarCompiler
+from llamahost.engines.llamacpp import bundled_model_path
+from llamahost.protocol.errors import InvalidRequest
+
+WEATHER = ToolSpec(
+    "get_weather",
+    "Get the weather",
+    {"type": "object", "properties": {"location": {"type": "string"}, "days": {"type": "integer"}}, "required": ["location"]},
+)
+TIME = ToolSpec("get_time", None, None)
+
+
+def request(**kw) -> ChatRequest:
+    kw.setdefault("messages", [ChatMessage("user", "hi")])
+    return ChatRequest(model="m", **kw)
+
+
+def error_of(req: ChatRequest) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        check_request(req)
+    return info.value
+
+
+# --- schema subset ---------------------------------------------------------------------
+
+
+def test_schema_tightens_open_objects_and_keeps_the_original():
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}}}}
+    out = check_schema(schema, "p")
+    assert out["additionalProperties"] is False and out["properties"]["a"]["additionalProperties"] is False
+    assert "additionalProperties" not in schema
+    assert check_schema({"type": "object"}, "p") == {"type": "object"}  # a free-form object stays free
+
+
+@pytest.mark.parametrize(
+    ("schema", "param"),
+    [
+        ({"type": "array", "uniqueItems": True}, "p.uniqueItems"),
+        ({"type": "object", "properties": {"a": {"type": "string", "foo": 1}}}, "p.properties.a.foo"),
+        ({"oneOf": [{"type": "string"}, {"type": "integer"}]}, "p.oneOf"),
+        ({"anyOf": [{"type": "string"}, {"not": {"type": "null"}}]}, "p.anyOf[1].not"),
+        ({"type": "string", "format": "idn-email"}, "p.format"),
+        ({"$ref": "https://example.com/s.json"}, "p.$ref"),
+        ({"$ref": "#/$defs/Missing", "$defs": {}}, "p.$ref"),
+        ({"type": "object", "properties": {"a": {"type": 5}}}, "p.properties.a.type"),
+        ({"type": "object", "required": "a"}, "p.required"),
+        ({"$defs": {"A": {"type": "string", "if": {}}}, "$ref": "#/$defs/A"}, "p.$defs.A.if"),
+    ],
+)
+def test_schema_outside_the_subset_is_refused_naming_the_keyword(schema, param):
+    with pytest.raises(InvalidRequest) as info:
+        check_schema(schema, "p")
+    assert info.value.param == param, info.value.message
+
+
+def test_pydantic_schemas_are_in_the_subset():
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Address(BaseModel):
+        street: str
+        zip: str = Field(pattern=r"^[0-9]{5}$", description="5 digits")
+
+    class Person(BaseModel):
+        name: str = Field(min_length=1, max_length=20)
+        age: int = Field(ge=0, le=130)
+        kind: Literal["a", "b"] = "a"
+        home: Address
+        past: list[Address] = Field(default_factory=list, max_length=3)
+        nick: str | None = None
+
+    check_schema(Person.model_json_schema(), "p")
+
+
+# --- request checks ----------------------------------------------------------------------
+
+
+def test_tool_checks_name_the_field():
+    assert error_of(request(tools=[ToolSpec("bad name", None, None)])).param == "tools[0].function.name"
+    assert error_of(request(tools=[ToolSpec("x" * 65, None, None)])).param == "tools[0].function.name"
+    assert error_of(request(tools=[TIME, TIME])).param == "tools[1].function.name"
+    assert error_of(request(tools=[ToolSpec("f", None, {"type": "string"})])).param == "tools[0].function.parameters"
+    bad_keyword = ToolSpec("f", None, {"type": "object", "properties": {"a": {"type": "string", "pattern": "a", "x": 1}}})
+    assert error_of(request(tools=[bad_keyword])).param == "tools[0].function.parameters.properties.a.x"
+    assert error_of(request(tools=[TIME], tool_choice="nope")).param == "tool_choice"
+    assert error_of(request(tool_choice="required")).param == "tool_choice"
+    assert error_of(request(tools=[TIME], tool_choice="required", stop=["x"])).param == "stop"
+
+
+def test_tool_choice_defaults_and_parameterless_tools():
+    req = request(tools=[TIME])
+    check_request(req)
+    assert req.tool_choice == "auto"
+    assert req.tools[0].parameters == {"type": "object", "properties": {}, "additionalProperties": False}
+    req = request()
+    check_request(req)
+    assert req.tool_choice == "none"
+
+
+def test_history_tool_call_ids_must_match_an_earlier_call():
+    call = ToolCall("call_1", "get_time", "{}")
+    good = [ChatMessage("user", "t?"), ChatMessage("assistant", tool_calls=(call,)), ChatMessage("tool", "noon", tool_call_id="call_1")]
+    check_request(request(messages=good, tools=[TIME]))
+    orphan = [ChatMessage("user", "t?"), ChatMessage("tool", "noon", tool_call_id="call_1")]
+    assert error_of(request(messages=orphan)).param == "messages[1].tool_call_id"
+    wrong = [*good[:2], ChatMessage("tool", "noon", tool_call_id="call_2")]
+    assert error_of(request(messages=wrong)).param == "messages[2].tool_call_id"
+    broken = [ChatMessage("assistant", tool_calls=(ToolCall("c", "f", "{nope"),))]
+    assert error_of(request(messages=broken)).param == "messages[0].tool_calls[0].function.arguments"
+
+
+# --- grammars, against the real vocabulary ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compiler():
+    llm = llama_cpp.Llama(model_path=str(bundled_model_path()), vocab_only=True, verbose=False)
+    vocab = llm._model.vocab
+    n_vocab = llm.n_vocab()
+    eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+    yield GrammarCompiler(vocab, n_vocab, eog), llm
+
+
+def accepts(compiler, req: ChatRequest, text: str, fmt=OWN_FORMAT) -> bool:
+    grammars, llm = compiler
+    check_request(req)
+    constraint = grammars.compile(fmt.grammar(req), "tools")
+    matcher = constraint._matcher
+    tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
+    return matcher.try_consume_tokens(tokens) == len(tokens) and matcher.is_accepting()
+
+
+def test_required_grammar_allows_only_known_tools_with_valid_arguments(compiler):
+    def req():
+        return request(tools=[WEATHER, TIME], tool_choice="required")
+
+    ok = '<tool_call>[{"name": "get_weather", "arguments": {"location": "Oslo", "days": 2}}]</tool_call>'
+    assert accepts(compiler, req(), ok)
+    two = '<tool_call>[{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": {"location": "X"}}]</tool_call>'
+    assert accepts(compiler, req(), two)
+    assert not accepts(compiler, req(), '<tool_call>[{"name": "get_wether", "arguments": {}}]</tool_call>')
+    assert not accepts(compiler, req(), '<tool_call>[{"name": "get_weather", "arguments": {"days": 2}}]</tool_call>')
+    assert not accepts(compiler, req(), '<tool_call>[{"name": "get_weather", "arguments": {"location": 1}}]</tool_call>')
+    assert not accepts(compiler, req(), "Sure!")
+
+
+def test_named_and_auto_grammars(compiler):
+    named = '<tool_call>[{"name": "get_time", "arguments": {}}]</tool_call>'
+    assert accepts(compiler, request(tools=[WEATHER, TIME], tool_choice="get_time"), named)
+    weather = '<tool_call>[{"name": "get_weather", "arguments": {"location": "X"}}]</tool_call>'
+    assert not accepts(compiler, request(tools=[WEATHER, TIME], tool_choice="get_time"), weather)
+    assert accepts(compiler, request(tools=[WEATHER, TIME]), "It is sunny.")
+    assert accepts(compiler, request(tools=[WEATHER, TIME]), weather)
+    # A reply that starts a call is held to the call grammar: no half-calls as text.
+    assert not accepts(compiler, request(tools=[WEATHER, TIME]), '<tool_call>[{"name": {"x": 1}}]')
+    assert not accepts(compiler, request(tools=[WEATHER, TIME]), "Calling <tool_call> now")
+
+
+def test_auto_with_json_schema_answers_in_the_schema_or_calls(compiler):
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    assert accepts(compiler, request(tools=[TIME], json_schema=schema), '{"answer": "noon"}')
+    assert not accepts(compiler, request(tools=[TIME], json_schema=schema), "noon")
+    assert accepts(compiler, request(tools=[TIME], json_schema=schema), '<tool_call>[{"name": "get_time", "arguments": {}}]</tool_call>')
+
+
+def test_llama3_json_grammar(compiler):
+    ok = '{"name": "get_weather", "parameters": {"location": "Oslo"}}'
+    assert accepts(compiler, request(tools=[WEATHER], tool_choice="required"), ok, LLAMA3_JSON_FORMAT)
+    assert not accepts(compiler, request(tools=[WEATHER], tool_choice="required"), '{"name": "x", "parameters": {}}', LLAMA3_JSON_FORMAT)
+
+
+def test_schema_llguidance_cannot_enforce_is_a_400(compiler):
+    grammars, _ = compiler
+    req = request(json_schema={"type": "string", "pattern": "(?=a)b"})
+    check_request(req)
+    with pytest.raises(InvalidRequest) as info:
+        grammars.compile(OWN_FORMAT.grammar(req), "response_format")
+    assert info.value.param == "response_format" and "look-around" in info.value.message
+
+
+# --- streaming parser ----------------------------------------------------------------------
+
+
+def feed_chunks(parser: ToolStreamParser, text: str, size: int) -> list:
+    out = []
+    for i in range(0, len(text), size):
+        out += parser.feed(text[i : i + size])
+    return out + parser.finish()
+
+
+def merge(events: list) -> tuple[str, list[tuple[str, str]]]:
+    text = "".join(e for e in events if isinstance(e, str))
+    calls: list[list[str]] = []
+    for e in events:
+        if isinstance(e, ToolCallDelta):
+            if e.name is not None:
+                assert e.index == len(calls)
+                calls.append([e.name, ""])
+            calls[e.index][1] += e.arguments
+    return text, [(n, a) for n, a in calls]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1000])
+def test_parser_streams_several_calls_in_any_chunking(size):
+    args1 = '{"q": "a \\"}\\" b", "n": [1, {"x": []}]}'
+    text = f'<tool_call>[{{"name": "search", "arguments": {args1}}}, {{"name": "get_time", "arguments": {{}}}}]</tool_call>'
+    events = feed_chunks(ToolStreamParser(OWN_FORMAT, decided=False), text, size)
+    assert merge(events) == ("", [("search", args1), ("get_time", "{}")])
+    assert json.loads(args1)
+
+
+@pytest.mark.parametrize("size", [1, 4, 1000])
+def test_parser_passes_text_through_under_auto(size):
+    events = feed_chunks(ToolStreamParser(OWN_FORMAT, decided=False), "<tool is a word> here", size)
+    assert merge(events) == ("<tool is a word> here", [])
+    assert merge(feed_chunks(ToolStreamParser(OWN_FORMAT, decided=False), "<tool_c", size)) == ("<tool_c", [])
+
+
+def test_parser_llama3_layout_and_broken_layout():
+    text = '{"name": "f", "parameters": {"a": 1}}'
+    assert merge(feed_chunks(ToolStreamParser(LLAMA3_JSON_FORMAT, decided=True), text, 2)) == ("", [("f", '{"a": 1}')])
+    with pytest.raises(ValueError):
+        ToolStreamParser(OWN_FORMAT, decided=True).feed('<tool_call>[{"nome": ')
+
+
+# --- prompt rendering --------------------------------------------------------------------
+
+
+def test_own_format_renders_tools_calls_and_results():
+    call = ToolCall("call_1", "get_weather", '{"location":"Oslo"}')
+    req = request(
+        messages=[
+            ChatMessage("system", "Be brief."),
+            ChatMessage("user", "Weather in Oslo?"),
+            ChatMessage("assistant", tool_calls=(call,)),
+            ChatMessage("tool", "sunny", tool_call_id="call_1"),
+        ],
+        tools=[WEATHER],
+    )
+    check_request(req)
+    messages, tools = render_messages(req, OWN_FORMAT)
+    assert tools is None
+    assert messages[0]["role"] == "system" and messages[0]["content"].startswith("Be brief.\n\n")
+    assert '"name": "get_weather"' in messages[0]["content"]
+    assert messages[-2] == {
+        "role": "assistant",
+        "content": '<tool_call>[{"name": "get_weather", "arguments": {"location": "Oslo"}}]</tool_call>',
+    }
+    assert messages[-1] == {"role": "user", "content": "get_weather returned: sunny"}
+    req.tool_choice = "none"  # no tools offered, the history still renders
+    messages, _ = render_messages(req, OWN_FORMAT)
+    assert messages[0] == {"role": "system", "content": "Be brief."}
+    assert messages[-1] == {"role": "user", "content": "get_weather returned: sunny"}
+
+
+def test_template_detection():
+    smol = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']}}{% endfor %}"
+    assert format_for_template(smol) is OWN_FORMAT
+    llama3 = "{% if tools %}{{ tools | tojson }}{% endif %}<|start_header_id|>{{ '<|python_tag|>' }}"
+    assert format_for_template(llama3) is LLAMA3_JSON_FORMAT
+    llama4 = "{% if tools %}{% endif %}<|header_start|><|python_start|>"
+    assert format_for_template(llama4) is OWN_FORMAT
+
+
+def test_llama3_format_hands_tools_to_the_template():
+    call = ToolCall("c1", "get_weather", '{"location": "Oslo"}')
+    req = request(
+        messages=[ChatMessage("user", "w?"), ChatMessage("assistant", tool_calls=(call,)), ChatMessage("tool", "sunny", tool_call_id="c1")],
+        tools=[WEATHER],
+    )
+    check_request(req)
+    messages, tools = render_messages(req, LLAMA3_JSON_FORMAT)
+    assert tools[0]["function"]["name"] == "get_weather"
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == {"location": "Oslo"}
+    assert messages[2] == {"role": "tool", "content": "sunny", "tool_call_id": "c1"}
