@@ -23,7 +23,7 @@ from ..engines.base import EngineEvent, Finished, TextOut
 from ..engines.registry import ModelEntry, ModelRegistry
 from ..protocol.errors import APIError, EngineFailure, InvalidRequest, NotFound, ServiceUnavailable
 from .tools import check_request, new_call_id
-from .types import ChatEvent, ChatRequest, ChatResult, TextChunk, ToolCall, ToolCallDelta, Usage
+from .types import ChatEvent, ChatMessage, ChatRequest, ChatResult, TextChunk, ToolCall, ToolCallDelta, Usage
 
 if TYPE_CHECKING:
     from ..safety.guardrails import Guardrails
