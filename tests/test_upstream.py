@@ -358,7 +358,7 @@ def test_replica_dies_mid_run_and_comes_back(tmp_path, server_factory):
         )
 
         records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-        failed = [r for r in records if r.get("event") == "chat_completion" and r["status"] == "server_error"]
+        failed = [r for r in records if r.get("event") == "chat_completion" and r["status"] == "error"]
         assert any(victim.url in (r.get("error") or "") for r in failed)  # the log says which replica
         # ...and the usage record says the stream failed, with what it had generated.
         usage = json.loads(server.cli("usage", "--json", "--limit", "100").stdout)["data"]

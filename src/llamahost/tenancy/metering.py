@@ -19,6 +19,7 @@ from collections.abc import Awaitable
 from starlette.concurrency import run_in_threadpool
 
 from ..chat.service import Outcome
+from .. import observability as obs
 from ..protocol.errors import RateLimited
 from .keys import Principal
 from .limits import Decision, LimitStore, Limits, RateLimiter, RateState
@@ -118,6 +119,7 @@ class Meter:
             "retry-after": str(math.ceil(wait)),
             "retry-after-ms": str(max(1, round(wait * 1000))),
         }
+        obs.RATE_LIMIT_REJECTIONS.labels(code).inc()
         return RateLimited(message, code=code, headers=headers)
 
     def end(self, outcome: Outcome) -> Awaitable[None]:
