@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat.types import MAX_TOKENS_LIMIT
+# Tools and tool_choice have the same shape on both surfaces.
+from .native import NamedToolChoice, Tool
 
 
 class _Request(BaseModel):
@@ -78,27 +80,6 @@ class ToolMessage(_Request):
 
 
 Message = Annotated[Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")]
-
-
-class FunctionDefinition(_Request):
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class Tool(_Request):
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class NamedToolChoiceFunction(_Request):
-    name: str
-
-
-class NamedToolChoice(_Request):
-    type: Literal["function"]
-    function: NamedToolChoiceFunction
 
 
 class JSONSchemaSpec(_Request):
