@@ -129,7 +129,8 @@ def start_stub(port: int) -> subprocess.Popen:
 def start_llamahost(tmp: Path, stub_port: int, streaming: str) -> tuple[subprocess.Popen, str, str]:
     proc, url, key = start_server(
         tmp / f"llamahost-{streaming}",
-        '[server]\nlog_level = "warning"\n\n[[models]]\nid = "bench"\nengine = "openai"\n'
+        # Limits far above what the bench sends: it measures the proxy, not the limiter's refusals.
+        '[server]\nlog_level = "warning"\n\n[limits]\nrpm = 1000000000\ntpm = 1000000000000\n\n[[models]]\nid = "bench"\nengine = "openai"\n'
         f'upstream_model = "stub"\nreplicas = ["http://127.0.0.1:{stub_port}/v1"]\ncontext_window = 131072\n'
         f'upstream_streaming = "{streaming}"\n',
     )

@@ -129,6 +129,7 @@ async def query_usage(
 ) -> wire.UsageList:
     since_at = parse_time(since, "since") if since else None
     until_at = parse_time(until, "until") if until else None
+    await _services(request).metering.usage_writer.flush()  # this process's records are all counted
     entries, totals = await run_in_threadpool(
         lambda: _services(request).usage.query(
             team=team, user=user, model=model, since=since_at, until=until_at, limit=limit

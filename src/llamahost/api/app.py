@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -81,6 +82,10 @@ async def _load_models(services: Services) -> None:
     except Exception as exc:
         services.load_error = f"the builtin moderation model failed to load: {exc}"
         log.exception("moderation model failed to load")
+    # What is loaded now lives as long as the process: moved out of the collector's
+    # generations, it is no longer rescanned by every full collection on the request path.
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(config: Config, services: Services | None = None) -> FastAPI:

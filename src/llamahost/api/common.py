@@ -163,22 +163,29 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 async def unless_disconnected(request: Request, coro):
-    """Run ``coro``; if the client disconnects first, cancel it and raise ClientDisconnected."""
-    work = asyncio.ensure_future(coro)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    """Run ``coro``; if the client disconnects first, cancel it and raise ClientDisconnected.
+
+    ``coro`` runs in the calling task (one watcher task per request, not two tasks and a
+    wait): the watcher cancels this task when the client goes away."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _wait_for_disconnect(request)
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        work.cancel()
-        watcher.cancel()
+        return await coro
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            raise ClientDisconnected() from None
         raise
-    if work in done:
+    finally:
         watcher.cancel()
-        return work.result()
-    work.cancel()
-    with suppress(asyncio.CancelledError, Exception):
-        await work
-    raise ClientDisconnected()
 
 
 class BodySizeLimit:

@@ -148,12 +148,9 @@ class ChatStream:
                         tool_calls=[ToolCall(id=i, name=n, arguments=a) for i, n, a in self._calls],
                     )
                     self._record("ok", event.prompt_tokens, event.completion_tokens, stop_reason)
-                    # Settled before the caller sees the result, so what it reports
-                    # (e.g. remaining tokens) already counts the real usage. Shielded: a
-                    # caller cancelled now must not cut the bookkeeping short.
-                    settling = self._end_meter("ok", event.prompt_tokens, event.completion_tokens, stop_reason)
-                    if settling is not None:
-                        await asyncio.shield(settling)
+                    # Before the caller sees the result, so the headers it gets count the
+                    # real usage (the meter settles the shared counters in the background).
+                    self._end_meter("ok", event.prompt_tokens, event.completion_tokens, stop_reason)
                     continue
                 self._observe_output()
                 if isinstance(event, TextOut):

@@ -195,6 +195,7 @@ class OpenAIUpstreamEngine(Engine):
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=4.0),
             timeout=httpx.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout, write=cfg.read_timeout, pool=cfg.connect_timeout),
         )
+        self._request_headers = httpx.Headers({**self._client.headers, **self._headers})
         self._health_task = asyncio.create_task(self._health_loop(), name=f"health-{cfg.id}")
 
     async def _health_loop(self) -> None:
@@ -327,8 +328,11 @@ class OpenAIUpstreamEngine(Engine):
             write=min(cfg.read_timeout, remaining),
             pool=min(cfg.connect_timeout, remaining),
         )
-        request = self._client.build_request(
-            "POST", replica.url + "/chat/completions", content=payload, headers=self._headers, timeout=timeout
+        # A Request built directly (``send`` takes one), not through ``build_request``,
+        # which re-parses and re-merges the URL and headers on every call.
+        request = httpx.Request(
+            "POST", replica.completions_url, content=payload, headers=self._request_headers,
+            extensions={"timeout": timeout.as_dict()},
         )
         try:
             response = await self._client.send(request, stream=True)

@@ -36,6 +36,7 @@ class Replica:
     def __init__(self, model: str, url: str) -> None:
         self.model = model
         self.url = url.rstrip("/")
+        self.completions_url = httpx.URL(self.url + "/chat/completions")
         self.outstanding = 0
         self.healthy = True
         self.failures = 0

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable
+from dataclasses import replace
 
 from starlette.concurrency import run_in_threadpool
 
@@ -23,7 +24,7 @@ from .. import observability as obs
 from ..protocol.errors import RateLimited
 from .keys import Principal
 from .limits import Decision, LimitStore, Limits, RateLimiter, RateState
-from .usage import UsageStore
+from .usage import UsageStore, UsageWriter
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Metering:
         self.limiter = limiter
         self.limits = limits
         self.usage = usage
+        self.usage_writer = UsageWriter(usage)
         # End-of-request work runs as tasks of its own so a cancelled request cannot
         # interrupt it; they are kept here until done (asyncio holds tasks weakly).
         self._pending: set[asyncio.Task] = set()
@@ -52,6 +54,7 @@ class Metering:
         """Wait for end-of-request work (settlements, usage records) at shutdown."""
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+        await self.usage_writer.flush()
 
     async def close(self) -> None:
         await self.drain()
@@ -65,10 +68,11 @@ class Meter:
         self.principal = principal
         self.user = user
         self.state: RateState | None = None  # None until the limiter has been asked
-        self.limiter_seconds = 0.0  # time spent waiting on the limiter, for Server-Timing
+        self.limiter_seconds = 0.0  # time the request waited for admission, for Server-Timing
         self._key: str | None = None
         self._limits: Limits | None = None
         self._ticket: str | None = None
+        self._reserved = 0
         self._end: asyncio.Task | None = None
 
     async def admit(self, model_id: str, prompt_tokens: int, max_tokens: int) -> None:
@@ -88,6 +92,7 @@ class Meter:
         if decision.ticket is None:
             raise self._refusal(decision, model_id, prompt_tokens, max_tokens)
         self._ticket = decision.ticket
+        self._reserved = tokens
 
     def _refusal(self, decision: Decision, model_id: str, prompt_tokens: int, max_tokens: int) -> RateLimited:
         limits = decision.state.limits
@@ -123,7 +128,14 @@ class Meter:
         return RateLimited(message, code=code, headers=headers)
 
     def end(self, outcome: Outcome) -> Awaitable[None]:
+        """Settle the reservation and record usage, in the background: the response does
+        not wait for them. Its headers count the real usage at once: the state seen at
+        admission with this request's reservation replaced by what it used (the settlement
+        makes the shared counters agree a round trip later)."""
         if self._end is None:
+            if self._ticket is not None and self.state is not None:
+                used = outcome.prompt_tokens + outcome.completion_tokens
+                self.state = replace(self.state, tokens=max(0, self.state.tokens - self._reserved + used))
             self._end = self._metering._spawn(self._finish(outcome))
         return self._end
 
@@ -131,28 +143,22 @@ class Meter:
         metering = self._metering
         if self._ticket is not None:
             assert metering.limiter is not None and self._key is not None and self._limits is not None
-            began = time.perf_counter()
             try:
                 tokens = outcome.prompt_tokens + outcome.completion_tokens
-                self.state = await metering.limiter.settle(self._key, self._ticket, tokens, self._limits)
+                await metering.limiter.settle(self._key, self._ticket, tokens, self._limits)
             except Exception:  # the reservation stands: the team is over- not under-charged
                 log.exception("could not settle a rate-limit reservation")
-            self.limiter_seconds += time.perf_counter() - began
-        try:
-            await run_in_threadpool(
-                metering.usage.record,
-                team_id=self.principal.team_id,
-                key_id=self.principal.key_id,
-                model=outcome.model,
-                user=self.user,
-                prompt_tokens=outcome.prompt_tokens,
-                completion_tokens=outcome.completion_tokens,
-                latency_ms=outcome.latency_ms,
-                status=outcome.status,
-                stop_reason=outcome.stop_reason,
-            )
-        except Exception:
-            log.exception("could not write a usage record: %s", outcome)
+        metering.usage_writer.record(
+            team_id=self.principal.team_id,
+            key_id=self.principal.key_id,
+            model=outcome.model,
+            user=self.user,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            latency_ms=outcome.latency_ms,
+            status=outcome.status,
+            stop_reason=outcome.stop_reason,
+        )
 
     def headers(self) -> dict[str, str]:
         """The ``x-ratelimit-*`` headers for where the team stands now (none when limits

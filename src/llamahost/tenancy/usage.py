@@ -3,15 +3,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
+from starlette.concurrency import run_in_threadpool
 
 from ..protocol.errors import InvalidRequest
 from ..store.db import Database, aware_utc
 from ..store.models import Team, UsageRecord
+
+log = logging.getLogger(__name__)
+
+# Usage records are written in batches, off the request path: one INSERT of many rows
+# costs about what one row costs, and a request does not wait for the database. A
+# record reaches the database within FLUSH_SECONDS; shutdown writes what is pending.
+FLUSH_SECONDS = 0.05
+# Rows kept for a retry while the database refuses writes; beyond it the oldest go
+# (and the loss is logged) rather than the process growing without bound.
+MAX_PENDING = 100_000
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -80,21 +93,14 @@ class UsageStore:
         status: str,
         stop_reason: str | None,
     ) -> None:
+        """Write one record now (blocking); the server uses ``UsageWriter`` instead."""
+        self.write_rows(
+            [_row(team_id, key_id, model, user, prompt_tokens, completion_tokens, latency_ms, status, stop_reason)]
+        )
+
+    def write_rows(self, rows: list[dict]) -> None:
         with self.db.session() as s:
-            s.add(
-                UsageRecord(
-                    created_at=datetime.now(UTC),
-                    team_id=team_id,
-                    key_id=key_id,
-                    model=model,
-                    end_user=user,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    latency_ms=round(latency_ms),
-                    status=status,
-                    stop_reason=stop_reason,
-                )
-            )
+            s.execute(insert(UsageRecord), rows)
 
     def query(
         self,
@@ -151,3 +157,74 @@ class UsageStore:
             for r, team_name in reversed(rows)
         ]
         return entries, UsageTotals(int(count), int(prompt), int(completion))
+
+
+def _row(
+    team_id: int,
+    key_id: str | None,
+    model: str,
+    user: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    latency_ms: float,
+    status: str,
+    stop_reason: str | None,
+) -> dict:
+    return {
+        "created_at": datetime.now(UTC),
+        "team_id": team_id,
+        "key_id": key_id,
+        "model": model,
+        "end_user": user,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "latency_ms": round(latency_ms),
+        "status": status,
+        "stop_reason": stop_reason,
+    }
+
+
+class UsageWriter:
+    """Queues usage records in the event loop and writes them in batches from a thread."""
+
+    def __init__(self, store: UsageStore) -> None:
+        self.store = store
+        self._pending: list[dict] = []
+        self._flusher: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+
+    def record(self, **fields) -> None:
+        """Queue one record (same fields as ``UsageStore.record``); never blocks."""
+        self._pending.append(_row(**fields))
+        if len(self._pending) > MAX_PENDING:
+            dropped = len(self._pending) - MAX_PENDING
+            del self._pending[:dropped]
+            log.error("usage records: the database has refused writes for a while; dropped %d records", dropped)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), FLUSH_SECONDS)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+        await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            rows, self._pending = self._pending, []
+            try:
+                await run_in_threadpool(self.store.write_rows, rows)
+            except Exception:
+                log.exception("could not write %d usage records; they are kept for the next attempt", len(rows))
+                self._pending[:0] = rows
+                return
+
+    async def flush(self) -> None:
+        """Write everything queued so far (read-your-writes for queries; shutdown)."""
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            self._wake.set()
+            await asyncio.shield(flusher)
+        await self._write_pending()
