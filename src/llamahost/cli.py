@@ -8,8 +8,10 @@ import sys
 from datetime import timedelta
 
 from . import __version__
+from .cli_data import add_data_commands, data_commands, key_actions, team_actions
 from .config import ConfigError, load_config
 from .protocol.errors import APIError
+from .store.crypto import CryptoError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     _common(create)
     create.add_argument("--team", required=True, help="team the key belongs to (created if new)")
     create.add_argument("--name", help="a label to recognise the key by")
-    create.add_argument("--role", choices=["member", "admin"], default="member")
+    create.add_argument(
+        "--role", choices=["member", "admin", "operator"], default="member",
+        help="member: the inference API; admin: also its own team's admin API; operator: every team's",
+    )
     create.add_argument("--expires-in-days", type=float, metavar="DAYS")
     listing = keys.add_parser("list", help="list keys (never their secrets)")
     _common(listing)
@@ -52,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     team_create = teams.add_parser("create", help="create a team")
     _common(team_create)
     team_create.add_argument("name")
-    _common(teams.add_parser("list", help="list teams"))
+    _common(teams.add_parser("list", help="list teams and their settings"))
 
     limits = commands.add_parser("limits", help="per-team rate limits").add_subparsers(dest="action", required=True)
     limit_set = limits.add_parser("set", help="set a team's limits (only the values given change)")
@@ -78,20 +83,19 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--until", help="as --since")
     usage.add_argument("--limit", type=int, default=50, help="records listed, newest kept (totals count all)")
     usage.add_argument("--json", action="store_true", help="print JSON: {data: [...], totals: {...}}")
+    add_data_commands(commands, keys, teams, _common)
     return parser
 
 
-def _open(args):
-    from .store.db import Database
+def open_stores(args):
+    """Every store, for a command run on the server's host: operator scope."""
+    from .tenancy.stores import open_stores as open_all
 
-    config = load_config(args.config, data_dir=args.data_dir)
-    return config, Database.open(config.data_dir)
+    return open_all(load_config(args.config, data_dir=args.data_dir))
 
 
 def _key_store(args):
-    from .tenancy.keys import KeyStore
-
-    return KeyStore(_open(args)[1])
+    return open_stores(args).keys
 
 
 def _fmt(value) -> str:
@@ -133,9 +137,9 @@ def _serve(args) -> int:
     services = build_services(config)
     if services.keys.count_keys() == 0:
         # The quickstart expects a key to exist; the first start makes one, shown once.
-        key, info = services.keys.create_key("default", name="first key", role="admin")
+        key, info = services.keys.create_key("default", name="first key", role="operator")
         print(
-            f"\nNo API keys existed, so an admin key for team 'default' was created.\n"
+            f"\nNo API keys existed, so an operator key (team 'default') was created.\n"
             f"It is shown only this once; store it now:\n\n    export LLAMA_API_KEY='{key}'\n",
             flush=True,
         )
@@ -158,6 +162,10 @@ def _serve(args) -> int:
 
 
 def _keys(args) -> int:
+    from .tenancy.scope import Scope
+
+    if args.action in key_actions:
+        return key_actions[args.action](args)
     store = _key_store(args)
     if args.action == "create":
         expires = timedelta(days=args.expires_in_days) if args.expires_in_days is not None else None
@@ -167,11 +175,11 @@ def _keys(args) -> int:
         key, _ = store.create_key(args.team, name=args.name, role=args.role, expires_in=expires)
         print(key)
     elif args.action == "list":
-        print(f"{'PREFIX':<20} {'TEAM':<16} {'ROLE':<7} {'NAME':<20} {'CREATED':<20} {'LAST USED':<20} STATUS")
-        for k in store.list_keys(args.team):
+        print(f"{'PREFIX':<20} {'TEAM':<16} {"ROLE":<8} {'NAME':<20} {'CREATED':<20} {'LAST USED':<20} STATUS")
+        for k in store.list_keys(Scope.operator(), args.team):
             status = "revoked" if k.revoked_at else (f"expires {_fmt(k.expires_at)}" if k.expires_at else "active")
             print(
-                f"{k.prefix:<20} {k.team:<16} {k.role:<7} {(k.name or '-'):<20} "
+                f"{k.prefix:<20} {k.team:<16} {k.role:<8} {(k.name or '-'):<20} "
                 f"{_fmt(k.created_at):<20} {_fmt(k.last_used_at):<20} {status}"
             )
     elif args.action == "revoke":
@@ -181,38 +189,45 @@ def _keys(args) -> int:
 
 
 def _teams(args) -> int:
-    store = _key_store(args)
+    if args.action in team_actions:
+        return team_actions[args.action](args)
+    stores = open_stores(args)
     if args.action == "create":
-        _, created = store.ensure_team(args.name)
+        _, created = stores.keys.ensure_team(args.name)
         print(f"{'created' if created else 'exists'}: {args.name}")
     else:
-        print(f"{'TEAM':<24} {'CREATED':<20} ACTIVE KEYS")
-        for name, created_at, count in store.list_teams():
-            print(f"{name:<24} {_fmt(created_at):<20} {count}")
+        print(f"{'TEAM':<24} {'CREATED':<20} {'ACTIVE KEYS':>11}  {'STORE CONTENT':<13} RETENTION")
+        for team in stores.keys.list_teams():
+            view = stores.settings.view(team.id)
+            store = ("on" if view.settings.store_content else "off") + ("" if "store_content" in view.overridden else "*")
+            days = f"{view.settings.retention_days} days" + ("" if "retention_days" in view.overridden else "*")
+            print(f"{team.name:<24} {_fmt(team.created_at):<20} {team.active_keys:>11}  {store:<13} {days}")
+        print("* the server's default ([content] in the config file)")
     return 0
 
 
 def _limits(args) -> int:
-    from .tenancy.limits import LimitStore, Limits, limits_model_id
+    from .tenancy.limits import limits_model_id
+    from .tenancy.scope import Scope
 
-    config, db = _open(args)
-    store = LimitStore(db, Limits(rpm=config.limits.rpm, tpm=config.limits.tpm))
+    stores = open_stores(args)
+    config, store, scope = stores.config, stores.limits, Scope.operator()
     if args.action in ("set", "clear"):
         model = limits_model_id(config, args.model)
         if model != args.model:
             print(f"{args.model!r} is an alias: the limit applies to model {model!r}", file=sys.stderr)
         if args.action == "set":
-            row = store.set(args.team, model, rpm=args.rpm, tpm=args.tpm)
+            row = store.set(scope, args.team, model, rpm=args.rpm, tpm=args.tpm)
             print(f"team {row.team}, model {row.model or '(default)'}: rpm {row.rpm or 'inherited'}, "
                   f"tpm {row.tpm or 'inherited'}")
         else:
-            store.clear(args.team, model)
+            store.clear(scope, args.team, model)
             print(f"cleared: team {args.team}, model {model or '(default)'}")
         return 0
     state = "on" if config.limits.enabled else "OFF ([limits] enabled = false)"
     print(f"server defaults: rpm {config.limits.rpm}, tpm {config.limits.tpm} (limits {state})")
     print(f"{'TEAM':<24} {'MODEL':<40} {'RPM':>10} {'TPM':>12}")
-    for row in store.list(args.team):
+    for row in store.list(scope, args.team):
         print(f"{row.team:<24} {row.model or '(default)':<40} {row.rpm or '-':>10} {row.tpm or '-':>12}")
     return 0
 
@@ -220,12 +235,13 @@ def _limits(args) -> int:
 def _usage(args) -> int:
     import json
 
-    from .tenancy.usage import UsageStore, parse_time
+    from .tenancy.scope import Scope
+    from .tenancy.usage import parse_time
 
-    _, db = _open(args)
     if args.limit < 1:
         raise SystemExit("llamahost: --limit must be at least 1")
-    entries, totals = UsageStore(db).query(
+    entries, totals = open_stores(args).usage.query(
+        Scope.operator(),
         team=args.team,
         user=args.user,
         model=args.model,
@@ -256,9 +272,12 @@ def _usage(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"serve": _serve, "keys": _keys, "teams": _teams, "limits": _limits, "usage": _usage}
+    handlers = {"serve": _serve, "keys": _keys, "teams": _teams, "limits": _limits, "usage": _usage, **data_commands}
     try:
         return handlers[args.command](args)
+    except CryptoError as exc:
+        print(f"llamahost: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"llamahost: {exc}", file=sys.stderr)
         return 2

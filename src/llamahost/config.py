@@ -168,6 +168,21 @@ class LimitsConfig(_Strict):
     tpm: int = Field(default=1_000_000, ge=1)
 
 
+# Abuse review needs a recent window, and a shorter one holds less to leak; 30 days is
+# the usual abuse-monitoring retention of hosted model APIs.
+DEFAULT_RETENTION_DAYS = 30
+MAX_RETENTION_DAYS = 36500
+
+
+class ContentConfig(_Strict):
+    """What is kept of requests' content: the defaults of every team's own settings
+    (``llamahost teams set``), and how often expired content is purged."""
+
+    store_content: bool = True
+    retention_days: int = Field(default=DEFAULT_RETENTION_DAYS, ge=1, le=MAX_RETENTION_DAYS)
+    purge_interval_seconds: float = Field(default=3600.0, gt=0)
+
+
 DEFAULT_MODERATION_MODEL = "Llama-Guard"
 
 
@@ -209,6 +224,7 @@ class GuardrailConfig(_Strict):
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    content: ContentConfig = Field(default_factory=ContentConfig)
     models: list[ModelConfig] = Field(default_factory=list)
     moderation_models: list[ModerationModelConfig] = Field(default_factory=list)
     moderation: GuardrailConfig = Field(default_factory=GuardrailConfig)

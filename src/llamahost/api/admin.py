@@ -1,5 +1,6 @@
-"""The admin API (``/admin/v1``): teams, keys, limits and usage, for admin keys only
-(member keys get 403). An admin key administers the whole server, not just its team."""
+"""The admin API (``/admin/v1``): teams, keys, limits and usage. Operator keys
+administer every team; a team's admin key its own team only (``tenancy/scope.py``);
+member keys get 403. Team settings and stored content are in ``admin_teams.py``."""
 
 from __future__ import annotations
 
@@ -12,14 +13,21 @@ from starlette.concurrency import run_in_threadpool
 from ..protocol import admin as wire
 from ..tenancy.keys import KeyInfo
 from ..tenancy.limits import LimitRow, limits_model_id
+from ..tenancy.scope import OPERATOR, Scope
+from ..tenancy.teams import TeamInfo
 from ..tenancy.usage import parse_time
 from .common import parse_body, require_admin
 
 router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
 
 
-def _services(request: Request):
+def services(request: Request):
     return request.app.state.services
+
+
+def scope(request: Request) -> Scope:
+    """The caller's scope: every handler reading team data passes it to the store."""
+    return request.state.principal.scope
 
 
 def _key(info: KeyInfo) -> wire.Key:
@@ -40,23 +48,27 @@ def _limit(row: LimitRow) -> wire.Limit:
     return wire.Limit(team=row.team, model=row.model, rpm=row.rpm, tpm=row.tpm, updated_at=row.updated_at)
 
 
+def _team(info: TeamInfo) -> wire.Team:
+    return wire.Team(name=info.name, created_at=info.created_at, active_keys=info.active_keys)
+
+
 # --- teams ---------------------------------------------------------------------------
 
 
 @router.get("/teams")
 async def list_teams(request: Request) -> dict[str, list[wire.Team]]:
-    teams = await run_in_threadpool(_services(request).keys.list_teams)
-    return {"data": [wire.Team(name=n, created_at=c, active_keys=k) for n, c, k in teams]}
+    teams = await run_in_threadpool(services(request).keys.list_teams, scope(request))
+    return {"data": [_team(t) for t in teams]}
 
 
 @router.post("/teams", response_model=wire.Team, status_code=201)
 async def create_team(request: Request) -> Response:
     body = await parse_body(request, wire.TeamCreate)
-    keys = _services(request).keys
-    _, created = await run_in_threadpool(keys.ensure_team, body.name)
-    team = next(t for t in await run_in_threadpool(keys.list_teams) if t[0] == body.name.strip())
-    payload = wire.Team(name=team[0], created_at=team[1], active_keys=team[2]).model_dump(mode="json")
-    return JSONResponse(payload, status_code=201 if created else 200)
+    scope(request).require_operator("creating a team")
+    keys = services(request).keys
+    team_id, created = await run_in_threadpool(keys.ensure_team, body.name)
+    team = next(t for t in await run_in_threadpool(keys.list_teams, Scope(team_id)))
+    return JSONResponse(_team(team).model_dump(mode="json"), status_code=201 if created else 200)
 
 
 # --- keys ----------------------------------------------------------------------------
@@ -64,23 +76,30 @@ async def create_team(request: Request) -> Response:
 
 @router.get("/keys")
 async def list_keys(request: Request, team: str | None = None) -> dict[str, list[wire.Key]]:
-    infos = await run_in_threadpool(_services(request).keys.list_keys, team)
+    infos = await run_in_threadpool(services(request).keys.list_keys, scope(request), team)
     return {"data": [_key(i) for i in infos]}
 
 
 @router.post("/keys", response_model=wire.KeyCreated, status_code=201)
 async def create_key(request: Request) -> wire.KeyCreated:
     body = await parse_body(request, wire.KeyCreate)
+    caller = scope(request)
+    if body.role == OPERATOR:
+        caller.require_operator("creating an operator key")
+    keys = services(request).keys
+    if not caller.is_operator:
+        # A team admin makes keys for its own team only (an operator may also create teams).
+        await run_in_threadpool(caller.team, keys.teams, body.team)
     expires = timedelta(days=body.expires_in_days) if body.expires_in_days is not None else None
     secret, info = await run_in_threadpool(
-        lambda: _services(request).keys.create_key(body.team, name=body.name, role=body.role, expires_in=expires)
+        lambda: keys.create_key(body.team, name=body.name, role=body.role, expires_in=expires)
     )
     return wire.KeyCreated(key=secret, **_key(info).model_dump())
 
 
 @router.delete("/keys/{key_id}", response_model=wire.Key)
 async def revoke_key(key_id: str, request: Request) -> wire.Key:
-    return _key(await run_in_threadpool(_services(request).keys.revoke_key, key_id))
+    return _key(await run_in_threadpool(services(request).keys.revoke_key, key_id, scope(request)))
 
 
 # --- limits --------------------------------------------------------------------------
@@ -88,9 +107,8 @@ async def revoke_key(key_id: str, request: Request) -> wire.Key:
 
 @router.get("/limits", response_model=wire.LimitList)
 async def list_limits(request: Request, team: str | None = None) -> wire.LimitList:
-    services = _services(request)
-    rows = await run_in_threadpool(services.limits.list, team)
-    defaults = services.config.limits
+    rows = await run_in_threadpool(services(request).limits.list, scope(request), team)
+    defaults = services(request).config.limits
     return wire.LimitList(
         data=[_limit(r) for r in rows],
         defaults=wire.LimitDefaults(rpm=defaults.rpm, tpm=defaults.tpm),
@@ -101,16 +119,19 @@ async def list_limits(request: Request, team: str | None = None) -> wire.LimitLi
 @router.put("/limits", response_model=wire.Limit)
 async def set_limits(request: Request) -> wire.Limit:
     body = await parse_body(request, wire.LimitSet)
-    services = _services(request)
-    model = limits_model_id(services.config, body.model)
-    row = await run_in_threadpool(lambda: services.limits.set(body.team, model, rpm=body.rpm, tpm=body.tpm))
+    store = services(request).limits
+    model = limits_model_id(services(request).config, body.model)
+    row = await run_in_threadpool(
+        lambda: store.set(scope(request), body.team, model, rpm=body.rpm, tpm=body.tpm)
+    )
     return _limit(row)
 
 
 @router.delete("/limits", status_code=204)
 async def clear_limits(request: Request, team: str, model: str | None = None) -> Response:
-    services = _services(request)
-    await run_in_threadpool(services.limits.clear, team, limits_model_id(services.config, model))
+    store = services(request).limits
+    model_id = limits_model_id(services(request).config, model)
+    await run_in_threadpool(store.clear, scope(request), team, model_id)
     return Response(status_code=204)
 
 
@@ -129,10 +150,10 @@ async def query_usage(
 ) -> wire.UsageList:
     since_at = parse_time(since, "since") if since else None
     until_at = parse_time(until, "until") if until else None
-    await _services(request).metering.usage_writer.flush()  # this process's records are all counted
+    await services(request).metering.usage_writer.flush()  # this process's records are all counted
     entries, totals = await run_in_threadpool(
-        lambda: _services(request).usage.query(
-            team=team, user=user, model=model, since=since_at, until=until_at, limit=limit
+        lambda: services(request).usage.query(
+            scope(request), team=team, user=user, model=model, since=since_at, until=until_at, limit=limit
         )
     )
     return wire.UsageList(

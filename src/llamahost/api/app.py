@@ -21,12 +21,11 @@ from ..observability import process_exiting
 from ..engines.registry import ModelRegistry
 from ..safety.guardrails import Guardrails
 from ..safety.service import ModerationService
-from ..store.db import Database
-from ..tenancy.keys import KeyStore
-from ..tenancy.limits import LimitStore, Limits, build_limiter
+from ..tenancy.limits import build_limiter
 from ..tenancy.metering import Metering
-from ..tenancy.usage import UsageStore
-from . import admin, compat, native, observability
+from ..tenancy.retention import purge_periodically
+from ..tenancy.stores import Stores, open_stores
+from . import admin, admin_teams, compat, native, observability
 from .common import BodySizeLimit
 from .errors import install_error_handlers
 
@@ -34,36 +33,25 @@ log = logging.getLogger("llamahost")
 
 
 @dataclass
-class Services:
-    config: Config
-    db: Database
-    keys: KeyStore
+class Services(Stores):
     registry: ModelRegistry
     chat: ChatService
-    limits: LimitStore
-    usage: UsageStore
     metering: Metering
     moderation: ModerationService
     load_error: str | None = None
 
 
 def build_services(config: Config) -> Services:
-    db = Database.open(config.data_dir)
+    stores = open_stores(config)
     registry = ModelRegistry(config)
-    limits = LimitStore(db, Limits(rpm=config.limits.rpm, tpm=config.limits.tpm))
-    usage = UsageStore(db)
     chat = ChatService(registry)
     moderation = ModerationService(config, chat)
     chat.guardrails = Guardrails(config.moderation, moderation)
     return Services(
-        config=config,
-        db=db,
-        keys=KeyStore(db),
+        **vars(stores),
         registry=registry,
         chat=chat,
-        limits=limits,
-        usage=usage,
-        metering=Metering(build_limiter(config), limits, usage),
+        metering=Metering(build_limiter(config), stores.limits, stores.usage, stores.content),
         moderation=moderation,
     )
 
@@ -98,10 +86,12 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
         limiter = services.metering.limiter
         log.info("rate limits: %s", f"{limiter.name} counters" if limiter else "off")
         loading = asyncio.create_task(_load_models(services))
+        purging = asyncio.create_task(purge_periodically(services.content, config.content.purge_interval_seconds))
         try:
             yield
         finally:
             loading.cancel()
+            purging.cancel()
             await services.metering.close()
             for engine in services.registry.engines.values():
                 await engine.close()
@@ -117,6 +107,7 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
     app.include_router(native.router)
     app.include_router(compat.router)
     app.include_router(admin.router)
+    app.include_router(admin_teams.router)
     if config.server.metrics:
         app.include_router(observability.router)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import suppress
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from collections.abc import AsyncIterator, Callable
@@ -17,11 +18,15 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import observability as obs
 from ..chat.service import ChatStream
 from ..chat.types import ChatRequest, ChatResult, ImageInput
 from ..protocol.errors import APIError, InvalidRequest, PayloadTooLarge, PermissionDenied, UnsupportedMediaType
 from ..tenancy.keys import Principal
 from ..tenancy.metering import Meter
+from ..tenancy.content import ModerationContent
+from ..tenancy.scope import ADMIN, OPERATOR
+from ..tenancy.usage import new_record_id
 from .errors import error_response
 
 M = TypeVar("M", bound=BaseModel)
@@ -42,10 +47,35 @@ async def authenticate(request: Request) -> Principal:
 
 
 async def require_admin(request: Request) -> Principal:
+    """An operator key, or a team's admin key (whose scope is its own team)."""
     principal = await authenticate(request)
-    if principal.role != "admin":
-        raise PermissionDenied("this endpoint needs an admin key", param="authorization")
+    if principal.role not in (OPERATOR, ADMIN):
+        raise PermissionDenied("this endpoint needs an admin or operator key", param="authorization")
     return principal
+
+
+def surface_of(request: Request) -> str:
+    return "compat" if request.url.path.startswith("/compat/") else "native"
+
+
+def moderation_content(request: Request, model: str, messages, verdict) -> ModerationContent:
+    """A moderation call's content, to queue for storage (kept if the team keeps content)."""
+    principal: Principal = request.state.principal
+    return ModerationContent(
+        record_id=new_record_id(),
+        created_at=datetime.now(UTC),
+        team_id=principal.team_id,
+        key_id=principal.key_id,
+        user=None,
+        kind="moderation",
+        surface=surface_of(request),
+        model=model,
+        status="ok",
+        flagged=verdict.flagged,
+        messages=messages,
+        categories=verdict.categories,
+        request_id=obs.request_id_var.get(),
+    )
 
 
 # --- metered chat: what every inference route calls --------------------------------
@@ -53,7 +83,9 @@ async def require_admin(request: Request) -> Principal:
 
 def _meter(request: Request, chat_request: ChatRequest) -> Meter:
     chat_request.team = request.state.principal.team_name  # for per-team policies (guardrails)
-    return request.app.state.services.metering.meter(request.state.principal, chat_request.user)
+    return request.app.state.services.metering.meter(
+        request.state.principal, chat_request.user, chat_request, surface_of(request)
+    )
 
 
 async def _metered(request: Request, meter: Meter, call):

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..protocol.errors import APIError, EngineFailure, InvalidRequest, NotFound
+from ..store.crypto import CryptoError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,13 @@ def install_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"][1:]) or None
         return error_response(InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param=param))
+
+    @app.exception_handler(CryptoError)
+    async def _crypto_error(_request: Request, exc: CryptoError) -> JSONResponse:
+        # Encrypted data that does not open (tampered, moved, wrong or rotated master key)
+        # is the server's problem, said plainly; never a guess at the plaintext.
+        log.error("decryption failed: %s", exc)
+        return error_response(EngineFailure(str(exc), code="decryption_failed"))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -27,6 +27,7 @@ from .common import (
     authenticate,
     content_images,
     content_text,
+    moderation_content,
     parse_body,
     serve_chat,
     unless_disconnected,
@@ -170,11 +171,12 @@ async def create_chat_completion(request: Request) -> Response:
 async def create_moderation(request: Request) -> Response:
     body = await parse_body(request, wire.ModerationRequest)
     messages = to_moderation_messages(body)
-    moderation = request.app.state.services.moderation
+    services = request.app.state.services
     try:
-        outcome = await unless_disconnected(request, moderation.moderate(body.model, messages))
+        outcome = await unless_disconnected(request, services.moderation.moderate(body.model, messages))
     except ClientDisconnected:
         return Response(status_code=499)
+    services.metering.usage_writer.store_content(moderation_content(request, outcome.model, messages, outcome.verdict))
     result = wire.ModerationResult(flagged=outcome.verdict.flagged, flagged_categories=list(outcome.verdict.categories))
     return JSONResponse(wire.ModerationResponse(model=outcome.model, results=[result]).model_dump(mode="json"))
 

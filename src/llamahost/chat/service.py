@@ -59,6 +59,9 @@ class Outcome:
     completion_tokens: int
     stop_reason: str | None
     latency_ms: float
+    # What the model produced, also when it was cut short (stored content, if kept).
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class Meter(Protocol):
@@ -173,7 +176,12 @@ class ChatStream:
             return None
         meter, self._meter = self._meter, None
         latency_ms = (time.monotonic() - self._started) * 1000
-        return meter.end(Outcome(status, self.request.model, prompt_tokens, completion_tokens, stop_reason, latency_ms))
+        calls = tuple(ToolCall(id=i, name=n, arguments=a) for i, n, a in self._calls)
+        outcome = Outcome(
+            status, self.request.model, prompt_tokens, completion_tokens, stop_reason, latency_ms,
+            text="".join(self._text), tool_calls=calls,
+        )
+        return meter.end(outcome)
 
     def _observe_output(self) -> None:
         now = time.monotonic()

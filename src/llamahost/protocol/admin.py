@@ -4,9 +4,11 @@ naming it rather than silently ignored."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+
+from ..config import MAX_RETENTION_DAYS
 
 
 class _Strict(BaseModel):
@@ -26,7 +28,7 @@ class Team(BaseModel):
 class KeyCreate(_Strict):
     team: str = Field(min_length=1, max_length=128)
     name: str | None = Field(default=None, max_length=256)
-    role: Literal["member", "admin"] = "member"
+    role: Literal["member", "admin", "operator"] = "member"
     expires_in_days: StrictFloat | StrictInt | None = Field(default=None, gt=0)
 
 
@@ -73,6 +75,7 @@ class LimitList(BaseModel):
 
 
 class UsageRecord(BaseModel):
+    id: str  # a stored request of the same call has the same id
     created_at: datetime
     team: str
     key_id: str | None
@@ -96,3 +99,51 @@ class UsageTotals(BaseModel):
 class UsageList(BaseModel):
     data: list[UsageRecord]
     totals: UsageTotals  # over every matching record, not only those listed
+
+
+class TeamSettingsUpdate(_Strict):
+    """Only the settings given change; null returns one to the server's default."""
+
+    store_content: StrictBool | None = None
+    retention_days: StrictInt | None = Field(default=None, ge=1, le=MAX_RETENTION_DAYS)
+
+
+class TeamSettings(BaseModel):
+    team: str
+    store_content: bool
+    retention_days: int
+    inherited: list[str]  # settings the team has not set: the server's defaults apply
+    updated_at: datetime | None
+
+
+class TeamDeleted(BaseModel):
+    team: str
+    deleted: bool = True
+    api_keys: int
+    stored_requests: int
+    data_keys: int  # crypto-shredded: what they encrypted can never be read again
+
+
+class DataKeyRotated(BaseModel):
+    team: str
+    version: int  # seals the team's new records from now on
+
+
+class StoredRequest(BaseModel):
+    id: str
+    team: str
+    created_at: datetime
+    kind: Literal["chat", "moderation"]
+    surface: Literal["native", "compat"]
+    model: str
+    key_id: str | None
+    user: str | None
+    status: str
+    flagged: bool
+    request: dict[str, Any] | None  # None only with `error`
+    response: dict[str, Any] | None
+    error: str | None = None  # why the content could not be decrypted (tampered, moved, shredded key)
+
+
+class StoredRequestList(BaseModel):
+    data: list[StoredRequest]

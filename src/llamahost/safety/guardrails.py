@@ -109,6 +109,8 @@ class Guardrails:
         moderation = await self.moderation.moderate(policy.model, messages)
         verdict = moderation.verdict
         blocked = verdict.flagged and policy.action == "block"
+        if verdict.flagged:
+            request.moderation_flags.append({"stage": stage, "categories": list(verdict.categories), "blocked": blocked})
         self.recorder.record(
             GuardrailCheck(
                 team=request.team, user=request.user, chat_model=request.model, moderation_model=moderation.model,

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import logging
 import os
 import secrets
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -46,7 +47,7 @@ def _aad(*parts: object) -> bytes:
 
 @dataclass(frozen=True)
 class MasterKey:
-    key: bytes
+    key: bytes = field(repr=False)  # never in a log line or a traceback
 
     @property
     def key_id(self) -> str:
@@ -72,20 +73,31 @@ class MasterKey:
     def encoded(self) -> str:
         return base64.urlsafe_b64encode(self.key).decode()
 
+    @staticmethod
+    def key_file(data_dir: Path) -> Path:
+        """``LLAMAHOST_MASTER_KEY_FILE``, else ``master.key`` in the data dir."""
+        configured = os.environ.get("LLAMAHOST_MASTER_KEY_FILE")
+        return Path(configured).expanduser() if configured else data_dir / "master.key"
+
     @classmethod
-    def load(cls, data_dir: Path, key_file: Path | None = None) -> "MasterKey":
-        """``LLAMAHOST_MASTER_KEY``, else the key file (created with a loud warning if absent)."""
+    def configured(cls, data_dir: Path) -> "MasterKey | None":
+        """``LLAMAHOST_MASTER_KEY``, else the key file if it exists, else None."""
         env = os.environ.get("LLAMAHOST_MASTER_KEY")
         if env:
             return cls.parse(env)
-        path = key_file or data_dir / "master.key"
+        path = cls.key_file(data_dir)
         if path.exists():
-            return cls.parse(path.read_text())
+            try:
+                return cls.parse(path.read_text())
+            except CryptoError as exc:
+                raise CryptoError(f"master key file {path}: {exc}") from None
+        return None
+
+    @classmethod
+    def create_file(cls, path: Path) -> "MasterKey":
+        """Generate a master key into ``path`` (mode 0600, never overwriting), loudly."""
         master = cls.generate()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(master.encoded() + "\n")
+        master.write(path, exclusive=True)
         log.warning(
             "GENERATED A NEW MASTER KEY at %s. Everything stored encrypted is lost without it: "
             "back it up now, away from the database (or set LLAMAHOST_MASTER_KEY).",
@@ -93,22 +105,36 @@ class MasterKey:
         )
         return master
 
-    def wrap(self, data_key: bytes, team_id: int, version: int) -> bytes:
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        return nonce + AESGCM(self.key).encrypt(nonce, data_key, _aad("data-key", team_id, version))
+    def write(self, path: Path, *, exclusive: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+        fd = os.open(path, flags, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.encoded() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
-    def unwrap(self, wrapped: bytes, team_id: int, version: int) -> bytes:
+    @classmethod
+    def load(cls, data_dir: Path) -> "MasterKey":
+        """``LLAMAHOST_MASTER_KEY``, else the key file (created with a loud warning if absent)."""
+        return cls.configured(data_dir) or cls.create_file(cls.key_file(data_dir))
+
+    def wrap(self, data_key: bytes, team_id: int, version: int, purpose: str = "data-key") -> bytes:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce + AESGCM(self.key).encrypt(nonce, data_key, _aad(purpose, team_id, version))
+
+    def unwrap(self, wrapped: bytes, team_id: int, version: int, purpose: str = "data-key") -> bytes:
         try:
-            return AESGCM(self.key).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _aad("data-key", team_id, version))
+            return AESGCM(self.key).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _aad(purpose, team_id, version))
         except InvalidTag:
-            raise CryptoError(f"cannot unwrap data key v{version} of team {team_id}: wrong master key or tampered") from None
+            raise CryptoError(f"cannot unwrap {purpose} v{version} of team {team_id}: wrong master key or tampered") from None
 
 
 @dataclass(frozen=True)
 class DataKey:
     team_id: int
     version: int
-    key: bytes
+    key: bytes = field(repr=False)
 
     @classmethod
     def generate(cls, team_id: int, version: int) -> "DataKey":
@@ -120,6 +146,18 @@ class DataKey:
         nonce = secrets.token_bytes(NONCE_BYTES)
         sealed = AESGCM(self.key).encrypt(nonce, data, _aad("content", self.team_id, *context))
         return _HEADER.pack(_MAGIC, self.version) + nonce + sealed
+
+
+def blind_index(key: bytes, *parts: object, length: int = 32) -> str:
+    """A keyed hash (HMAC-SHA256, hex, ``length`` digits) of ``parts``: equal inputs give
+    equal tokens, so an encrypted value can still be looked up by equality; without the
+    key a token says nothing about its input."""
+    return hmac.new(key, _aad(*parts), hashlib.sha256).hexdigest()[:length]
+
+
+def subkey(key: bytes, *context: object) -> bytes:
+    """A key derived from ``key`` for one purpose (HMAC-SHA256 as a PRF, as in HKDF-Expand)."""
+    return hmac.new(key, b"llamahost-subkey" + _aad(*context), hashlib.sha256).digest()
 
 
 def key_version(blob: bytes) -> int:

@@ -6,17 +6,24 @@ PostgreSQL (or another SQLite file) instead. Both run the same Alembic migration
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import UTC, datetime
 from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from .crypto import MasterKey
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any fixed 64-bit number; names llamahost's migration lock among other advisory locks.
@@ -48,23 +55,40 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    @classmethod
-    def open(cls, data_dir: Path) -> "Database":
-        data_dir.mkdir(parents=True, exist_ok=True)
-        db = cls(database_url(data_dir))
-        db.migrate()
-        return db
-
-    def migrate(self) -> None:
+    def migrate(self, master: "MasterKey") -> None:
+        """Upgrade to the newest schema. Migrations that encrypt existing rows use
+        ``master`` (see ``store/keyring.py``)."""
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                # Replicas starting together would otherwise race to create the same
-                # tables; the lock is released when this transaction ends.
-                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-            cfg.attributes["connection"] = connection
-            command.upgrade(cfg, "head")
+        cfg.attributes["master_key"] = master
+        sqlite = self.engine.dialect.name == "sqlite"
+        with self.engine.connect() as connection:
+            if sqlite:
+                # SQLite alters a table by copying it and dropping the original; with
+                # foreign keys on, the drop would cascade into every referencing table.
+                # The pragma is a no-op inside a transaction: set it before the first write.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    # Replicas starting together would otherwise race to create the same
+                    # tables; the lock is released when this transaction ends.
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+                cfg.attributes["connection"] = connection
+                command.upgrade(cfg, "head")
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                if cfg.attributes.get("plaintext_replaced"):
+                    # The pages that held the plaintext are free pages and WAL frames now:
+                    # rebuild the file and empty the WAL so no copy of it remains on disk.
+                    connection.exec_driver_sql("VACUUM")
+                    connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                connection.commit()
+        if cfg.attributes.get("plaintext_replaced") and not sqlite:
+            log.warning(
+                "existing team names, key labels and usage `user` values were encrypted; their old plaintext row "
+                "versions stay in PostgreSQL's files until vacuumed: run VACUUM FULL teams, api_keys, usage_records"
+            )
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -5,7 +5,19 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -13,12 +25,23 @@ class Base(DeclarativeBase):
     pass
 
 
+# Encrypted columns (``*_sealed``) hold ``crypto.DataKey.seal`` output under the team's
+# data key, bound to (table, record, field); ``*_index`` columns hold a keyed hash of the
+# same value for equality lookups (see ``store/keyring.py``).
+
+
 class Team(Base):
+    """A team. Its name is PII: stored encrypted, found by its blind index. A deleted
+    team keeps its row (usage records point at it) without a name or keys."""
+
     __tablename__ = "teams"
+    __table_args__ = (Index("uq_teams_name_index", "name_index", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
+    name_index: Mapped[str | None] = mapped_column(String(64))
+    name_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="team")
 
@@ -30,7 +53,7 @@ class ApiKey(Base):
     # The visible part of the key ("llh_<key_id>_..."), safe to show and log.
     key_id: Mapped[str] = mapped_column(String(32), unique=True)
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str | None] = mapped_column(String(256))
+    name_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)  # the key's label
     # SHA-256 of the whole key; the key itself is never stored.
     secret_hash: Mapped[str] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(16), default="member")
@@ -74,7 +97,7 @@ class UsageRecord(Base):
     __tablename__ = "usage_records"
     __table_args__ = (
         Index("ix_usage_records_team_created", "team_id", "created_at"),
-        Index("ix_usage_records_end_user_created", "end_user", "created_at"),
+        Index("ix_usage_records_user_created", "user_index", "created_at"),
         Index("ix_usage_records_created", "created_at"),
     )
 
@@ -84,10 +107,69 @@ class UsageRecord(Base):
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"))
     key_id: Mapped[str | None] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(128))
-    # The request's ``user`` field as the client sent it ("user" is reserved in SQL).
-    end_user: Mapped[str | None] = mapped_column(String(256))
+    # The record's id in encryption contexts, shared with its stored request if any.
+    record_id: Mapped[str] = mapped_column(String(32))
+    # The request's ``user`` field (PII): encrypted, and a per-team blind index to filter by.
+    user_index: Mapped[str | None] = mapped_column(String(32))
+    user_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(32))
     stop_reason: Mapped[str | None] = mapped_column(String(16))
+
+
+class EncryptionKey(Base):
+    """A key wrapped by the master key: a team's data key (``purpose`` "content", one row
+    per version, the highest one sealing new records) or the server's blind-index key
+    (``team_id`` NULL, ``purpose`` "index")."""
+
+    __tablename__ = "encryption_keys"
+    __table_args__ = (UniqueConstraint("team_id", "purpose", "version", name="uq_encryption_keys_team_purpose_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int] = mapped_column(Integer)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    # Which master key wrapped it (a fingerprint): tells "wrong master key" from tampering.
+    master_key_id: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TeamSetting(Base):
+    """One per-team setting the team has set (JSON value); unset ones take the server's
+    default. Name/value rows, so a new setting needs no migration (``tenancy/settings.py``)."""
+
+    __tablename__ = "team_settings"
+
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StoredRequest(Base):
+    """The content of one chat or moderation call, kept for abuse review while the team's
+    ``store_content`` is on, until its ``retention_days`` pass. Content and ``user`` are
+    encrypted; the rest is metadata in the clear."""
+
+    __tablename__ = "stored_requests"
+    __table_args__ = (
+        Index("ix_stored_requests_team_created", "team_id", "created_at"),
+        Index("ix_stored_requests_team_user_created", "team_id", "user_index", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # random: known before the insert
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(16))  # chat | moderation
+    surface: Mapped[str] = mapped_column(String(16))  # native | compat
+    model: Mapped[str] = mapped_column(String(128))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32))
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    user_index: Mapped[str | None] = mapped_column(String(32))
+    user_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    request_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    response_sealed: Mapped[bytes] = mapped_column(LargeBinary)

@@ -20,7 +20,10 @@ from sqlalchemy import bindparam, func, select, update
 from ..protocol.errors import AuthenticationFailed, InvalidRequest, NotFound
 from ..store.db import Database
 from ..store.db import aware_utc as _aware
-from ..store.models import ApiKey, Team
+from ..store.keyring import Keyring, Sealed
+from ..store.models import ApiKey
+from .scope import ROLES, Scope
+from .teams import TeamInfo, TeamStore
 
 KEY_PREFIX = "llh_"
 _ALPHABET = string.ascii_letters + string.digits
@@ -29,17 +32,12 @@ _SECRET_LEN = 40
 # Writing last_used_at on every request would make every call a write; a minute's
 # resolution is what an operator needs to spot an unused key.
 _LAST_USED_RESOLUTION = timedelta(seconds=60)
-ROLES = ("admin", "member")
 
 _KEY_ID_PARAM = bindparam("key_id")
-_AUTH_QUERY = (
-    select(
-        ApiKey.id, ApiKey.secret_hash, ApiKey.team_id, ApiKey.role, ApiKey.revoked_at, ApiKey.expires_at,
-        ApiKey.last_used_at, Team.name.label("team_name"),
-    )
-    .join(Team, Team.id == ApiKey.team_id)
-    .where(ApiKey.key_id == _KEY_ID_PARAM)
-)
+_AUTH_QUERY = select(
+    ApiKey.id, ApiKey.secret_hash, ApiKey.team_id, ApiKey.role, ApiKey.revoked_at, ApiKey.expires_at,
+    ApiKey.last_used_at,
+).where(ApiKey.key_id == _KEY_ID_PARAM)
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,10 @@ class Principal:
     team_id: int
     team_name: str
     role: str
+
+    @property
+    def scope(self) -> Scope:
+        return Scope.of(self)
 
 
 @dataclass(frozen=True)
@@ -79,34 +81,19 @@ def _random(n: int) -> str:
 
 
 class KeyStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keyring: Keyring, teams: TeamStore) -> None:
         self.db = db
+        self.keyring = keyring
+        self.teams = teams
 
-    # --- teams ---------------------------------------------------------------
+    # --- teams (kept here for the callers that manage both) ------------------------------
 
     def ensure_team(self, name: str) -> tuple[int, bool]:
         """Return (team id, created)."""
-        name = name.strip()
-        if not name or len(name) > 128:
-            raise InvalidRequest("team name must be 1 to 128 characters", param="team")
-        with self.db.session() as s:
-            team = s.scalar(select(Team).where(Team.name == name))
-            if team is not None:
-                return team.id, False
-            team = Team(name=name, created_at=_now())
-            s.add(team)
-            s.flush()
-            return team.id, True
+        return self.teams.ensure(name)
 
-    def list_teams(self) -> list[tuple[str, datetime, int]]:
-        with self.db.session() as s:
-            rows = s.execute(
-                select(Team.name, Team.created_at, func.count(ApiKey.id))
-                .outerjoin(ApiKey, (ApiKey.team_id == Team.id) & ApiKey.revoked_at.is_(None))
-                .group_by(Team.id)
-                .order_by(Team.name)
-            ).all()
-            return [(name, _aware(created), count) for name, created, count in rows]
+    def list_teams(self, scope: Scope | None = None) -> list[TeamInfo]:
+        return self.teams.list((scope or Scope.operator()).team_id)
 
     # --- keys ------------------------------------------------------------------
 
@@ -132,7 +119,7 @@ class KeyStore:
         row = ApiKey(
             key_id=key_id,
             team_id=team_id,
-            name=name,
+            name_sealed=self.keyring.seal(team_id, name, Sealed.key_label(key_id)) if name is not None else None,
             secret_hash=_hash(key),
             role=role,
             created_at=now,
@@ -140,25 +127,28 @@ class KeyStore:
         )
         with self.db.session() as s:
             s.add(row)
-        return key, self._info(row, team.strip())
+        return key, self._info(row, team.strip(), name)
 
-    def list_keys(self, team: str | None = None) -> list[KeyInfo]:
+    def list_keys(self, scope: Scope, team: str | None = None) -> list[KeyInfo]:
+        team_id = scope.team_filter(self.teams, team)
         with self.db.session() as s:
-            query = select(ApiKey, Team.name).join(Team).order_by(ApiKey.created_at)
-            if team is not None:
-                query = query.where(Team.name == team)
-            return [self._info(key, team_name) for key, team_name in s.execute(query).all()]
+            query = select(ApiKey).order_by(ApiKey.created_at)
+            if team_id is not None:
+                query = query.where(ApiKey.team_id == team_id)
+            rows = s.scalars(query).all()
+        return [self._info(key, self.teams.name(key.team_id), self._label(key)) for key in rows]
 
-    def revoke_key(self, key_id: str) -> KeyInfo:
+    def revoke_key(self, key_id: str, scope: Scope | None = None) -> KeyInfo:
+        scope = scope or Scope.operator()
         key_id = key_id.removeprefix(KEY_PREFIX).split("_", 1)[0]
         with self.db.session() as s:
-            found = s.execute(select(ApiKey, Team.name).join(Team).where(ApiKey.key_id == key_id)).first()
-            if found is None:
+            key = s.scalar(select(ApiKey).where(ApiKey.key_id == key_id))
+            # Another team's key is "not found" to a team admin, like other teams' data.
+            if key is None or (scope.team_id is not None and key.team_id != scope.team_id):
                 raise NotFound(f"no API key with id {key_id!r}", param="key_id")
-            key, team_name = found
             if key.revoked_at is None:
                 key.revoked_at = _now()
-            return self._info(key, team_name)
+        return self._info(key, self.teams.name(key.team_id), self._label(key))
 
     def authenticate(self, key: str | None) -> Principal:
         if not key:
@@ -184,15 +174,22 @@ class KeyStore:
             last_used = _aware(row.last_used_at)
             if last_used is None or now - last_used >= _LAST_USED_RESOLUTION:
                 connection.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-            return Principal(key_id=key_id, key_pk=row.id, team_id=row.team_id, team_name=row.team_name, role=row.role)
+        # The team's name is encrypted; the store keeps the names it has opened.
+        team_name = self.teams.name(row.team_id)
+        return Principal(key_id=key_id, key_pk=row.id, team_id=row.team_id, team_name=team_name, role=row.role)
+
+    def _label(self, row: ApiKey) -> str | None:
+        if row.name_sealed is None:
+            return None
+        return self.keyring.open(row.team_id, row.name_sealed, Sealed.key_label(row.key_id))
 
     @staticmethod
-    def _info(row: ApiKey, team_name: str) -> KeyInfo:
+    def _info(row: ApiKey, team_name: str, label: str | None) -> KeyInfo:
         return KeyInfo(
             key_id=row.key_id,
             prefix=f"{KEY_PREFIX}{row.key_id}",
             team=team_name,
-            name=row.name,
+            name=label,
             role=row.role,
             created_at=_aware(row.created_at),
             last_used_at=_aware(row.last_used_at),

@@ -36,12 +36,18 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import select
 
 from ..config import Config
 from ..protocol.errors import InvalidRequest, NotFound, ServiceUnavailable
 from ..store.db import Database, aware_utc
-from ..store.models import RateLimit, Team
+from ..store.models import RateLimit
+from .scope import Scope
+
+if TYPE_CHECKING:
+    from .teams import TeamStore
 
 log = logging.getLogger(__name__)
 
@@ -331,9 +337,10 @@ class LimitStore:
     """Effective limits for (team, model): the team's row for the model, else the team's
     default row, else the server's ``[limits]``; each of RPM and TPM resolved on its own."""
 
-    def __init__(self, db: Database, defaults: Limits) -> None:
+    def __init__(self, db: Database, defaults: Limits, teams: "TeamStore") -> None:
         self.db = db
         self.defaults = defaults
+        self.teams = teams
         self._cache: dict[tuple[int, str], tuple[float, Limits]] = {}
 
     def cached(self, team_id: int, model_id: str) -> Limits | None:
@@ -360,21 +367,17 @@ class LimitStore:
         self._cache[(team_id, model_id)] = (time.monotonic() + LIMITS_CACHE_SECONDS, limits)
         return limits
 
-    def _team_id(self, session, team: str) -> int:
-        team_id = session.scalar(select(Team.id).where(Team.name == team))
-        if team_id is None:
-            raise NotFound(f"no team named {team!r}", param="team")
-        return team_id
-
-    def set(self, team: str, model: str | None, *, rpm: int | None = None, tpm: int | None = None) -> LimitRow:
+    def set(
+        self, scope: Scope, team: str, model: str | None, *, rpm: int | None = None, tpm: int | None = None
+    ) -> LimitRow:
         """Set a team's limits (only the values given change)."""
         if rpm is None and tpm is None:
             raise InvalidRequest("give rpm, tpm or both", param="rpm")
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and value < 1:
                 raise InvalidRequest(f"{name} must be at least 1", param=name)
+        team_id = scope.team(self.teams, team)
         with self.db.session() as s:
-            team_id = self._team_id(s, team)
             where = RateLimit.model.is_(None) if model is None else RateLimit.model == model
             row = s.scalar(select(RateLimit).where(RateLimit.team_id == team_id, where))
             if row is None:
@@ -387,12 +390,12 @@ class LimitStore:
             row.updated_at = datetime.now(UTC)
             s.flush()
             self._cache.clear()
-            return LimitRow(team, model, row.rpm, row.tpm, aware_utc(row.updated_at))
+            return LimitRow(team.strip(), model, row.rpm, row.tpm, aware_utc(row.updated_at))
 
-    def clear(self, team: str, model: str | None) -> None:
+    def clear(self, scope: Scope, team: str, model: str | None) -> None:
         """Remove a team's row, so the team falls back to its default / the server's."""
+        team_id = scope.team(self.teams, team)
         with self.db.session() as s:
-            team_id = self._team_id(s, team)
             where = RateLimit.model.is_(None) if model is None else RateLimit.model == model
             row = s.scalar(select(RateLimit).where(RateLimit.team_id == team_id, where))
             if row is None:
@@ -401,12 +404,13 @@ class LimitStore:
             s.delete(row)
             self._cache.clear()
 
-    def list(self, team: str | None = None) -> list[LimitRow]:
+    def list(self, scope: Scope, team: str | None = None) -> list[LimitRow]:
+        team_id = scope.team_filter(self.teams, team)
         with self.db.session() as s:
-            query = select(RateLimit, Team.name).join(Team).order_by(Team.name, RateLimit.model)
-            if team is not None:
-                self._team_id(s, team)
-                query = query.where(Team.name == team)
-            return [
-                LimitRow(name, r.model, r.rpm, r.tpm, aware_utc(r.updated_at)) for r, name in s.execute(query).all()
-            ]
+            query = select(RateLimit)
+            if team_id is not None:
+                query = query.where(RateLimit.team_id == team_id)
+            rows = s.scalars(query).all()
+        limits = [LimitRow(self.teams.name(r.team_id), r.model, r.rpm, r.tpm, aware_utc(r.updated_at)) for r in rows]
+        # Names are encrypted, so the database cannot sort by them.
+        return sorted(limits, key=lambda r: (r.team, r.model or ""))

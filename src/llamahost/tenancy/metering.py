@@ -16,15 +16,18 @@ import math
 import time
 from collections.abc import Awaitable
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from starlette.concurrency import run_in_threadpool
 
 from ..chat.service import Outcome
+from ..chat.types import ChatRequest
 from .. import observability as obs
 from ..protocol.errors import RateLimited
+from .content import ChatContent, ContentStore
 from .keys import Principal
 from .limits import Decision, LimitStore, Limits, RateLimiter, RateState
-from .usage import UsageStore, UsageWriter
+from .usage import UsageStore, UsageWriter, new_record_id
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +35,22 @@ log = logging.getLogger(__name__)
 class Metering:
     """Per process: the limiter, the limits and usage stores, and end-of-request work in flight."""
 
-    def __init__(self, limiter: RateLimiter | None, limits: LimitStore, usage: UsageStore) -> None:
+    def __init__(
+        self, limiter: RateLimiter | None, limits: LimitStore, usage: UsageStore, content: ContentStore | None = None
+    ) -> None:
         self.limiter = limiter
         self.limits = limits
         self.usage = usage
-        self.usage_writer = UsageWriter(usage)
+        self.usage_writer = UsageWriter(usage, content)
         # End-of-request work runs as tasks of its own so a cancelled request cannot
         # interrupt it; they are kept here until done (asyncio holds tasks weakly).
         self._pending: set[asyncio.Task] = set()
 
-    def meter(self, principal: Principal, user: str | None) -> Meter:
-        return Meter(self, principal, user)
+    def meter(
+        self, principal: Principal, user: str | None, request: ChatRequest | None = None, surface: str = "native"
+    ) -> Meter:
+        """``request``: the chat request whose content is kept (if the team keeps content)."""
+        return Meter(self, principal, user, request, surface)
 
     def _spawn(self, work: Awaitable[None]) -> asyncio.Task:
         task = asyncio.ensure_future(work)
@@ -63,10 +71,20 @@ class Metering:
 
 
 class Meter:
-    def __init__(self, metering: Metering, principal: Principal, user: str | None) -> None:
+    def __init__(
+        self,
+        metering: Metering,
+        principal: Principal,
+        user: str | None,
+        request: ChatRequest | None = None,
+        surface: str = "native",
+    ) -> None:
         self._metering = metering
         self.principal = principal
         self.user = user
+        self._request = request
+        self._surface = surface
+        self._request_id = obs.request_id_var.get()
         self.state: RateState | None = None  # None until the limiter has been asked
         self.limiter_seconds = 0.0  # time the request waited for admission, for Server-Timing
         self._key: str | None = None
@@ -148,7 +166,26 @@ class Meter:
                 await metering.limiter.settle(self._key, self._ticket, tokens, self._limits)
             except Exception:  # the reservation stands: the team is over- not under-charged
                 log.exception("could not settle a rate-limit reservation")
+        content = None
+        if self._request is not None:
+            # The writer's thread decides (the team's store_content) and encrypts.
+            content = ChatContent(
+                record_id=new_record_id(),
+                created_at=datetime.now(UTC),
+                team_id=self.principal.team_id,
+                key_id=self.principal.key_id,
+                user=self.user,
+                kind="chat",
+                surface=self._surface,
+                model=outcome.model,
+                status=outcome.status,
+                flagged=bool(self._request.moderation_flags),
+                request=self._request,
+                outcome=outcome,
+                request_id=self._request_id,
+            )
         metering.usage_writer.record(
+            content=content,
             team_id=self.principal.team_id,
             key_id=self.principal.key_id,
             model=outcome.model,

@@ -1,20 +1,34 @@
 """Usage records: one row per chat request that reached the service, however it ended
-(``ok``, ``cancelled`` when the client went away, or the error type that ended it)."""
+(``ok``, ``cancelled`` when the client went away, or the error type that ended it).
+
+The request's ``user`` is PII: stored encrypted under the team's data key with a
+per-team blind index to filter by; the rest (times, model, tokens, status) is metadata
+in the clear. Stored content (``tenancy/content.py``) rides the same batched writes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, insert, select
 from starlette.concurrency import run_in_threadpool
 
 from ..protocol.errors import InvalidRequest
+from ..store.crypto import CryptoError
 from ..store.db import Database, aware_utc
-from ..store.models import Team, UsageRecord
+from ..store.keyring import Keyring, Sealed
+from ..store.models import StoredRequest, UsageRecord
+from .scope import Scope, user_filter
+from .teams import TeamStore
+
+if TYPE_CHECKING:
+    from .content import ContentStore, PendingContent
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +61,13 @@ def parse_time(value: str, param: str = "since") -> datetime:
     return aware_utc(moment)
 
 
+def new_record_id() -> str:
+    return uuid.uuid4().hex
+
+
 @dataclass(frozen=True)
 class UsageEntry:
+    id: str  # the record id; a stored request of the same call has the same id
     created_at: datetime
     team: str
     key_id: str | None
@@ -77,33 +96,42 @@ class UsageTotals:
 
 
 class UsageStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keyring: Keyring, teams: TeamStore) -> None:
         self.db = db
+        self.keyring = keyring
+        self.teams = teams
 
-    def record(
-        self,
-        *,
-        team_id: int,
-        key_id: str | None,
-        model: str,
-        user: str | None,
-        prompt_tokens: int,
-        completion_tokens: int,
-        latency_ms: float,
-        status: str,
-        stop_reason: str | None,
-    ) -> None:
-        """Write one record now (blocking); the server uses ``UsageWriter`` instead."""
-        self.write_rows(
-            [_row(team_id, key_id, model, user, prompt_tokens, completion_tokens, latency_ms, status, stop_reason)]
-        )
+    def record(self, **fields: Any) -> None:
+        """Write one record now (blocking); the server uses ``UsageWriter`` instead.
+        Fields as ``UsageWriter.record``."""
+        self.write_rows([_row(**fields)])
 
-    def write_rows(self, rows: list[dict]) -> None:
+    def _sealed(self, row: dict[str, Any]) -> dict[str, Any]:
+        row = dict(row)  # the queued row stays as it was, for a retry
+        user = row.pop("user")
+        row["user_index"] = row["user_sealed"] = None
+        if user is not None:
+            team_id = row["team_id"]
+            try:
+                row["user_index"] = self.keyring.user_index(team_id, user)
+                row["user_sealed"] = self.keyring.seal(team_id, user, Sealed.usage_user(row["record_id"]))
+            except CryptoError as exc:  # the team was deleted meanwhile: its users are shredded
+                log.warning("usage record of team %d stored without its user: %s", team_id, exc)
+        return row
+
+    def write_rows(self, rows: list[dict[str, Any]], content_rows: list[dict[str, Any]] = ()) -> None:
+        """Insert usage rows (``user`` encrypted here) and already encrypted stored-content
+        rows, in one transaction."""
+        sealed = [self._sealed(row) for row in rows]
         with self.db.session() as s:
-            s.execute(insert(UsageRecord), rows)
+            if sealed:
+                s.execute(insert(UsageRecord), sealed)
+            if content_rows:
+                s.execute(insert(StoredRequest), content_rows)
 
     def query(
         self,
+        scope: Scope,
         *,
         team: str | None = None,
         user: str | None = None,
@@ -112,12 +140,12 @@ class UsageStore:
         until: datetime | None = None,
         limit: int = 100,
     ) -> tuple[list[UsageEntry], UsageTotals]:
-        """The newest ``limit`` matching records (oldest first) and totals over all matches."""
-        conditions = []
-        if team is not None:
-            conditions.append(Team.name == team)
+        """The newest ``limit`` matching records the scope may see (oldest first) and totals over all matches."""
+        team_id = scope.team_filter(self.teams, team)
+        conditions = [UsageRecord.team_id == team_id] if team_id is not None else []
         if user is not None:
-            conditions.append(UsageRecord.end_user == user)
+            team_ids = [team_id] if team_id is not None else [t.id for t in self.teams.list()]
+            conditions.append(user_filter(self.keyring, team_ids, user, UsageRecord.team_id, UsageRecord.user_index))
         if model is not None:
             conditions.append(UsageRecord.model == model)
         if since is not None:
@@ -125,9 +153,8 @@ class UsageStore:
         if until is not None:
             conditions.append(UsageRecord.created_at < until)
         with self.db.session() as s:
-            rows = s.execute(
-                select(UsageRecord, Team.name)
-                .join(Team)
+            rows = s.scalars(
+                select(UsageRecord)
                 .where(*conditions)
                 .order_by(UsageRecord.created_at.desc(), UsageRecord.id.desc())
                 .limit(limit)
@@ -137,26 +164,30 @@ class UsageStore:
                     func.count(UsageRecord.id),
                     func.coalesce(func.sum(UsageRecord.prompt_tokens), 0),
                     func.coalesce(func.sum(UsageRecord.completion_tokens), 0),
-                )
-                .join(Team)
-                .where(*conditions)
+                ).where(*conditions)
             ).one()
         entries = [
             UsageEntry(
+                id=r.record_id,
                 created_at=aware_utc(r.created_at),
-                team=team_name,
+                team=self.teams.name(r.team_id),
                 key_id=r.key_id,
                 model=r.model,
-                user=r.end_user,
+                user=self._user(r),
                 prompt_tokens=r.prompt_tokens,
                 completion_tokens=r.completion_tokens,
                 latency_ms=r.latency_ms,
                 status=r.status,
                 stop_reason=r.stop_reason,
             )
-            for r, team_name in reversed(rows)
+            for r in reversed(rows)
         ]
         return entries, UsageTotals(int(count), int(prompt), int(completion))
+
+    def _user(self, row: UsageRecord) -> str | None:
+        if row.user_sealed is None or self.teams.is_deleted(row.team_id):
+            return None  # none sent, or shredded with the team
+        return self.keyring.open(row.team_id, row.user_sealed, Sealed.usage_user(row.record_id))
 
 
 def _row(
@@ -169,13 +200,15 @@ def _row(
     latency_ms: float,
     status: str,
     stop_reason: str | None,
+    record_id: str | None = None,
 ) -> dict:
     return {
+        "record_id": record_id or new_record_id(),
         "created_at": datetime.now(UTC),
         "team_id": team_id,
         "key_id": key_id,
         "model": model,
-        "end_user": user,
+        "user": user,
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "latency_ms": round(latency_ms),
@@ -185,21 +218,45 @@ def _row(
 
 
 class UsageWriter:
-    """Queues usage records in the event loop and writes them in batches from a thread."""
+    """Queues usage records and stored content in the event loop and writes them in
+    batches from a thread (where the encryption happens too)."""
 
-    def __init__(self, store: UsageStore) -> None:
+    def __init__(self, store: UsageStore, content: "ContentStore | None" = None) -> None:
         self.store = store
+        self.content = content
         self._pending: list[dict] = []
+        self._pending_content: list[PendingContent] = []
         self._flusher: asyncio.Task | None = None
         self._wake = asyncio.Event()
 
-    def record(self, **fields) -> None:
-        """Queue one record (same fields as ``UsageStore.record``); never blocks."""
+    def record(self, *, content: "PendingContent | None" = None, **fields) -> None:
+        """Queue one usage record (fields as ``UsageStore.record``) and, if given, the
+        call's content under the same record id; never blocks."""
+        if content is not None:
+            fields["record_id"] = content.record_id
+            self._queue_content(content)
         self._pending.append(_row(**fields))
-        if len(self._pending) > MAX_PENDING:
-            dropped = len(self._pending) - MAX_PENDING
-            del self._pending[:dropped]
-            log.error("usage records: the database has refused writes for a while; dropped %d records", dropped)
+        self._bound(self._pending, "usage records")
+        self._schedule()
+
+    def store_content(self, content: "PendingContent") -> None:
+        """Queue a call's content alone (calls without a usage record: moderation)."""
+        self._queue_content(content)
+        self._schedule()
+
+    def _queue_content(self, content: "PendingContent") -> None:
+        if self.content is not None:
+            self._pending_content.append(content)
+            self._bound(self._pending_content, "stored requests")
+
+    @staticmethod
+    def _bound(pending: list, what: str) -> None:
+        if len(pending) > MAX_PENDING:
+            dropped = len(pending) - MAX_PENDING
+            del pending[:dropped]
+            log.error("%s: the database has refused writes for a while; dropped %d", what, dropped)
+
+    def _schedule(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush_soon())
 
@@ -211,14 +268,23 @@ class UsageWriter:
         self._wake.clear()
         await self._write_pending()
 
+    def _write(self, rows: list[dict], contents: list["PendingContent"]) -> None:
+        content_rows = self.content.rows(contents) if self.content is not None and contents else []
+        self.store.write_rows(rows, content_rows)
+
     async def _write_pending(self) -> None:
-        while self._pending:
+        while self._pending or self._pending_content:
             rows, self._pending = self._pending, []
+            contents, self._pending_content = self._pending_content, []
             try:
-                await run_in_threadpool(self.store.write_rows, rows)
+                await run_in_threadpool(self._write, rows, contents)
             except Exception:
-                log.exception("could not write %d usage records; they are kept for the next attempt", len(rows))
+                log.exception(
+                    "could not write %d usage records and %d stored requests; they are kept for the next attempt",
+                    len(rows), len(contents),
+                )
                 self._pending[:0] = rows
+                self._pending_content[:0] = contents
                 return
 
     async def flush(self) -> None:

@@ -1,0 +1,142 @@
+"""Teams. A team's name is PII: its row holds the name encrypted under the team's own
+data key, and a blind index (keyed hash) to find the row by name. This process keeps
+the names it has opened (they never change).
+
+Deleting a team removes its API keys, limits, settings and stored content and
+crypto-shreds its data keys; the row stays as a tombstone without a name, because
+usage records (metadata, kept for accounting) point at it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..protocol.errors import InvalidRequest, NotFound
+from ..store.db import Database, aware_utc
+from ..store.keyring import Keyring, Sealed, seal_with
+from ..store.models import ApiKey, RateLimit, StoredRequest, Team, TeamSetting
+
+MAX_NAME = 128
+
+
+@dataclass(frozen=True)
+class TeamInfo:
+    id: int
+    name: str
+    created_at: datetime
+    active_keys: int
+
+
+@dataclass(frozen=True)
+class TeamDeletion:
+    team: str
+    api_keys: int
+    stored_requests: int
+    data_keys: int
+
+
+def deleted_name(team_id: int) -> str:
+    return f"(deleted team {team_id})"
+
+
+class TeamStore:
+    def __init__(self, db: Database, keyring: Keyring) -> None:
+        self.db = db
+        self.keyring = keyring
+        self._names: dict[int, str] = {}
+        self._deleted: set[int] = set()
+
+    @staticmethod
+    def clean(name: str, param: str = "team") -> str:
+        name = name.strip()
+        if not name or len(name) > MAX_NAME:
+            raise InvalidRequest(f"team name must be 1 to {MAX_NAME} characters", param=param)
+        return name
+
+    def find(self, name: str) -> int | None:
+        """The live team named ``name``, by its blind index."""
+        with self.db.session() as s:
+            return s.scalar(select(Team.id).where(Team.name_index == self.keyring.team_name_index(name.strip())))
+
+    def require(self, name: str) -> int:
+        team_id = self.find(name)
+        if team_id is None:
+            raise NotFound(f"no team named {name!r}", param="team")
+        return team_id
+
+    def ensure(self, name: str) -> tuple[int, bool]:
+        """(team id, created)."""
+        name = self.clean(name)
+        index = self.keyring.team_name_index(name)
+        try:
+            with self.db.session() as s:
+                found = s.scalar(select(Team.id).where(Team.name_index == index))
+                if found is not None:
+                    return found, False
+                team = Team(name_index=index, created_at=datetime.now(UTC))
+                s.add(team)
+                s.flush()
+                key = self.keyring.add_team_key(s, team.id)
+                team.name_sealed = seal_with(key, name, Sealed.team_name(team.id))
+                team_id = team.id
+        except IntegrityError:  # another process created it between our lookup and insert
+            found = self.find(name)
+            if found is None:
+                raise
+            return found, False
+        self._names[team_id] = name
+        return team_id, True
+
+    def name(self, team_id: int) -> str:
+        cached = self._names.get(team_id)
+        if cached is not None:
+            return cached
+        with self.db.session() as s:
+            sealed = s.scalar(select(Team.name_sealed).where(Team.id == team_id))
+        if sealed is None:
+            self._deleted.add(team_id)
+            return deleted_name(team_id)
+        name = self.keyring.open(team_id, sealed, Sealed.team_name(team_id))
+        self._names[team_id] = name
+        return name
+
+    def is_deleted(self, team_id: int) -> bool:
+        self.name(team_id)
+        return team_id in self._deleted
+
+    def list(self, team_id: int | None = None) -> list[TeamInfo]:
+        """Live teams (only ``team_id`` if given), by name."""
+        with self.db.session() as s:
+            query = (
+                select(Team.id, Team.created_at, func.count(ApiKey.id))
+                .outerjoin(ApiKey, (ApiKey.team_id == Team.id) & ApiKey.revoked_at.is_(None))
+                .where(Team.deleted_at.is_(None))
+                .group_by(Team.id)
+            )
+            if team_id is not None:
+                query = query.where(Team.id == team_id)
+            rows = s.execute(query).all()
+        teams = [TeamInfo(id, self.name(id), aware_utc(created), count) for id, created, count in rows]
+        return sorted(teams, key=lambda t: t.name)
+
+    def delete(self, name: str) -> TeamDeletion:
+        """Delete the team's keys, limits, settings and content, and shred its data keys."""
+        team_id = self.require(name)
+        with self.db.session() as s:
+            stored = s.execute(delete(StoredRequest).where(StoredRequest.team_id == team_id)).rowcount
+            api_keys = s.execute(delete(ApiKey).where(ApiKey.team_id == team_id)).rowcount
+            s.execute(delete(RateLimit).where(RateLimit.team_id == team_id))
+            s.execute(delete(TeamSetting).where(TeamSetting.team_id == team_id))
+            data_keys = self.keyring.shred(s, team_id)
+            s.execute(
+                update(Team)
+                .where(Team.id == team_id)
+                .values(deleted_at=datetime.now(UTC), name_index=None, name_sealed=None)
+            )
+        self._names.pop(team_id, None)
+        self._deleted.add(team_id)
+        return TeamDeletion(name.strip(), api_keys, stored, data_keys)
