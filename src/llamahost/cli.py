@@ -175,7 +175,7 @@ def _keys(args) -> int:
         key, _ = store.create_key(args.team, name=args.name, role=args.role, expires_in=expires)
         print(key)
     elif args.action == "list":
-        print(f"{'PREFIX':<20} {'TEAM':<16} {"ROLE":<8} {'NAME':<20} {'CREATED':<20} {'LAST USED':<20} STATUS")
+        print(f"{'PREFIX':<20} {'TEAM':<16} {'ROLE':<8} {'NAME':<20} {'CREATED':<20} {'LAST USED':<20} STATUS")
         for k in store.list_keys(Scope.operator(), args.team):
             status = "revoked" if k.revoked_at else (f"expires {_fmt(k.expires_at)}" if k.expires_at else "active")
             print(
