@@ -4,6 +4,7 @@ key prefix, removed afterwards, so concurrent runs never see each other's state.
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import uuid
 
@@ -26,6 +27,8 @@ def shared_env():
     env = {
         # libpq's `options` puts every connection of the server on the test's schema.
         "LLAMAHOST_DATABASE_URL": f"{PG}?options=-csearch_path%3D{schema}",
+        # With PostgreSQL every replica must be given the same master key.
+        "LLAMAHOST_MASTER_KEY": secrets.token_hex(32),
         "LLAMAHOST_REDIS_URL": REDIS,
         "LLAMAHOST_REDIS_PREFIX": prefix,
     }

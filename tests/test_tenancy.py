@@ -110,7 +110,9 @@ def test_revoked_and_expired_keys_get_401(server):
 def test_admin_api_needs_an_admin_key(server):
     team = new_team()
     member = make_key(server, team)
-    admin = make_key(server, team, "--role", "admin")
+    # Server-wide administration (other teams) needs an operator key; a team admin key
+    # is limited to its own team (tests/test_data_at_rest.py checks that isolation).
+    admin = make_key(server, team, "--role", "operator")
     calls = [
         ("GET", "/admin/v1/teams", None),
         ("POST", "/admin/v1/teams", {"name": team + "-x"}),
