@@ -135,6 +135,11 @@ class DataKey:
     team_id: int
     version: int
     key: bytes = field(repr=False)
+    # Built once per key: constructing the cipher costs more than sealing a small record.
+    _aead: AESGCM = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_aead", AESGCM(self.key))
 
     @classmethod
     def generate(cls, team_id: int, version: int) -> "DataKey":
@@ -144,7 +149,7 @@ class DataKey:
         """Encrypt, binding the ciphertext to this team and ``context`` (record id, field...)."""
         data = plaintext.encode() if isinstance(plaintext, str) else plaintext
         nonce = secrets.token_bytes(NONCE_BYTES)
-        sealed = AESGCM(self.key).encrypt(nonce, data, _aad("content", self.team_id, *context))
+        sealed = self._aead.encrypt(nonce, data, _aad("content", self.team_id, *context))
         return _HEADER.pack(_MAGIC, self.version) + nonce + sealed
 
 
@@ -175,6 +180,6 @@ def open_sealed(key: DataKey, blob: bytes, *context: object) -> bytes:
         raise CryptoError(f"ciphertext was sealed with data key v{key_version(blob)}, not v{key.version}")
     body = blob[_HEADER.size :]
     try:
-        return AESGCM(key.key).decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], _aad("content", key.team_id, *context))
+        return key._aead.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], _aad("content", key.team_id, *context))
     except InvalidTag:
         raise CryptoError("ciphertext does not open here: tampered, or moved from another record or team") from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +30,15 @@ from .teams import TeamStore
 
 if TYPE_CHECKING:
     from ..chat.service import Outcome
-    from ..chat.types import ChatMessage, ChatRequest
+    from ..chat.types import ChatMessage, ChatRequest, ToolCall
 
 log = logging.getLogger(__name__)
 
 TABLE = "stored_requests"
+
+
+def _call(call: "ToolCall") -> dict[str, Any]:
+    return {"id": call.id, "name": call.name, "arguments": call.arguments}
 
 
 def _message(message: "ChatMessage") -> dict[str, Any]:
@@ -42,7 +46,7 @@ def _message(message: "ChatMessage") -> dict[str, Any]:
     if message.images:
         doc["images"] = [image.url for image in message.images]
     if message.tool_calls:
-        doc["tool_calls"] = [asdict(call) for call in message.tool_calls]
+        doc["tool_calls"] = [_call(call) for call in message.tool_calls]
     if message.tool_call_id is not None:
         doc["tool_call_id"] = message.tool_call_id
     return doc
@@ -80,16 +84,16 @@ class ChatContent(PendingContent):
             "request_id": self.request_id,
             "messages": [_message(m) for m in request.messages],
             "max_completion_tokens": request.max_tokens,
-            "sampling": asdict(request.sampling),
+            "sampling": dict(vars(request.sampling)),
             "stop": request.stop,
             "stream": request.stream,
-            "tools": [asdict(tool) for tool in request.tools],
+            "tools": [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in request.tools],
             "tool_choice": request.tool_choice,
             "json_schema": request.json_schema,
         }
         response_doc = {
             "text": outcome.text,
-            "tool_calls": [asdict(call) for call in outcome.tool_calls],
+            "tool_calls": [_call(call) for call in outcome.tool_calls],
             "stop_reason": outcome.stop_reason,
             "prompt_tokens": outcome.prompt_tokens,
             "completion_tokens": outcome.completion_tokens,
