@@ -11,9 +11,10 @@ this process has unwrapped of them.
   and shredding the team's keys shreds the index too.
 - The master key only wraps keys: rotating it rewrites the wrapped keys, never content.
 
-Unwrapped keys are cached for the life of the process (they never change); the active
-version of a team's key is re-read every ``ACTIVE_KEY_CACHE_SECONDS``, so a rotation
-reaches every process within that time.
+Unwrapped keys are cached for ``KEY_CACHE_SECONDS``, then their row is read again: a
+team deleted by another process is forgotten (its keys shredded in memory too) within
+that time. The active version of a team's key is re-read every
+``ACTIVE_KEY_CACHE_SECONDS``, so a data key rotation reaches every process within it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ CONTENT = "content"
 INDEX = "index"
 INDEX_TEAM_ID = 0  # the index key's team id in its wrapping context (it has no team)
 ACTIVE_KEY_CACHE_SECONDS = 5.0
+KEY_CACHE_SECONDS = 60.0
 
 
 def _now() -> datetime:
@@ -86,8 +88,8 @@ class Keyring:
         self.db = db
         self.master = master
         self._team_name_key = subkey(index_key, "team-name")
-        self._user_keys: dict[int, bytes] = {}
-        self._keys: dict[tuple[int, int], DataKey] = {}
+        self._user_keys: dict[int, tuple[DataKey, bytes]] = {}
+        self._keys: dict[tuple[int, int], tuple[float, DataKey]] = {}
         self._active: dict[int, tuple[float, int]] = {}
         # The usage writer's thread and the request threadpool both unwrap keys.
         self._lock = threading.Lock()
@@ -110,17 +112,18 @@ class Keyring:
 
     def user_index(self, team_id: int, user: str) -> str:
         """= ``user_index(the team's data key v1, user)``, with the team's subkey cached."""
-        key = self._user_keys.get(team_id)
-        if key is None:
-            key = self._user_keys[team_id] = user_index_key(self.data_key(team_id, 1))
-        return blind_index(key, user)
+        first = self.data_key(team_id, 1)
+        cached = self._user_keys.get(team_id)
+        if cached is None or cached[0] is not first:
+            cached = self._user_keys[team_id] = (first, user_index_key(first))
+        return blind_index(cached[1], user)
 
     # --- data keys --------------------------------------------------------------------
 
     def data_key(self, team_id: int, version: int) -> DataKey:
-        key = self._keys.get((team_id, version))
-        if key is not None:
-            return key
+        cached = self._keys.get((team_id, version))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         with self.db.session() as s:
             row = s.scalar(
                 select(EncryptionKey).where(
@@ -128,13 +131,18 @@ class Keyring:
                 )
             )
         if row is None:
+            self._keys.pop((team_id, version), None)
             raise CryptoError(
                 f"team {team_id} has no data key v{version}: the team was deleted (its content crypto-shredded) "
                 "or the ciphertext was moved here from elsewhere"
             )
-        key = DataKey(team_id, version, _unwrap(self.master, row))
+        unwrapped = _unwrap(self.master, row)
+        if cached is not None and cached[1].key == unwrapped:
+            key = cached[1]  # the same key: keep the object (and what is derived from it)
+        else:
+            key = DataKey(team_id, version, unwrapped)
         with self._lock:
-            self._keys[(team_id, version)] = key
+            self._keys[(team_id, version)] = (time.monotonic() + KEY_CACHE_SECONDS, key)
         return key
 
     def active_key(self, team_id: int) -> DataKey:
@@ -299,8 +307,9 @@ def open_store(data_dir: Path) -> tuple[Database, Keyring]:
             )
         if db.engine.dialect.name != "sqlite":
             raise CryptoError(
-                "LLAMAHOST_DATABASE_URL is not SQLite: set LLAMAHOST_MASTER_KEY (or LLAMAHOST_MASTER_KEY_FILE), "
-                "the same key on every replica; make one with `openssl rand -hex 32`"
+                f"LLAMAHOST_DATABASE_URL is not SQLite and there is no master key (LLAMAHOST_MASTER_KEY is not set, "
+                f"no key file at {path}): set LLAMAHOST_MASTER_KEY (or LLAMAHOST_MASTER_KEY_FILE), the same key on "
+                "every replica; make one with `openssl rand -hex 32`"
             )
         master = MasterKey.create_file(path)
     db.migrate(master)

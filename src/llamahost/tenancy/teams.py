@@ -1,6 +1,7 @@
 """Teams. A team's name is PII: its row holds the name encrypted under the team's own
 data key, and a blind index (keyed hash) to find the row by name. This process keeps
-the names it has opened (they never change).
+the names it has opened for NAME_CACHE_SECONDS (a name never changes, but a team
+deleted by another process must stop showing its name).
 
 Deleting a team removes its API keys, limits, settings and stored content and
 crypto-shreds its data keys; the row stays as a tombstone without a name, because
@@ -9,6 +10,7 @@ usage records (metadata, kept for accounting) point at it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,6 +23,7 @@ from ..store.keyring import Keyring, Sealed, seal_with
 from ..store.models import ApiKey, RateLimit, StoredRequest, Team, TeamSetting
 
 MAX_NAME = 128
+NAME_CACHE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,7 @@ class TeamStore:
     def __init__(self, db: Database, keyring: Keyring) -> None:
         self.db = db
         self.keyring = keyring
-        self._names: dict[int, str] = {}
-        self._deleted: set[int] = set()
+        self._names: dict[int, tuple[float, str | None]] = {}  # None: deleted
 
     @staticmethod
     def clean(name: str, param: str = "team") -> str:
@@ -88,25 +90,26 @@ class TeamStore:
             if found is None:
                 raise
             return found, False
-        self._names[team_id] = name
+        self._names[team_id] = (time.monotonic() + NAME_CACHE_SECONDS, name)
         return team_id, True
 
-    def name(self, team_id: int) -> str:
+    def _lookup(self, team_id: int) -> str | None:
+        """The team's name, None if it was deleted."""
         cached = self._names.get(team_id)
-        if cached is not None:
-            return cached
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         with self.db.session() as s:
             sealed = s.scalar(select(Team.name_sealed).where(Team.id == team_id))
-        if sealed is None:
-            self._deleted.add(team_id)
-            return deleted_name(team_id)
-        name = self.keyring.open(team_id, sealed, Sealed.team_name(team_id))
-        self._names[team_id] = name
+        name = None if sealed is None else self.keyring.open(team_id, sealed, Sealed.team_name(team_id))
+        self._names[team_id] = (time.monotonic() + NAME_CACHE_SECONDS, name)
         return name
 
+    def name(self, team_id: int) -> str:
+        name = self._lookup(team_id)
+        return deleted_name(team_id) if name is None else name
+
     def is_deleted(self, team_id: int) -> bool:
-        self.name(team_id)
-        return team_id in self._deleted
+        return self._lookup(team_id) is None
 
     def list(self, team_id: int | None = None) -> list[TeamInfo]:
         """Live teams (only ``team_id`` if given), by name."""
@@ -137,6 +140,5 @@ class TeamStore:
                 .where(Team.id == team_id)
                 .values(deleted_at=datetime.now(UTC), name_index=None, name_sealed=None)
             )
-        self._names.pop(team_id, None)
-        self._deleted.add(team_id)
+        self._names[team_id] = (time.monotonic() + NAME_CACHE_SECONDS, None)
         return TeamDeletion(name.strip(), api_keys, stored, data_keys)
