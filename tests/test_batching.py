@@ -46,11 +46,12 @@ ENDLESS = {
 
 @pytest.fixture(scope="module")
 def batched_server(tmp_path_factory):
+    # Without prefix reuse: a reused prefix may change greedy output by rounding (README, Load).
     from conftest import start_server
 
     server = start_server(
         tmp_path_factory.mktemp("batched"),
-        config=f'[[models]]\nid = "{MODEL}"\nparallel = 8\ncontext_window = 1024\nmax_queue = 8\n',
+        config=f'[[models]]\nid = "{MODEL}"\nparallel = 8\ncontext_window = 1024\nmax_queue = 8\nprefix_cache = false\n',
     )
     yield server
     server.stop()
@@ -139,3 +140,36 @@ async def test_a_cancelled_stream_frees_its_slot(server_factory):
         await streams[1].__aexit__(None, None, None)
     metrics = httpx.get(server.url + "/metrics", timeout=10).text
     assert 'llamahost_queue_depth{model="batched"} 0.0' in metrics
+
+
+def _reused_tokens(server) -> float:
+    for line in httpx.get(server.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(f'llamahost_prefix_cache_tokens_total{{model="{MODEL}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.mark.anyio
+async def test_a_shared_prefix_is_reused_not_recomputed(server_factory):
+    batched_server = server_factory(config=f'[[models]]\nid = "{MODEL}"\nparallel = 2\ncontext_window = 1024\n')
+    system = "You are a meticulous assistant for a bakery. " * 12
+    conversation = [{"role": "system", "content": system}, {"role": "user", "content": "What bread is best for toast?"}]
+
+    async def ask(messages) -> tuple[str, int]:
+        async with _client(batched_server) as client:
+            response = await client.chat.completions.create(
+                model=MODEL, messages=messages, max_completion_tokens=24, temperature=0
+            )
+        prompt_tokens = next(m.value for m in response.metrics if m.metric == "num_prompt_tokens")
+        return response.completion_message.content.text, int(prompt_tokens)
+
+    first, prompt_tokens = await ask(conversation)
+    before = _reused_tokens(batched_server)
+    again, _ = await ask(conversation)
+    reused = _reused_tokens(batched_server) - before
+    assert again.split()[:2] == first.split()[:2]  # equal up to rounding (README, Load)
+    assert reused >= prompt_tokens - 1, (reused, prompt_tokens)
+    # The next turn of the chat reuses the whole earlier prompt.
+    before = _reused_tokens(batched_server)
+    await ask([*conversation, {"role": "assistant", "content": first}, {"role": "user", "content": "And for sandwiches?"}])
+    assert _reused_tokens(batched_server) - before >= prompt_tokens - 1

@@ -94,6 +94,8 @@ class LlamaCppEngine(Engine):
             parallel=self.config.parallel,
             context_per_slot=self.config.context_window,
             threads=self.threads,
+            name=self.config.id,
+            prefix_cache=self.config.prefix_cache,
         )
         model = scheduler.model
         template = model.metadata().get("tokenizer.chat_template")

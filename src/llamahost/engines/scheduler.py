@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import observability as obs
 from ..chat.stops import StopMatcher
 from ..chat.tools import ToolStreamParser
 from ..chat.types import SamplingParams, ToolCallDelta
@@ -79,7 +80,15 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 class BatchScheduler:
     def __init__(
-        self, model_path: Path, *, parallel: int, context_per_slot: int, threads: int, batch_size: int = 512
+        self,
+        model_path: Path,
+        *,
+        parallel: int,
+        context_per_slot: int,
+        threads: int,
+        batch_size: int = 512,
+        name: str = "",
+        prefix_cache: bool = True,
     ) -> None:
         import llama_cpp
         from llama_cpp import _internals
@@ -87,6 +96,7 @@ class BatchScheduler:
         self._llama_cpp = llama_cpp
         self._internals = _internals
         self.parallel = parallel
+        self.prefix_cache = prefix_cache
         self.context_per_slot = context_per_slot
         self.batch_size = max(batch_size, parallel)
         self.model = _internals.LlamaModel(
@@ -104,6 +114,7 @@ class BatchScheduler:
         vocab = self.model.vocab
         self._is_eog = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
         self._slots = [_Slot(seq_id=i) for i in range(parallel)]
+        self._reused_tokens = obs.PREFIX_CACHE_TOKENS.labels(name)
         self._pending: collections.deque[Job] = collections.deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -167,11 +178,15 @@ class BatchScheduler:
                 continue
             # Prefix reuse: the free slot whose cache shares the longest prefix with
             # this prompt (the previous turn of a chat, a shared system prompt).
-            slot = max(free, key=lambda s: _common_prefix(s.cached, job.tokens))
-            keep = _common_prefix(slot.cached, job.tokens)
-            if keep == len(job.tokens):
-                keep -= 1  # decode at least one prompt token: its logits start the reply
+            if self.prefix_cache:
+                slot = max(free, key=lambda s: _common_prefix(s.cached, job.tokens))
+                keep = _common_prefix(slot.cached, job.tokens)
+                if keep == len(job.tokens):
+                    keep -= 1  # decode at least one prompt token: its logits start the reply
+            else:
+                slot, keep = free[0], 0
             self.ctx.kv_cache_seq_rm(slot.seq_id, keep, -1)
+            self._reused_tokens.inc(keep)
             slot.cached = job.tokens[:keep]
             slot.pending = job.tokens[keep:]
             slot.job = job
