@@ -12,6 +12,7 @@ import httpx
 import pytest
 from jsonschema import validate
 from llama_api_client import AsyncLlamaAPIClient
+from test_load import ENDLESS as ENDLESS_BUNDLED
 
 MODEL = "batched"
 PROMPTS = [
@@ -34,14 +35,7 @@ SCHEMA = {
     "required": ["name", "age", "pets"],
     "additionalProperties": False,
 }
-ENDLESS = {
-    "model": MODEL,
-    "messages": [{"role": "user", "content": "Tell me an extremely long story."}],
-    "max_completion_tokens": 4000,
-    "temperature": 2.0,
-    "top_p": 1.0,
-    "stream": True,
-}
+ENDLESS = {**ENDLESS_BUNDLED, "model": MODEL}  # runs for its whole budget unless stopped
 
 
 @pytest.fixture(scope="module")

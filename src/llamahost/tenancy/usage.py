@@ -80,24 +80,6 @@ class UsageStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def record(
-        self,
-        *,
-        team_id: int,
-        key_id: str | None,
-        model: str,
-        user: str | None,
-        prompt_tokens: int,
-        completion_tokens: int,
-        latency_ms: float,
-        status: str,
-        stop_reason: str | None,
-    ) -> None:
-        """Write one record now (blocking); the server uses ``UsageWriter`` instead."""
-        self.write_rows(
-            [_row(team_id, key_id, model, user, prompt_tokens, completion_tokens, latency_ms, status, stop_reason)]
-        )
-
     def write_rows(self, rows: list[dict]) -> None:
         with self.db.session() as s:
             s.execute(insert(UsageRecord), rows)
@@ -159,7 +141,7 @@ class UsageStore:
         return entries, UsageTotals(int(count), int(prompt), int(completion))
 
 
-def _row(
+def usage_row(
     team_id: int,
     key_id: str | None,
     model: str,
@@ -195,7 +177,7 @@ class UsageWriter:
 
     def record(self, **fields) -> None:
         """Queue one record (same fields as ``UsageStore.record``); never blocks."""
-        self._pending.append(_row(**fields))
+        self._pending.append(usage_row(**fields))
         if len(self._pending) > MAX_PENDING:
             dropped = len(self._pending) - MAX_PENDING
             del self._pending[:dropped]
