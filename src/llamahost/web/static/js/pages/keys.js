@@ -1,6 +1,6 @@
 // API keys: list, create (the secret is shown once), revoke.
 // Admin keys use /admin/v1 (every team); member keys /team/v1 (their own team).
-import { html, useEffect, useState } from "../../vendor/preact-htm.js";
+import { html, useEffect, useRef, useState } from "../../vendor/preact-htm.js";
 import { api, query } from "../api.js";
 import { CopyButton, ErrorMessage, TableRegion, When, useFocusOnMount } from "../ui.js";
 
@@ -88,8 +88,11 @@ function CreateKeyForm({ me, teams, onCreated }) {
 
 function RevokeCell({ me, apiKey, onRevoked }) {
   const [confirming, setConfirming] = useState(false);
+  const [cancelled, setCancelled] = useState(false);
   const [error, setError] = useState(null);
-  const confirmRef = useFocusOnMountWhen(confirming);
+  // Focus follows the question and, on Cancel, returns to the button that asked it.
+  const confirmRef = useFocusWhen(confirming);
+  const revokeRef = useFocusWhen(cancelled && !confirming);
   if (keyStatus(apiKey) !== "active") return html`<td></td>`;
   if (me.role !== "admin" && apiKey.role === "admin") return html`<td><span class="muted">admin key</span></td>`;
   async function revoke() {
@@ -101,19 +104,20 @@ function RevokeCell({ me, apiKey, onRevoked }) {
     }
   }
   if (!confirming) {
-    return html`<td><button type="button" class="danger small" onClick=${() => setConfirming(true)}
+    return html`<td><button type="button" class="danger small" ref=${revokeRef}
+      onClick=${() => { setCancelled(false); setConfirming(true); }}
       aria-label=${`Revoke ${apiKey.prefix}`}>Revoke</button></td>`;
   }
   return html`<td class="confirm">
     <span>Revoke ${apiKey.prefix}?</span>
     <button type="button" class="danger small" ref=${confirmRef} onClick=${revoke}>Yes, revoke</button>
-    <button type="button" class="secondary small" onClick=${() => setConfirming(false)}>Cancel</button>
+    <button type="button" class="secondary small" onClick=${() => { setConfirming(false); setCancelled(true); }}>Cancel</button>
     <${ErrorMessage} error=${error} />
   </td>`;
 }
 
-function useFocusOnMountWhen(condition) {
-  const ref = useFocusOnMount();
+function useFocusWhen(condition) {
+  const ref = useRef(null);
   useEffect(() => {
     if (condition && ref.current) ref.current.focus();
   }, [condition]);
@@ -122,7 +126,6 @@ function useFocusOnMountWhen(condition) {
 
 export function KeysPage({ me }) {
   const admin = me.role === "admin";
-  const heading = useFocusOnMount();
   const [keys, setKeys] = useState(null);
   const [teams, setTeams] = useState([]);
   const [teamFilter, setTeamFilter] = useState("");
@@ -165,7 +168,7 @@ export function KeysPage({ me }) {
   const shown = (keys || []).filter((k) => showRevoked || keyStatus(k) === "active");
   return html`
     <div class="page-head">
-      <h1 tabindex="-1" ref=${heading}>API keys</h1>
+      <h1>API keys</h1>
       <p class="lede">${admin ? "Every team's keys. " : `Keys of team ${me.team}. `}Send a key as
         <code>Authorization: Bearer …</code>; it is never shown again after it is created.</p>
     </div>
@@ -177,7 +180,7 @@ export function KeysPage({ me }) {
         <h2 id="key-list-title">Keys</h2>
         <div class="filters">
           ${admin &&
-          html`<label for="key-team-filter">Team</label>
+          html`<label for="key-team-filter">Filter by team</label>
             <select id="key-team-filter" value=${teamFilter} onChange=${(e) => setTeamFilter(e.currentTarget.value)}>
               <option value="">All teams</option>
               ${teams.map((t) => html`<option value=${t.name}>${t.name}</option>`)}

@@ -3,12 +3,12 @@
 import { html, useEffect, useRef, useState } from "../../vendor/preact-htm.js";
 import { api, ApiError, streamChat } from "../api.js";
 import { curlCode, pythonCode } from "../codegen.js";
-import { CopyButton, ErrorMessage, useFocusOnMount } from "../ui.js";
+import { CopyButton, ErrorMessage } from "../ui.js";
 
 const EXAMPLE_SCHEMA = JSON.stringify(
   {
     type: "object",
-    properties: { answer: { type: "string" }, confidence: { type: "number", minimum: 0, maximum: 1 } },
+    properties: { answer: { type: "string", maxLength: 200 }, confidence: { type: "number", minimum: 0, maximum: 1 } },
     required: ["answer", "confidence"],
   },
   null,
@@ -99,7 +99,8 @@ function CodePanel({ body }) {
 }
 
 export function PlaygroundPage() {
-  const heading = useFocusOnMount();
+  // Open beside the chat on a laptop; folded above it on a phone, where it would push the chat off screen.
+  const [settingsOpen] = useState(() => matchMedia("(min-width: 721px)").matches);
   const [models, setModels] = useState([]);
   const [loadError, setLoadError] = useState(null);
   const [settings, setSettings] = useState({
@@ -216,12 +217,12 @@ export function PlaygroundPage() {
 
   return html`
     <div class="page-head">
-      <h1 tabindex="-1" ref=${heading}>Playground</h1>
+      <h1>Playground</h1>
       <p class="lede">Try a model: replies stream from <code>POST /v1/chat/completions</code> as your key, and count in Usage.</p>
     </div>
     <${ErrorMessage} error=${loadError} />
     <div class="playground">
-      <details class="card settings" open>
+      <details class="card settings" open=${settingsOpen}>
         <summary>Model settings</summary>
         <div class="field">
           <label for="pg-model">Model</label>

@@ -4,7 +4,7 @@
 import { html, useEffect, useState } from "../../vendor/preact-htm.js";
 import { api, query } from "../api.js";
 import { StackedBars } from "../charts.js";
-import { ErrorMessage, number, TableRegion, useFocusOnMount } from "../ui.js";
+import { ErrorMessage, number, TableRegion } from "../ui.js";
 
 const RANGES = [
   { value: "1h", label: "Last hour", bucket: "1m" },
@@ -69,7 +69,6 @@ function LimitsTable({ limits }) {
 
 export function UsagePage({ me }) {
   const admin = me.role === "admin";
-  const heading = useFocusOnMount();
   const [teams, setTeams] = useState([]);
   const [team, setTeam] = useState(admin ? "" : me.team);
   const [range, setRange] = useState(RANGES[1].value);
@@ -110,7 +109,7 @@ export function UsagePage({ me }) {
 
   return html`
     <div class="page-head">
-      <h1 tabindex="-1" ref=${heading}>Usage</h1>
+      <h1>Usage</h1>
       <p class="lede">Chat requests of ${scope}, from the usage records (every request, however it ended).</p>
     </div>
     <form class="card filters-bar" onSubmit=${(e) => { e.preventDefault(); setRefreshed(refreshed + 1); }}>
