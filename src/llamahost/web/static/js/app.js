@@ -126,7 +126,13 @@ function App() {
   }
 
   if (checking) return html`<main id="main" class="sign-in"><p aria-live="polite">Checking your key…</p></main>`;
-  if (!me) return html`<${SignIn} onSignedIn=${setMe} initialError=${signInError} />`;
+  function signedIn(who) {
+    setMe(who);
+    // The form that had focus is gone: put it on the content rather than leave it nowhere.
+    requestAnimationFrame(() => document.getElementById("main")?.focus());
+  }
+
+  if (!me) return html`<${SignIn} onSignedIn=${signedIn} initialError=${signInError} />`;
   return html`<${Shell} me=${me} page=${page} navigate=${navigate} onSignOut=${signOut} />`;
 }
 

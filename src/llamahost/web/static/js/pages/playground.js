@@ -8,8 +8,9 @@ import { CopyButton, ErrorMessage } from "../ui.js";
 const EXAMPLE_SCHEMA = JSON.stringify(
   {
     type: "object",
-    properties: { answer: { type: "string", maxLength: 200 }, confidence: { type: "number", minimum: 0, maximum: 1 } },
-    required: ["answer", "confidence"],
+    // Bounded (maxLength, enum), so that even a small model's reply completes within the token budget.
+    properties: { answer: { type: "string", maxLength: 120 }, kind: { type: "string", enum: ["fact", "opinion", "not sure"] } },
+    required: ["answer", "kind"],
   },
   null,
   2,

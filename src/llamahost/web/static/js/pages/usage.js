@@ -42,7 +42,7 @@ function LimitsTable({ limits }) {
     return html`<${TableRegion} label="Current limits">
       <table id="limits-table">
         <caption>Team ${limits.team}, per model (aliases share their model's limits)</caption>
-        <thead><tr><th scope="col">Model</th><th scope="col">Requests / min</th><th scope="col">Tokens / min</th></tr></thead>
+        <thead><tr><th scope="col">Model</th><th scope="col" class="num">Requests / min</th><th scope="col" class="num">Tokens / min</th></tr></thead>
         <tbody>${limits.data.map(
           (l) => html`<tr><th scope="row">${l.model}</th><td class="num">${number.format(l.rpm)}</td><td class="num">${number.format(l.tpm)}</td></tr>`,
         )}</tbody>
@@ -57,7 +57,7 @@ function LimitsTable({ limits }) {
       : html`<${TableRegion} label="Limits set by teams">
           <table id="limits-table">
             <caption>Set per team (empty: inherited)</caption>
-            <thead><tr><th scope="col">Team</th><th scope="col">Model</th><th scope="col">Requests / min</th><th scope="col">Tokens / min</th></tr></thead>
+            <thead><tr><th scope="col">Team</th><th scope="col">Model</th><th scope="col" class="num">Requests / min</th><th scope="col" class="num">Tokens / min</th></tr></thead>
             <tbody>${limits.data.map(
               (l) => html`<tr><td>${l.team}</td><td>${l.model || html`<span class="muted">every model</span>`}</td>
                 <td class="num">${l.rpm === null ? "—" : number.format(l.rpm)}</td>
@@ -159,8 +159,8 @@ export function UsagePage({ me }) {
           <h2 id="models-title">By model</h2>
           <${TableRegion} label="Usage by model">
             <table id="models-table">
-              <thead><tr><th scope="col">Model (as requested)</th><th scope="col">Requests</th><th scope="col">Tokens</th>
-                <th scope="col">Rejected</th></tr></thead>
+              <thead><tr><th scope="col">Model (as requested)</th><th scope="col" class="num">Requests</th><th scope="col" class="num">Tokens</th>
+                <th scope="col" class="num">Rejected</th></tr></thead>
               <tbody>
                 ${summary.models.length === 0 && html`<tr><td colspan="4" class="muted">No requests in this range.</td></tr>`}
                 ${summary.models.map(
@@ -176,7 +176,7 @@ export function UsagePage({ me }) {
           <p class="hint">By the requests' <code>user</code> field; requests without one are not listed.</p>
           <${TableRegion} label="Top end users">
             <table id="users-table">
-              <thead><tr><th scope="col">User</th><th scope="col">Requests</th><th scope="col">Tokens</th></tr></thead>
+              <thead><tr><th scope="col">User</th><th scope="col" class="num">Requests</th><th scope="col" class="num">Tokens</th></tr></thead>
               <tbody>
                 ${summary.users.length === 0 && html`<tr><td colspan="3" class="muted">No requests with a user in this range.</td></tr>`}
                 ${summary.users.map(
