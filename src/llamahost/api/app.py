@@ -26,7 +26,8 @@ from ..tenancy.keys import KeyStore
 from ..tenancy.limits import LimitStore, Limits, build_limiter
 from ..tenancy.metering import Metering
 from ..tenancy.usage import UsageStore
-from . import admin, compat, native, observability
+from ..web import dashboard
+from . import admin, compat, native, observability, team
 from .common import BodySizeLimit
 from .errors import install_error_handlers
 
@@ -117,6 +118,8 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
     app.include_router(native.router)
     app.include_router(compat.router)
     app.include_router(admin.router)
+    app.include_router(team.router)
+    dashboard.mount(app)
     if config.server.metrics:
         app.include_router(observability.router)
 

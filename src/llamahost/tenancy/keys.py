@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, func, select, update
 
-from ..protocol.errors import AuthenticationFailed, InvalidRequest, NotFound
+from ..protocol.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from ..store.db import Database
 from ..store.db import aware_utc as _aware
 from ..store.models import ApiKey, Team
@@ -149,13 +149,22 @@ class KeyStore:
                 query = query.where(Team.name == team)
             return [self._info(key, team_name) for key, team_name in s.execute(query).all()]
 
-    def revoke_key(self, key_id: str) -> KeyInfo:
+    def revoke_key(self, key_id: str, *, team: str | None = None, admin_keys: bool = True) -> KeyInfo:
+        """Revoke a key by id, prefix or whole key. ``team`` confines it to that team's keys
+        (another team's key is "not found", not "forbidden": its existence is not told);
+        ``admin_keys=False`` refuses admin keys (a member must not lock out its admins)."""
         key_id = key_id.removeprefix(KEY_PREFIX).split("_", 1)[0]
         with self.db.session() as s:
-            found = s.execute(select(ApiKey, Team.name).join(Team).where(ApiKey.key_id == key_id)).first()
+            query = select(ApiKey, Team.name).join(Team).where(ApiKey.key_id == key_id)
+            if team is not None:
+                query = query.where(Team.name == team)
+            found = s.execute(query).first()
             if found is None:
-                raise NotFound(f"no API key with id {key_id!r}", param="key_id")
+                where = f" in team {team!r}" if team is not None else ""
+                raise NotFound(f"no API key with id {key_id!r}{where}", param="key_id")
             key, team_name = found
+            if key.role == "admin" and not admin_keys:
+                raise PermissionDenied("only an admin key can revoke an admin key", param="key_id")
             if key.revoked_at is None:
                 key.revoked_at = _now()
             return self._info(key, team_name)

@@ -360,6 +360,12 @@ class LimitStore:
         self._cache[(team_id, model_id)] = (time.monotonic() + LIMITS_CACHE_SECONDS, limits)
         return limits
 
+    def effective_for_team(self, team: str, model_ids: list[str]) -> list[tuple[str, Limits]]:
+        """What ``team`` may use of each of ``model_ids`` (configured model ids) now."""
+        with self.db.session() as s:
+            team_id = self._team_id(s, team)
+        return [(model_id, self.effective(team_id, model_id)) for model_id in model_ids]
+
     def _team_id(self, session, team: str) -> int:
         team_id = session.scalar(select(Team.id).where(Team.name == team))
         if team_id is None:

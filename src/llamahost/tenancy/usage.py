@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from ..protocol.errors import InvalidRequest
 from ..store.db import Database, aware_utc
 from ..store.models import Team, UsageRecord
+from .usage_summary import UsageSummary, summarize_usage
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def parse_time(value: str, param: str = "since") -> datetime:
             f"got {value!r}",
             param=param,
         ) from None
-    return aware_utc(moment)
+    # As UTC: SQLite compares the stored UTC text, so another offset would shift the range.
+    return aware_utc(moment).astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,10 @@ class UsageStore:
     def write_rows(self, rows: list[dict]) -> None:
         with self.db.session() as s:
             s.execute(insert(UsageRecord), rows)
+
+    def summary(self, **filters) -> UsageSummary:
+        """Aggregates over a time range; see ``summarize_usage``."""
+        return summarize_usage(self.db, **filters)
 
     def query(
         self,
