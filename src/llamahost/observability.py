@@ -62,6 +62,11 @@ QUEUE_DEPTH = Gauge(
     ["model"],
     multiprocess_mode="livesum",
 )
+PREFIX_CACHE_TOKENS = Counter(
+    "llamahost_prefix_cache_tokens",
+    "Prompt tokens the embedded engine took from a slot's KV cache (a shared prefix) instead of computing",
+    ["model"],
+)
 RATE_LIMIT_REJECTIONS = Counter(
     "llamahost_rate_limit_rejections", "Requests refused with 429 by a rate limit, by the limit that refused them", ["limit"]
 )

@@ -11,12 +11,11 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..protocol import admin as wire
-from ..tenancy.keys import KeyInfo
 from ..tenancy.limits import LimitRow, limits_model_id
 from ..tenancy.scope import OPERATOR, Scope
 from ..tenancy.teams import TeamInfo
-from ..tenancy.usage import parse_time
 from .common import parse_body, require_admin
+from .tenancy_views import effective_limits, key_view, usage_list, usage_summary
 
 router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
 
@@ -28,20 +27,6 @@ def services(request: Request):
 def scope(request: Request) -> Scope:
     """The caller's scope: every handler reading team data passes it to the store."""
     return request.state.principal.scope
-
-
-def _key(info: KeyInfo) -> wire.Key:
-    return wire.Key(
-        id=info.key_id,
-        prefix=info.prefix,
-        team=info.team,
-        name=info.name,
-        role=info.role,
-        created_at=info.created_at,
-        last_used_at=info.last_used_at,
-        expires_at=info.expires_at,
-        revoked_at=info.revoked_at,
-    )
 
 
 def _limit(row: LimitRow) -> wire.Limit:
@@ -77,7 +62,7 @@ async def create_team(request: Request) -> Response:
 @router.get("/keys")
 async def list_keys(request: Request, team: str | None = None) -> dict[str, list[wire.Key]]:
     infos = await run_in_threadpool(services(request).keys.list_keys, scope(request), team)
-    return {"data": [_key(i) for i in infos]}
+    return {"data": [key_view(i) for i in infos]}
 
 
 @router.post("/keys", response_model=wire.KeyCreated, status_code=201)
@@ -94,12 +79,15 @@ async def create_key(request: Request) -> wire.KeyCreated:
     secret, info = await run_in_threadpool(
         lambda: keys.create_key(body.team, name=body.name, role=body.role, expires_in=expires)
     )
-    return wire.KeyCreated(key=secret, **_key(info).model_dump())
+    return wire.KeyCreated(key=secret, **key_view(info).model_dump())
 
 
 @router.delete("/keys/{key_id}", response_model=wire.Key)
 async def revoke_key(key_id: str, request: Request) -> wire.Key:
-    return _key(await run_in_threadpool(services(request).keys.revoke_key, key_id, scope(request)))
+    keys, principal = services(request).keys, request.state.principal
+    return key_view(await run_in_threadpool(
+        lambda: keys.revoke_key(key_id, principal.scope, caller_role=principal.role)
+    ))
 
 
 # --- limits --------------------------------------------------------------------------
@@ -114,6 +102,11 @@ async def list_limits(request: Request, team: str | None = None) -> wire.LimitLi
         defaults=wire.LimitDefaults(rpm=defaults.rpm, tpm=defaults.tpm),
         enabled=defaults.enabled,
     )
+
+
+@router.get("/limits/effective", response_model=wire.EffectiveLimits)
+async def team_effective_limits(request: Request, team: str) -> wire.EffectiveLimits:
+    return await effective_limits(request, scope(request), team)
 
 
 @router.put("/limits", response_model=wire.Limit)
@@ -148,15 +141,20 @@ async def query_usage(
     until: str | None = None,
     limit: int = Query(default=100, ge=1, le=10_000),
 ) -> wire.UsageList:
-    since_at = parse_time(since, "since") if since else None
-    until_at = parse_time(until, "until") if until else None
-    await services(request).metering.usage_writer.flush()  # this process's records are all counted
-    entries, totals = await run_in_threadpool(
-        lambda: services(request).usage.query(
-            scope(request), team=team, user=user, model=model, since=since_at, until=until_at, limit=limit
-        )
+    return await usage_list(
+        request, scope(request), team=team, user=user, model=model, since=since, until=until, limit=limit
     )
-    return wire.UsageList(
-        data=[wire.UsageRecord(**e.__dict__, total_tokens=e.total_tokens) for e in entries],
-        totals=wire.UsageTotals(**totals.__dict__, total_tokens=totals.total_tokens),
+
+
+@router.get("/usage/summary", response_model=wire.UsageSummary)
+async def summarize_usage(
+    request: Request,
+    team: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    bucket: str | None = None,
+    top_users: int = Query(default=10, ge=0, le=100),
+) -> wire.UsageSummary:
+    return await usage_summary(
+        request, scope(request), team=team, since=since, until=until, bucket=bucket, top_users=top_users
     )

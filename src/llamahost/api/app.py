@@ -25,7 +25,8 @@ from ..tenancy.limits import build_limiter
 from ..tenancy.metering import Metering
 from ..tenancy.retention import purge_periodically
 from ..tenancy.stores import Stores, open_stores
-from . import admin, admin_teams, compat, native, observability
+from ..web import dashboard
+from . import admin, admin_teams, compat, native, observability, team
 from .common import BodySizeLimit
 from .errors import install_error_handlers
 
@@ -108,6 +109,8 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
     app.include_router(compat.router)
     app.include_router(admin.router)
     app.include_router(admin_teams.router)
+    app.include_router(team.router)
+    dashboard.mount(app)
     if config.server.metrics:
         app.include_router(observability.router)
 

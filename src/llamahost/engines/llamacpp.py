@@ -1,38 +1,35 @@
 """The embedded engine: a GGUF model run in-process by llama.cpp (llama-cpp-python).
 
-One generation runs at a time on a dedicated thread, so the event loop never
-blocks on llama.cpp. Requests that arrive while it is busy wait in a bounded
-queue (``max_queue``); past the bound they are refused with 503 + Retry-After.
-A generation stops within one token of its consumer going away.
+Generation is continuously batched (``scheduler.py``): up to ``parallel`` requests
+decode together in one ``llama_decode`` per step on a dedicated thread, joining and
+leaving between steps, so the event loop never blocks on llama.cpp and the eighth user
+does not wait for seven whole answers. Requests beyond the slots wait in a bounded
+queue (``max_queue``); past the bound they are refused with 503 + Retry-After. A
+generation stops, and frees its slot, within one step of its consumer going away.
 
 Tools and ``json_schema`` are enforced by constrained decoding (``constraint.py``):
-the reply is generated under a grammar from ``chat.tools`` and, when tools are in
-play, parsed back into tool-call deltas as it streams.
+each sequence's logits are masked by its own grammar, and, when tools are in play,
+the reply is parsed back into tool-call deltas as it streams.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import importlib.resources
 import logging
 import os
-import random
-import threading
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from dataclasses import dataclass
-
 from .. import observability as obs
-from ..chat.stops import StopMatcher
 from ..chat.tools import ToolFormat, ToolStreamParser, format_for_template, render_messages
-from ..chat.types import ChatRequest, ToolCallDelta
+from ..chat.types import ChatRequest
 from ..config import ModelConfig
-from ..protocol.errors import EngineFailure, ServiceUnavailable
-from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut
+from ..protocol.errors import ServiceUnavailable
+from .base import Engine, EngineEvent, Finished, PreparedPrompt
 from .constraint import Constraint, GrammarCompiler
+from .scheduler import BatchScheduler, Job
 
 log = logging.getLogger(__name__)
 
@@ -73,71 +70,70 @@ class LlamaCppEngine(Engine):
         self.config = config
         self.model_path = resolve_model_path(config.path)
         self.threads = config.threads or os.cpu_count() or 1
-        self.description = f"llama.cpp, {self.model_path.name}"
-        # One thread owns the llama.cpp context: it is not safe to use concurrently.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llamacpp-{config.id}")
-        self._llm = None
+        self.description = f"llama.cpp, {self.model_path.name}, {config.parallel} parallel sequences"
+        self._scheduler: BatchScheduler | None = None
         self._formatter = None
-        self._is_eog: Callable[[int], bool] | None = None
         self._tool_format: ToolFormat | None = None
         self._grammars: GrammarCompiler | None = None
-        self._busy: asyncio.Lock | None = None
-        self._waiting = 0
+        self._in_flight = 0  # generations submitted and not yet ended, running or waiting
         self.generations = 0  # generations started, for observability and tests
 
     @property
     def ready(self) -> bool:
-        return self._llm is not None
+        return self._scheduler is not None
 
     async def load(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._load_sync)
+        await asyncio.to_thread(self._load_sync)
 
     def _load_sync(self) -> None:
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        llm = llama_cpp.Llama(
-            model_path=str(self.model_path),
-            n_ctx=self.config.context_window,
-            n_threads=self.threads,
-            n_threads_batch=self.threads,
-            n_batch=512,
-            verbose=False,
+        scheduler = BatchScheduler(
+            self.model_path,
+            parallel=self.config.parallel,
+            context_per_slot=self.config.context_window,
+            threads=self.threads,
+            name=self.config.id,
+            prefix_cache=self.config.prefix_cache,
         )
-        template = llm.metadata.get("tokenizer.chat_template")
+        model = scheduler.model
+        template = model.metadata().get("tokenizer.chat_template")
         if not template:
+            scheduler.close()
             raise RuntimeError(f"{self.model_path.name} has no chat template in its GGUF metadata")
-        model = llm._model
-        eos_id, bos_id = llm.token_eos(), llm.token_bos()
+        eos_id, bos_id = model.token_eos(), model.token_bos()
         self._formatter = Jinja2ChatFormatter(
             template=template,
             eos_token=model.token_get_text(eos_id) if eos_id != -1 else "",
             bos_token=model.token_get_text(bos_id) if bos_id != -1 else "",
         )
         vocab = model.vocab
-        self._is_eog = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
         self._tool_format = format_for_template(template)
-        n_vocab = llm.n_vocab()
-        eog = [t for t in range(n_vocab) if self._is_eog(t)]
+        n_vocab = model.n_vocab()
+        eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
         self._grammars = GrammarCompiler(vocab, n_vocab, eog)
-        self._llm = llm
+        self._scheduler = scheduler
 
     async def prepare(self, request: ChatRequest) -> PreparedPrompt:
         return await asyncio.to_thread(self._prepare_sync, request)
 
+    def _tokenize(self, text: str, add_bos: bool) -> list[int]:
+        # Tokenizing and grammar compiling only read the vocabulary: safe beside a running decode.
+        assert self._scheduler is not None
+        return self._scheduler.model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
     def _prepare_sync(self, request: ChatRequest) -> PreparedPrompt:
-        assert self._llm is not None and self._formatter is not None
+        assert self._scheduler is not None and self._formatter is not None
         if request.raw_prompt is not None:
             # A caller-rendered prompt (e.g. the Llama Guard template): no chat template, no grammar.
-            tokens = self._llm.tokenize(request.raw_prompt.encode("utf-8"), add_bos=True, special=True)
+            tokens = self._tokenize(request.raw_prompt, add_bos=True)
             return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=_Prepared(tokens, None, None))
         assert self._tool_format is not None and self._grammars is not None
         fmt = self._tool_format
         messages, tools = render_messages(request, fmt)
         rendered = self._formatter(messages=messages, tools=tools)
-        # Tokenizing and grammar compiling only read the vocabulary: safe beside a running decode.
-        tokens = self._llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+        tokens = self._tokenize(rendered.prompt, add_bos=not rendered.added_special)
         grammar = fmt.grammar(request)
         constraint = None
         if grammar is not None:
@@ -147,44 +143,43 @@ class LlamaCppEngine(Engine):
         return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=prepared)
 
     async def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncIterator[EngineEvent]:
-        if self._busy is None:
-            self._busy = asyncio.Lock()
-        if self._busy.locked() and self._waiting >= self.config.max_queue:
+        scheduler = self._scheduler
+        assert scheduler is not None
+        parallel = self.config.parallel
+        if self._in_flight >= parallel + self.config.max_queue:
             raise ServiceUnavailable(
-                f"model {self.config.id!r} is busy: {self._waiting} requests already waiting; retry shortly",
+                f"model {self.config.id!r} is busy: {parallel} requests generating and "
+                f"{self._in_flight - parallel} waiting; retry shortly",
                 code="engine_overloaded",
                 headers={"Retry-After": "1"},
             )
+        if max_tokens <= 0:
+            yield Finished("length", prepared.prompt_tokens, 0)
+            return
         self.generations += 1
-        self._waiting += 1
-        queued = self._busy.locked()
-        if queued:
-            obs.QUEUE_DEPTH.labels(self.config.id).inc()
-        try:
-            await self._busy.acquire()
-        finally:
-            self._waiting -= 1
-            if queued:
-                obs.QUEUE_DEPTH.labels(self.config.id).dec()
-
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()
-        cancel = threading.Event()
+        data: _Prepared = prepared.engine_data
+        request = prepared.request
 
         def emit(event: EngineEvent | BaseException) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, event)
             except RuntimeError:  # the loop closed during shutdown; nobody is listening
-                cancel.set()
+                job.cancel.set()
 
-        try:
-            future = loop.run_in_executor(self._executor, self._generate_sync, prepared, max_tokens, cancel, emit)
-        except BaseException:
-            self._busy.release()
-            raise
-        # The slot is free only once the thread has really stopped, not when the
-        # consumer leaves, so two generations never share the context.
-        future.add_done_callback(lambda _: self._busy.release())
+        job = Job(
+            tokens=data.tokens,
+            max_tokens=max_tokens,
+            sampling=request.sampling,
+            stops=request.stop,
+            emit=emit,
+            constraint=data.constraint,
+            parser=data.parser,
+        )
+        self._in_flight += 1
+        self._observe_queue()
+        scheduler.submit(job)
         try:
             while True:
                 event = await queue.get()
@@ -194,77 +189,15 @@ class LlamaCppEngine(Engine):
                 if isinstance(event, Finished):
                     return
         finally:
-            cancel.set()
+            job.cancel.set()
+            scheduler.wake()  # an idle-waiting decode thread frees the slot now
+            self._in_flight -= 1
+            self._observe_queue()
 
-    def _generate_sync(
-        self,
-        prepared: PreparedPrompt,
-        max_tokens: int,
-        cancel: threading.Event,
-        emit: Callable[[EngineEvent | BaseException], None],
-    ) -> None:
-        llm, is_eog = self._llm, self._is_eog
-        assert llm is not None and is_eog is not None
-        request = prepared.request
-        sampling = request.sampling
-        data: _Prepared = prepared.engine_data
-        constraint, parser = data.constraint, data.parser
-        try:
-            llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            stops = StopMatcher(request.stop)
-
-            def route(pieces: list[str | ToolCallDelta]) -> None:
-                # Stop sequences apply to text only, never inside a tool call.
-                for piece in pieces:
-                    if isinstance(piece, ToolCallDelta):
-                        emit(piece)
-                    elif not stops.stopped:
-                        text = stops.feed(piece)
-                        if text:
-                            emit(TextOut(text))
-
-            completion_tokens = 0
-            stop_reason = "length"
-            if max_tokens > 0:
-                tokens = llm.generate(
-                    data.tokens,
-                    temp=sampling.temperature,
-                    top_p=sampling.top_p,
-                    top_k=sampling.top_k,
-                    min_p=0.0,
-                    repeat_penalty=sampling.repetition_penalty,
-                    presence_penalty=sampling.presence_penalty,
-                    frequency_penalty=sampling.frequency_penalty,
-                    logits_processor=[constraint.mask_logits] if constraint is not None else None,
-                )
-                for token in tokens:
-                    if cancel.is_set():
-                        return
-                    if is_eog(token):
-                        stop_reason = "stop"
-                        break
-                    if constraint is not None:
-                        constraint.advance(token)
-                    completion_tokens += 1
-                    text = decoder.decode(llm.detokenize([token]))
-                    route(parser.feed(text) if parser is not None else [text])
-                    if stops.stopped or (constraint is not None and constraint.finished):
-                        # A complete grammar allows only the end of turn: skip decoding it.
-                        stop_reason = "stop"
-                        break
-                    if completion_tokens >= max_tokens:
-                        break
-            tail = decoder.decode(b"", final=True)
-            route((parser.feed(tail) + parser.finish()) if parser is not None else [tail])
-            held = "" if stops.stopped else stops.flush()
-            if held:
-                emit(TextOut(held))
-            emit(Finished(stop_reason, prepared.prompt_tokens, completion_tokens))
-        except Exception as exc:  # surfaced to the request, never to the event loop
-            log.exception("generation failed")
-            emit(EngineFailure(f"generation failed: {exc}"))
+    def _observe_queue(self) -> None:
+        obs.QUEUE_DEPTH.labels(self.config.id).set(max(0, self._in_flight - self.config.parallel))
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        self._llm = None
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            await asyncio.to_thread(scheduler.close)

@@ -22,10 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from .. import observability as obs
 from ..chat.stops import StopMatcher
-from ..chat.types import SamplingParams
+from ..chat.tools import ToolStreamParser
+from ..chat.types import SamplingParams, ToolCallDelta
 from ..protocol.errors import EngineFailure
 from .base import EngineEvent, Finished, TextOut
+from .constraint import Constraint
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +39,16 @@ PENALTY_LAST_N = 64  # llama.cpp's default window for repetition penalties
 
 @dataclass
 class Job:
+    """One generation: what to decode and where its events go. ``emit`` is called on
+    the decode thread; ``cancel`` is set by the consumer to free the slot."""
+
     tokens: list[int]
     max_tokens: int
     sampling: SamplingParams
     stops: list[str]
     emit: Callable[[EngineEvent | BaseException], None]
-    grammar: str | None = None
+    constraint: Constraint | None = None  # the grammar: masks this sequence's logits
+    parser: ToolStreamParser | None = None  # turns text generated under a tool grammar into deltas
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -71,7 +80,15 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 class BatchScheduler:
     def __init__(
-        self, model_path: Path, *, parallel: int, context_per_slot: int, threads: int, batch_size: int = 512
+        self,
+        model_path: Path,
+        *,
+        parallel: int,
+        context_per_slot: int,
+        threads: int,
+        batch_size: int = 512,
+        name: str = "",
+        prefix_cache: bool = True,
     ) -> None:
         import llama_cpp
         from llama_cpp import _internals
@@ -79,6 +96,7 @@ class BatchScheduler:
         self._llama_cpp = llama_cpp
         self._internals = _internals
         self.parallel = parallel
+        self.prefix_cache = prefix_cache
         self.context_per_slot = context_per_slot
         self.batch_size = max(batch_size, parallel)
         self.model = _internals.LlamaModel(
@@ -96,6 +114,7 @@ class BatchScheduler:
         vocab = self.model.vocab
         self._is_eog = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
         self._slots = [_Slot(seq_id=i) for i in range(parallel)]
+        self._reused_tokens = obs.PREFIX_CACHE_TOKENS.labels(name)
         self._pending: collections.deque[Job] = collections.deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -159,11 +178,15 @@ class BatchScheduler:
                 continue
             # Prefix reuse: the free slot whose cache shares the longest prefix with
             # this prompt (the previous turn of a chat, a shared system prompt).
-            slot = max(free, key=lambda s: _common_prefix(s.cached, job.tokens))
-            keep = _common_prefix(slot.cached, job.tokens)
-            if keep == len(job.tokens):
-                keep -= 1  # decode at least one prompt token: its logits start the reply
+            if self.prefix_cache:
+                slot = max(free, key=lambda s: _common_prefix(s.cached, job.tokens))
+                keep = _common_prefix(slot.cached, job.tokens)
+                if keep == len(job.tokens):
+                    keep -= 1  # decode at least one prompt token: its logits start the reply
+            else:
+                slot, keep = free[0], 0
             self.ctx.kv_cache_seq_rm(slot.seq_id, keep, -1)
+            self._reused_tokens.inc(keep)
             slot.cached = job.tokens[:keep]
             slot.pending = job.tokens[keep:]
             slot.job = job
@@ -176,10 +199,8 @@ class BatchScheduler:
         s = job.sampling
         sampler = self._internals.LlamaSampler()
         sampler.add_penalties(self.n_vocab, PENALTY_LAST_N, s.repetition_penalty, s.frequency_penalty, s.presence_penalty)
-        if job.grammar is not None:
-            from llama_cpp.llama_grammar import LlamaGrammar
-
-            sampler.add_grammar(self.model, LlamaGrammar.from_string(job.grammar, verbose=False))
+        # A grammar is not a sampler here: llguidance masks the logits before the chain
+        # runs (see _step), far cheaper than llama.cpp's grammar sampler on a big vocabulary.
         if s.temperature == 0.0:
             sampler.add_greedy()
         else:
@@ -232,7 +253,16 @@ class BatchScheduler:
             return
         self.ctx.decode(self.batch)
         for slot, index in to_sample:
-            self._on_token(slot, slot.sampler.sample(self.ctx, index))
+            job = slot.job
+            try:
+                if job.constraint is not None:
+                    logits = np.ctypeslib.as_array(self.ctx.get_logits_ith(index), shape=(self.n_vocab,))
+                    job.constraint.mask_logits(None, logits)  # in place: the sampler reads this buffer
+                self._on_token(slot, slot.sampler.sample(self.ctx, index))
+            except Exception as exc:  # this request fails; the others in the batch go on
+                log.exception("generation failed")
+                job.emit(EngineFailure(f"generation failed: {exc}"))
+                self._release(slot, forget_cache=True)
 
     def _on_token(self, slot: _Slot, token: int) -> None:
         job = slot.job
@@ -242,23 +272,40 @@ class BatchScheduler:
         if self._is_eog(token):
             self._finish(slot, "stop")
             return
+        if job.constraint is not None:
+            job.constraint.advance(token)
         slot.completion_tokens += 1
-        text = slot.stops.feed(slot.decoder.decode(self.model.detokenize([token])))
-        if text:
-            job.emit(TextOut(text))
-        if slot.stops.stopped:
+        self._route(slot, slot.decoder.decode(self.model.detokenize([token])))
+        if slot.stops.stopped or (job.constraint is not None and job.constraint.finished):
+            # A complete grammar allows only the end of turn: no need to decode it.
             self._finish(slot, "stop")
         elif slot.completion_tokens >= job.max_tokens:
             self._finish(slot, "length")
         else:
             slot.last = token
 
+    def _route(self, slot: _Slot, text: str, final: bool = False) -> None:
+        """Text through the tool-call parser (if any), then stop sequences, which apply
+        to text only, never inside a tool call."""
+        job = slot.job
+        if job.parser is not None:
+            pieces = job.parser.feed(text) + (job.parser.finish() if final else [])
+        else:
+            pieces = [text]
+        for piece in pieces:
+            if isinstance(piece, ToolCallDelta):
+                job.emit(piece)
+            elif piece and not slot.stops.stopped:
+                out = slot.stops.feed(piece)
+                if out:
+                    job.emit(TextOut(out))
+
     def _finish(self, slot: _Slot, stop_reason: str) -> None:
         job = slot.job
-        if not slot.stops.stopped:
-            tail = slot.stops.feed(slot.decoder.decode(b"", final=True)) + slot.stops.flush()
-            if tail:
-                job.emit(TextOut(tail))
+        self._route(slot, slot.decoder.decode(b"", final=True), final=True)
+        held = "" if slot.stops.stopped else slot.stops.flush()
+        if held:
+            job.emit(TextOut(held))
         job.emit(Finished(stop_reason, len(job.tokens), slot.completion_tokens))
         self._release(slot)
 

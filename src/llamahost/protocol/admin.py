@@ -147,3 +147,47 @@ class StoredRequest(BaseModel):
 
 class StoredRequestList(BaseModel):
     data: list[StoredRequest]
+
+
+class UsageCounts(BaseModel):
+    requests: int  # every usage record, rate-limited ones included
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    rate_limited: int  # requests refused by a rate limit (429)
+
+
+class UsageBucket(UsageCounts):
+    start: datetime  # UTC, a multiple of bucket_seconds since the epoch
+    model: str  # as requested
+
+
+class ModelUsage(UsageCounts):
+    model: str
+
+
+class EndUserUsage(UsageCounts):
+    user: str
+    team: str  # `user` is a team's own id for its end user: the same value in two teams is two users
+
+
+class UsageSummary(BaseModel):
+    since: datetime
+    until: datetime
+    bucket_seconds: int
+    buckets: list[UsageBucket]  # only buckets with records, oldest first
+    models: list[ModelUsage]
+    users: list[EndUserUsage]  # top end users by requests
+    totals: UsageCounts
+
+
+class EffectiveLimit(BaseModel):
+    model: str  # a configured model id (its aliases share its limits)
+    rpm: int
+    tpm: int
+
+
+class EffectiveLimits(BaseModel):
+    team: str
+    enabled: bool
+    data: list[EffectiveLimit]

@@ -99,6 +99,7 @@ class UsageRecord(Base):
         Index("ix_usage_records_team_created", "team_id", "created_at"),
         Index("ix_usage_records_user_created", "user_index", "created_at"),
         Index("ix_usage_records_created", "created_at"),
+        Index("uq_usage_records_record_id", "record_id", unique=True),
     )
 
     # SQLite only auto-increments an INTEGER PRIMARY KEY, PostgreSQL needs 64 bits for a long-lived log.

@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, func, select, update
 
-from ..protocol.errors import AuthenticationFailed, InvalidRequest, NotFound
+from ..protocol.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from ..store.db import Database
 from ..store.db import aware_utc as _aware
 from ..store.keyring import Keyring, Sealed
 from ..store.models import ApiKey
-from .scope import ROLES, Scope
+from .scope import OPERATOR, ROLES, Scope
 from .teams import TeamInfo, TeamStore
 
 KEY_PREFIX = "llh_"
@@ -138,14 +138,18 @@ class KeyStore:
             rows = s.scalars(query).all()
         return [self._info(key, self.teams.name(key.team_id), self._label(key)) for key in rows]
 
-    def revoke_key(self, key_id: str, scope: Scope | None = None) -> KeyInfo:
+    def revoke_key(self, key_id: str, scope: Scope | None = None, *, caller_role: str = OPERATOR) -> KeyInfo:
+        """Revoke a key by id, prefix or whole key. A key outside ``scope`` is "not found",
+        not "forbidden" (its existence is not told); a key of a higher role than the
+        caller's is refused (a member must not lock out its admins, nor an admin the operators)."""
         scope = scope or Scope.operator()
         key_id = key_id.removeprefix(KEY_PREFIX).split("_", 1)[0]
         with self.db.session() as s:
             key = s.scalar(select(ApiKey).where(ApiKey.key_id == key_id))
-            # Another team's key is "not found" to a team admin, like other teams' data.
             if key is None or (scope.team_id is not None and key.team_id != scope.team_id):
                 raise NotFound(f"no API key with id {key_id!r}", param="key_id")
+            if ROLES.index(key.role) < ROLES.index(caller_role):  # ROLES runs from most to least powerful
+                raise PermissionDenied(f"only an {key.role} key can revoke an {key.role} key", param="key_id")
             if key.revoked_at is None:
                 key.revoked_at = _now()
         return self._info(key, self.teams.name(key.team_id), self._label(key))

@@ -367,6 +367,11 @@ class LimitStore:
         self._cache[(team_id, model_id)] = (time.monotonic() + LIMITS_CACHE_SECONDS, limits)
         return limits
 
+    def effective_for_team(self, scope: Scope, team: str, model_ids: list[str]) -> list[tuple[str, Limits]]:
+        """What ``team`` may use of each of ``model_ids`` (configured model ids) now."""
+        team_id = scope.team(self.teams, team)
+        return [(model_id, self.effective(team_id, model_id)) for model_id in model_ids]
+
     def set(
         self, scope: Scope, team: str, model: str | None, *, rpm: int | None = None, tpm: int | None = None
     ) -> LimitRow:

@@ -27,6 +27,8 @@ from ..store.models import StoredRequest, UsageRecord
 from .scope import Scope, user_filter
 from .teams import TeamStore
 
+from .usage_summary import UsageSummary, summarize_usage
+
 if TYPE_CHECKING:
     from .content import ContentStore, PendingContent
 
@@ -58,7 +60,8 @@ def parse_time(value: str, param: str = "since") -> datetime:
             f"got {value!r}",
             param=param,
         ) from None
-    return aware_utc(moment)
+    # As UTC: SQLite compares the stored UTC text, so another offset would shift the range.
+    return aware_utc(moment).astimezone(UTC)
 
 
 def new_record_id() -> str:
@@ -102,11 +105,6 @@ class UsageStore:
         self.keyring = keyring
         self.teams = teams
 
-    def record(self, **fields: Any) -> None:
-        """Write one record now (blocking); the server uses ``UsageWriter`` instead.
-        Fields as ``UsageWriter.record``."""
-        self.write_rows([_row(**fields)])
-
     def _sealed(self, row: dict[str, Any]) -> dict[str, Any]:
         row = dict(row)  # the queued row stays as it was, for a retry
         user = row.pop("user")
@@ -129,6 +127,10 @@ class UsageStore:
                 s.execute(insert(UsageRecord), sealed)
             if content_rows:
                 s.execute(insert(StoredRequest), content_rows)
+
+    def summary(self, scope: Scope, **filters: Any) -> UsageSummary:
+        """Aggregates over a time range; see ``summarize_usage``."""
+        return summarize_usage(self, scope, **filters)
 
     def query(
         self,
@@ -191,7 +193,7 @@ class UsageStore:
         return self.keyring.open(row.team_id, row.user_sealed, Sealed.usage_user(row.record_id))
 
 
-def _row(
+def usage_row(
     team_id: int,
     key_id: str | None,
     model: str,
@@ -231,12 +233,12 @@ class UsageWriter:
         self._wake = asyncio.Event()
 
     def record(self, *, content: "PendingContent | None" = None, **fields) -> None:
-        """Queue one usage record (fields as ``UsageStore.record``) and, if given, the
+        """Queue one usage record (fields as ``usage_row``) and, if given, the
         call's content under the same record id; never blocks."""
         if content is not None:
             fields["record_id"] = content.record_id
             self._queue_content(content)
-        self._pending.append(_row(**fields))
+        self._pending.append(usage_row(**fields))
         self._bound(self._pending, "usage records")
         self._schedule()
 

@@ -75,6 +75,7 @@ def upgrade() -> None:
         batch.drop_column("end_user")
         batch.alter_column("record_id", existing_type=sa.String(32), nullable=False)
     op.create_index("ix_usage_records_user_created", "usage_records", ["user_index", "created_at"])
+    op.create_index("uq_usage_records_record_id", "usage_records", ["record_id"], unique=True)
 
 
 def _create_tables() -> None:
