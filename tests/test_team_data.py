@@ -164,6 +164,7 @@ def test_settings_retention_flags_and_deletion(server_factory):
     refused = server.cli("teams", "delete", team, check=False)
     assert refused.returncode == 2 and "--yes" in refused.stderr
     chat(server, key, "last words", user="alice")
+    assert len(stored()) == 2  # (reading flushes what the server has queued)
     deleted = httpx.delete(f"{server.url}/admin/v1/teams/{team}", headers=server.headers(operator), timeout=30)
     assert deleted.status_code == 200, deleted.text
     assert deleted.json() == {"team": team, "deleted": True, "api_keys": 2, "stored_requests": 2, "data_keys": 1}
