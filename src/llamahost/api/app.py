@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from .. import __version__
+from ..chat.images import ImagePolicy
 from ..chat.service import ChatService
 from ..config import Config
 from ..engines.openai_upstream import OpenAIUpstreamEngine
@@ -53,7 +54,7 @@ def build_services(config: Config) -> Services:
     registry = ModelRegistry(config)
     limits = LimitStore(db, Limits(rpm=config.limits.rpm, tpm=config.limits.tpm))
     usage = UsageStore(db)
-    chat = ChatService(registry)
+    chat = ChatService(registry, images=ImagePolicy.from_config(config.images))
     moderation = ModerationService(config, chat)
     chat.guardrails = Guardrails(config.moderation, moderation)
     return Services(
