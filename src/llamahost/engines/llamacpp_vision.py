@@ -193,7 +193,8 @@ class VisionPrompt:
             n_past = 0
             for i in range(mtmd.mtmd_input_chunks_size(self._chunks) - 1):
                 chunk = mtmd.mtmd_input_chunks_get(self._chunks, i)
-                new_n_past = llama_cpp.llama_pos(0)
+                # The helper adds a text chunk's length to this, and sets it after an image.
+                new_n_past = llama_cpp.llama_pos(n_past)
                 result = mtmd.mtmd_helper_eval_chunk_single(
                     self._projector._ctx, llama_context, chunk, n_past, seq_id, n_batch, False, ctypes.byref(new_n_past)
                 )
