@@ -85,8 +85,14 @@ class Server:
 
 
 def start_server(
-    tmp_path: Path, config: str | None = None, env: dict[str, str] | None = None, key: bool = True, args: tuple[str, ...] = ()
+    tmp_path: Path,
+    config: str | None = None,
+    env: dict[str, str] | None = None,
+    key: bool = True,
+    args: tuple[str, ...] = (),
+    wrapper: tuple[str, ...] = (),
 ) -> Server:
+    """``wrapper``: a command the server runs under (e.g. ``strace ...``)."""
     data_dir = tmp_path / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     args = list(args)
@@ -99,7 +105,7 @@ def start_server(
     log_path = tmp_path / "server.log"
     full_env = llamahost_env(data_dir, env)
     process = subprocess.Popen(
-        [sys.executable, "-m", "llamahost", "serve", "--port", str(port), *args],
+        [*wrapper, sys.executable, "-m", "llamahost", "serve", "--port", str(port), *args],
         env=full_env,
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,

@@ -66,7 +66,7 @@ async def test_valid_png_jpeg_gif_ico_load():
 async def test_format_is_sniffed_not_claimed():
     with pytest.raises(InvalidRequest) as info:
         await load(data_url(b"this is not an image at all", mime="image/png"))
-    refused(info, "messages[0].content[0]", "not a readable image")
+    refused(info, "messages[0].content[0].image_url", "not a readable image")
     # A real image with a wrong claimed type is judged by its bytes.
     out = io.BytesIO()
     Image.new("RGB", (4, 4)).save(out, format="JPEG")
@@ -80,7 +80,7 @@ async def test_disallowed_format_is_refused():
     Image.new("RGB", (4, 4)).save(out, format="BMP")
     with pytest.raises(InvalidRequest) as info:
         await load(data_url(out.getvalue()))
-    refused(info, "messages[0].content[0]", "BMP", "not allowed")
+    refused(info, "messages[0].content[0].image_url", "BMP", "not allowed")
 
 
 @pytest.mark.anyio
@@ -89,7 +89,7 @@ async def test_png_bomb_is_refused_before_decoding():
     assert len(bomb) < 2000
     with pytest.raises(InvalidRequest) as info:
         await load(data_url(bomb))
-    refused(info, "messages[0].content[0]", "10000000000 pixels", "limit")
+    refused(info, "messages[0].content[0].image_url", "10000000000 pixels", "limit")
 
 
 @pytest.mark.anyio
@@ -106,20 +106,20 @@ async def test_26_mb_image_is_refused():
     big = png() + b"\0" * (26 * 1024 * 1024)
     with pytest.raises(InvalidRequest) as info:
         await load(data_url(big))
-    refused(info, "messages[0].content[0]", "limit")
+    refused(info, "messages[0].content[0].image_url", "limit")
     with pytest.raises(InvalidRequest) as info:
-        validate_bytes(big, "messages[0].content[0]", ImagePolicy())
-    refused(info, "messages[0].content[0]", "26", "limit")
+        validate_bytes(big, "messages[0].content[0].image_url", ImagePolicy())
+    refused(info, "messages[0].content[0].image_url", "26", "limit")
 
 
 @pytest.mark.anyio
 async def test_bad_base64_and_non_base64_data_urls():
     with pytest.raises(InvalidRequest) as info:
         await load("data:image/png;base64,@@@@")
-    refused(info, "messages[0].content[0]", "base64")
+    refused(info, "messages[0].content[0].image_url", "base64")
     with pytest.raises(InvalidRequest) as info:
         await load("data:image/png,rawbytes")
-    refused(info, "messages[0].content[0]", "base64")
+    refused(info, "messages[0].content[0].image_url", "base64")
 
 
 @pytest.mark.anyio
@@ -127,7 +127,7 @@ async def test_non_http_schemes_are_refused():
     for url in ("file:///etc/passwd", "ftp://example.com/a.png", "gopher://x/"):
         with pytest.raises(InvalidRequest) as info:
             await load(url)
-        refused(info, "messages[0].content[0]", "http")
+        refused(info, "messages[0].content[0].image_url", "http")
 
 
 def test_animated_gif_counts_frames_and_tokens_scale_with_tiles():
@@ -193,7 +193,7 @@ async def test_private_loopback_link_local_and_metadata_addresses_are_refused(fo
     ):
         with pytest.raises(InvalidRequest) as info:
             await load(url)
-        refused(info, "messages[0].content[0]", "non-public")
+        refused(info, "messages[0].content[0].image_url", "non-public")
     assert forbidden_target.hits == []
 
 
@@ -204,7 +204,7 @@ async def test_redirect_to_a_private_address_is_refused(forbidden_target):
     try:
         with pytest.raises(InvalidRequest) as info:
             await load(f"http://127.0.0.2:{redirector.port}/r", policy=ALLOW_127_0_0_2)
-        refused(info, "messages[0].content[0]", "non-public")
+        refused(info, "messages[0].content[0].image_url", "non-public")
         assert redirector.hits == ["/r"]
         assert forbidden_target.hits == []
     finally:
@@ -229,9 +229,9 @@ async def test_allow_listed_network_is_fetched_with_size_cap():
         small = ImagePolicy(max_bytes=1024, allow_networks=ALLOW_127_0_0_2.allow_networks)
         with pytest.raises(InvalidRequest) as info:
             await load(f"http://127.0.0.2:{server.port}/big", policy=small)
-        refused(info, "messages[0].content[0]", "limit")
+        refused(info, "messages[0].content[0].image_url", "limit")
         with pytest.raises(InvalidRequest) as info:
             await load(f"http://127.0.0.2:{server.port}/missing", policy=ALLOW_127_0_0_2)
-        refused(info, "messages[0].content[0]", "404")
+        refused(info, "messages[0].content[0].image_url", "404")
     finally:
         server.close()

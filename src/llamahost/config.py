@@ -7,6 +7,7 @@ Every key is documented in the README; keep the two in step.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -46,9 +47,10 @@ class ModelConfig(_Strict):
     default_max_completion_tokens: int = Field(default=4096, ge=1)
     owned_by: str = "llamahost"
     # Capabilities. Unset means what the engine can do: the embedded engine serves
-    # none of them yet; an upstream gets tools and json_schema passed through, and
-    # images only when `vision = true` (whether the upstream model sees is the
-    # operator's knowledge, not something the OpenAI protocol tells).
+    # tools and json_schema, and vision when the model has a projector (`mmproj`); an
+    # upstream gets tools and json_schema passed through, and images only when
+    # `vision = true` (whether the upstream model sees is the operator's knowledge,
+    # not something the OpenAI protocol tells).
     vision: bool | None = None
     tools: bool | None = None
     json_schema: bool | None = None
@@ -67,6 +69,9 @@ class ModelConfig(_Strict):
     prefix_cache: bool = True
     # Requests that may wait while all `parallel` sequences are busy; more get 503.
     max_queue: int = Field(default=16, ge=0, le=100_000)
+    # The vision projector GGUF ("mmproj") that goes with `path`: image input through
+    # llama.cpp's multimodal library (mtmd).
+    mmproj: str | None = None
 
     # --- engine = "openai" ---
     # Base URLs of the upstream's OpenAI API, e.g. "http://10.0.0.5:8000/v1".
@@ -118,7 +123,7 @@ class ModelConfig(_Strict):
                 raise ValueError(f"model {self.id!r}: a replica is listed twice")
             if self.api_key and self.api_key_env:
                 raise ValueError(f"model {self.id!r}: give api_key or api_key_env, not both")
-            for key in ("path", "threads", "parallel", "prefix_cache", "max_queue"):
+            for key in ("path", "threads", "parallel", "prefix_cache", "max_queue", "mmproj"):
                 if key in self.model_fields_set:
                     raise ValueError(f"model {self.id!r}: {key} is a llamacpp key; this model is engine \"openai\"")
         else:
@@ -191,6 +196,32 @@ class ContentConfig(_Strict):
     purge_interval_seconds: float = Field(default=3600.0, gt=0)
 
 
+class ImagesConfig(_Strict):
+    """Image inputs (``image_url`` items): how large, how many, and where from."""
+
+    max_images: int = Field(default=9, ge=1, le=100)  # per request
+    max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)  # per image, encoded
+    # Decoded pixels per image (width x height), checked from the header before decoding;
+    # at most Pillow's own decompression-bomb limit.
+    max_pixels: int = Field(default=40_000_000, ge=1, le=89_478_485)
+    # URL images: one deadline for the whole fetch (connect, redirects, body).
+    fetch_timeout: float = Field(default=10.0, gt=0, le=300)
+    max_redirects: int = Field(default=3, ge=0, le=20)
+    # Networks (CIDR) that URL images may come from although they are private,
+    # loopback or link-local, e.g. an internal CDN: ["10.20.0.0/16"]. Empty: only
+    # public addresses.
+    allow_private_networks: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _networks(self) -> "ImagesConfig":
+        for network in self.allow_private_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"images.allow_private_networks: {network!r} is not a CIDR network") from None
+        return self
+
+
 DEFAULT_MODERATION_MODEL = "Llama-Guard"
 
 
@@ -233,6 +264,7 @@ class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     content: ContentConfig = Field(default_factory=ContentConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
     models: list[ModelConfig] = Field(default_factory=list)
     moderation_models: list[ModerationModelConfig] = Field(default_factory=list)
     moderation: GuardrailConfig = Field(default_factory=GuardrailConfig)

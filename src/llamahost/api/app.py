@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from .. import __version__
+from ..chat.images import ImagePolicy
 from ..chat.service import ChatService
 from ..config import Config
 from ..engines.openai_upstream import OpenAIUpstreamEngine
@@ -45,7 +46,7 @@ class Services(Stores):
 def build_services(config: Config) -> Services:
     stores = open_stores(config)
     registry = ModelRegistry(config)
-    chat = ChatService(registry)
+    chat = ChatService(registry, images=ImagePolicy.from_config(config.images))
     moderation = ModerationService(config, chat)
     chat.guardrails = Guardrails(config.moderation, moderation)
     return Services(

@@ -5,6 +5,7 @@ Image handling is where API servers get hurt, so every rule here is explicit:
 - JPEG, PNG, GIF and ICO only; at most ``max_bytes`` each and ``max_images`` per request;
 - the pixel count is checked from the header *before* decoding (decompression bombs);
 - animated GIFs: the first frame is what a model sees (documented in the README);
+- errors name the item's ``image_url`` (``messages[0].content[1].image_url``) and the rule;
 - URLs: http/https only; the host is resolved once, every address checked, and the
   connection made to the checked address (with the original Host/SNI), so DNS
   rebinding cannot swap in a private address; redirects are re-checked hop by hop;
@@ -21,19 +22,30 @@ import ipaddress
 import math
 import socket
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 from PIL import Image
 
 from ..protocol.errors import InvalidRequest
-from .types import ImageInput
+from .types import ChatMessage, ImageInput
+
+if TYPE_CHECKING:
+    from ..config import ImagesConfig
 
 ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "ICO": "image/x-icon"}
 TILE_SIZE = 336
 TOKENS_PER_TILE = 145  # the hosted Llama API's documented cost of one 336x336 tile
 MAX_TILES = 16  # larger images are scaled down to fit this many tiles (as Llama 4 does)
+
+# Pillow warns past Image.MAX_IMAGE_PIXELS (and raises past twice that); our own
+# ``max_pixels`` check, which the config keeps at or below it, refuses such images
+# first. The warning would only add a log line per refused bomb; the filter is set
+# once here rather than per call because catch_warnings is not thread-safe.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,17 @@ class ImagePolicy:
     max_redirects: int = 3
     # Networks an operator explicitly allows URL images from (e.g. an internal CDN).
     allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_config(cls, config: ImagesConfig) -> ImagePolicy:
+        return cls(
+            max_images=config.max_images,
+            max_bytes=config.max_bytes,
+            max_pixels=config.max_pixels,
+            fetch_timeout=config.fetch_timeout,
+            max_redirects=config.max_redirects,
+            allow_networks=tuple(ipaddress.ip_network(n, strict=False) for n in config.allow_private_networks),
+        )
 
 
 @dataclass(frozen=True)
@@ -60,7 +83,9 @@ class LoadedImage:
     def tokens(self) -> int:
         return image_tokens(self.width, self.height)
 
+    @cached_property
     def data_url(self) -> str:
+        """The validated bytes as a data URL, with the sniffed (not the claimed) type."""
         return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode()}"
 
 
@@ -84,29 +109,27 @@ def validate_bytes(data: bytes, param: str, policy: ImagePolicy) -> LoadedImage:
             f"{param}: image is {len(data)} bytes; the limit is {policy.max_bytes} bytes", param=param, code="image_too_large"
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            # The header gives the size without decoding any pixels.
-            width, height = image.size
-            if width * height > policy.max_pixels:
-                raise InvalidRequest(
-                    f"{param}: image is {width}x{height} = {width * height} pixels; the limit is "
-                    f"{policy.max_pixels} pixels",
-                    param=param,
-                    code="image_too_many_pixels",
-                )
-            if image.format not in ALLOWED_FORMATS:
-                raise InvalidRequest(
-                    f"{param}: image format {image.format} is not allowed; use JPEG, PNG, GIF or ICO",
-                    param=param,
-                    code="invalid_image_format",
-                )
-            frames = getattr(image, "n_frames", 1)
-            image.load()  # decode the first frame fully: truncated or corrupt data fails here
+        image = Image.open(io.BytesIO(data))
+        # The header gives the size without decoding any pixels.
+        width, height = image.size
+        if width * height > policy.max_pixels:
+            raise InvalidRequest(
+                f"{param}: image is {width}x{height} = {width * height} pixels; the limit is "
+                f"{policy.max_pixels} pixels",
+                param=param,
+                code="image_too_many_pixels",
+            )
+        if image.format not in ALLOWED_FORMATS:
+            raise InvalidRequest(
+                f"{param}: image format {image.format} is not allowed; use JPEG, PNG, GIF or ICO",
+                param=param,
+                code="invalid_image_format",
+            )
+        frames = getattr(image, "n_frames", 1)
+        image.load()  # decode the first frame fully: truncated or corrupt data fails here
     except InvalidRequest:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         # Pillow's own guard fired while reading the header (far over our limit).
         raise InvalidRequest(
             f"{param}: image has too many pixels; the limit is {policy.max_pixels} pixels ({exc})",
@@ -221,15 +244,38 @@ async def fetch_url(url: str, param: str, policy: ImagePolicy, client: httpx.Asy
         raise InvalidRequest(f"{param}: fetching the image failed: {exc}", param=param, code="image_fetch_failed") from None
 
 
+def _decode_and_validate(url: str, param: str, policy: ImagePolicy) -> LoadedImage:
+    return validate_bytes(decode_data_url(url, param, policy), param, policy)
+
+
 async def load_images(images: list[ImageInput], policy: ImagePolicy) -> list[LoadedImage]:
-    """Load and validate every image of a request, in order; the first violation is a 400."""
+    """Load and validate every image of a request, in order; the first violation is a 400
+    naming the item's ``image_url``."""
     check_count(images, policy)
     loaded = []
+    # trust_env=False: an HTTP(S)_PROXY in the environment would make the proxy, not
+    # the checked address, the peer; redirects are followed by hand, each one checked.
     async with httpx.AsyncClient(follow_redirects=False, timeout=policy.fetch_timeout, trust_env=False) as client:
         for image in images:
+            param = f"{image.param}.image_url"
             if image.url.startswith("data:"):
-                data = decode_data_url(image.url, image.param, policy)
+                # Decoding megabytes of base64 and the image header: off the event loop.
+                loaded.append(await asyncio.to_thread(_decode_and_validate, image.url, param, policy))
             else:
-                data = await fetch_url(image.url, image.param, policy, client)
-            loaded.append(await asyncio.to_thread(validate_bytes, data, image.param, policy))
+                data = await fetch_url(image.url, param, policy, client)
+                loaded.append(await asyncio.to_thread(validate_bytes, data, param, policy))
     return loaded
+
+
+async def attach_images(messages: list[ChatMessage], policy: ImagePolicy) -> list[ChatMessage]:
+    """``messages`` with every image loaded and validated (``ImageInput.loaded`` set)."""
+    images = [image for message in messages for image in message.images]
+    if not images:
+        return messages
+    loaded = iter(await load_images(images, policy))
+    return [
+        replace(message, images=tuple(replace(image, loaded=next(loaded)) for image in message.images))
+        if message.images
+        else message
+        for message in messages
+    ]

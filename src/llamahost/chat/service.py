@@ -22,6 +22,7 @@ from .. import observability as obs
 from ..engines.base import EngineEvent, Finished, TextOut
 from ..engines.registry import ModelEntry, ModelRegistry
 from ..protocol.errors import APIError, EngineFailure, InvalidRequest, NotFound, ServiceUnavailable
+from .images import ImagePolicy, attach_images
 from .tools import check_request, new_call_id
 from .types import ChatEvent, ChatMessage, ChatRequest, ChatResult, TextChunk, ToolCall, ToolCallDelta, Usage
 
@@ -274,8 +275,11 @@ class ChatStream:
 
 
 class ChatService:
-    def __init__(self, registry: ModelRegistry, guardrails: "Guardrails | None" = None) -> None:
+    def __init__(
+        self, registry: ModelRegistry, guardrails: "Guardrails | None" = None, images: ImagePolicy | None = None
+    ) -> None:
         self.registry = registry
+        self.images = images or ImagePolicy()
         # Set after construction: the moderation behind the guardrails may itself run
         # a chat model through this service.
         self.guardrails = guardrails
@@ -305,6 +309,11 @@ class ChatService:
                 )
             self._reject_unsupported(entry, request)
             check_request(request)
+            if request.images:
+                # Only for a model that takes images (checked above), so a text-only
+                # model never makes the server fetch anything. Engines see the
+                # validated bytes, never the client's URL.
+                request.messages = await attach_images(request.messages, self.images)
             check_output = await self._guard_input(request) if guarded else None
             prepared = await entry.engine.prepare(request)
             max_tokens = self._token_budget(entry, prepared.prompt_tokens, request.max_tokens)

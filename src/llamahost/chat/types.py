@@ -8,7 +8,10 @@ generation logic never sees a wire format.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .images import LoadedImage
 
 # Upper bound accepted for a token budget field on the wire; the model's context
 # window is the real limit and is checked per request.
@@ -20,9 +23,12 @@ StopReason = Literal["stop", "tool_calls", "length"]
 
 @dataclass(frozen=True)
 class ImageInput:
-    url: str
+    url: str  # as the client sent it: a data URL or an http(s) URL
     # Where the item came from, e.g. "messages[1].content[2]", for error messages.
     param: str
+    # Set by the chat service once the image is fetched and validated; engines use
+    # only this (never ``url``, so no engine ever fetches a client's URL).
+    loaded: LoadedImage | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,10 @@ class ChatRequest:
     # What the guardrails' moderation found in this request (stage, categories, blocked),
     # for its stored record.
     moderation_flags: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def images(self) -> list[ImageInput]:
+        return [image for message in self.messages for image in message.images]
 
 
 @dataclass

@@ -9,8 +9,9 @@ Llama 4 prompt-format documentation.
 
 Counts are exact for text messages sent to a Llama 3.x / Llama 4 upstream. Tool
 definitions are counted as their JSON (the upstream's template wraps them in some
-prose, not counted) and each image as a fixed estimate; the upstream's own ``usage``
-is preferred whenever it reports one.
+prose, not counted) and each image as the hosted Llama API documents it: 145 tokens
+per 336x336 tile (``chat.images.image_tokens``); the upstream's own ``usage`` is
+preferred whenever it reports one.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ import json
 from collections.abc import Sequence
 from typing import Literal
 
+from ..chat.images import TOKENS_PER_TILE
 from ..chat.types import ChatMessage, ToolSpec
 
 TokenizerName = Literal["llama3", "llama4"]
 
-# Llama 3.2 Vision puts one <|image|> token in the text; Llama 4 expands an image into
-# at least one 336x336 tile of 144 patch tokens plus its markers.
-_IMAGE_TOKENS = {"llama3": 1, "llama4": 147}
 # Per message: <|start_header_id|> role <|end_header_id|> "\n\n" ... <|eot_id|>
 # (Llama 4: <|header_start|> ... <|header_end|> ... <|eot|>): three special tokens.
 _SPECIALS_PER_MESSAGE = 3
@@ -63,7 +62,8 @@ class LlamaTokenCounter:
             total += self.count(message.content)
             for call in message.tool_calls:
                 total += self.count(json.dumps({"name": call.name, "parameters": call.arguments}))
-            total += len(message.images) * _IMAGE_TOKENS[self.name]
+            # An image not (yet) loaded has no size: one tile, the least it can cost.
+            total += sum(i.loaded.tokens if i.loaded is not None else TOKENS_PER_TILE for i in message.images)
         if tools:
             specs = [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools]
             total += self.count(json.dumps(specs))

@@ -10,6 +10,9 @@ generation stops, and frees its slot, within one step of its consumer going away
 Tools and ``json_schema`` are enforced by constrained decoding (``constraint.py``):
 each sequence's logits are masked by its own grammar, and, when tools are in play,
 the reply is parsed back into tool-call deltas as it streams.
+
+Images need the model's vision projector (``mmproj``): see ``llamacpp_vision.py``,
+hooked in where marked ``# vision hook``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ..config import ModelConfig
 from ..protocol.errors import ServiceUnavailable
 from .base import Engine, EngineEvent, Finished, PreparedPrompt
 from .constraint import Constraint, GrammarCompiler
+from .llamacpp_vision import Projector, VisionPrompt, resolve_projector_path, with_markers
 from .scheduler import BatchScheduler, Job
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ class _Prepared:
     tokens: list[int]
     constraint: Constraint | None
     parser: ToolStreamParser | None
+    vision: VisionPrompt | None = None  # a prompt with images, evaluated through the projector
 
 
 class LlamaCppEngine(Engine):
@@ -72,6 +77,12 @@ class LlamaCppEngine(Engine):
         self.threads = config.threads or os.cpu_count() or 1
         self.description = f"llama.cpp, {self.model_path.name}, {config.parallel} parallel sequences"
         self._scheduler: BatchScheduler | None = None
+        # vision hook: a model with a projector serves images too.
+        self.projector_path = resolve_projector_path(config.mmproj) if config.mmproj else None
+        self._projector: Projector | None = None
+        if self.projector_path is not None:
+            self.capabilities = self.default_capabilities = type(self).capabilities | {"vision"}
+            self.description += f", vision projector {self.projector_path.name}"
         self._formatter = None
         self._tool_format: ToolFormat | None = None
         self._grammars: GrammarCompiler | None = None
@@ -113,6 +124,12 @@ class LlamaCppEngine(Engine):
         n_vocab = model.n_vocab()
         eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
         self._grammars = GrammarCompiler(vocab, n_vocab, eog)
+        if self.projector_path is not None:  # vision hook
+            try:
+                self._projector = Projector(self.projector_path, model.model, self.model_path.name, self.threads)
+            except BaseException:
+                scheduler.close()
+                raise
         self._scheduler = scheduler
 
     async def prepare(self, request: ChatRequest) -> PreparedPrompt:
@@ -131,15 +148,24 @@ class LlamaCppEngine(Engine):
             return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=_Prepared(tokens, None, None))
         assert self._tool_format is not None and self._grammars is not None
         fmt = self._tool_format
-        messages, tools = render_messages(request, fmt)
-        rendered = self._formatter(messages=messages, tools=tools)
-        tokens = self._tokenize(rendered.prompt, add_bos=not rendered.added_special)
+        images = [image.loaded for image in request.images if image.loaded is not None]
+        vision = None
+        if images:  # vision hook: the prompt goes through the projector's tokenizer
+            assert self._projector is not None  # the service refuses images without "vision"
+            messages, tools = render_messages(with_markers(request, self._projector.marker), fmt)
+            rendered = self._formatter(messages=messages, tools=tools)
+            vision = self._projector.tokenize(rendered.prompt, images, add_special=not rendered.added_special)
+            tokens = vision.tokens
+        else:
+            messages, tools = render_messages(request, fmt)
+            rendered = self._formatter(messages=messages, tools=tools)
+            tokens = self._tokenize(rendered.prompt, add_bos=not rendered.added_special)
         grammar = fmt.grammar(request)
         constraint = None
         if grammar is not None:
             tools_active = bool(request.tools) and request.tool_choice != "none"
             constraint = self._grammars.compile(grammar, "tools" if tools_active else "response_format")
-        prepared = _Prepared(tokens, constraint, fmt.stream_parser(request))
+        prepared = _Prepared(tokens, constraint, fmt.stream_parser(request), vision)
         return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=prepared)
 
     async def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncIterator[EngineEvent]:
@@ -176,6 +202,7 @@ class LlamaCppEngine(Engine):
             emit=emit,
             constraint=data.constraint,
             parser=data.parser,
+            vision=data.vision,
         )
         self._in_flight += 1
         self._observe_queue()
@@ -201,3 +228,5 @@ class LlamaCppEngine(Engine):
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
             await asyncio.to_thread(scheduler.close)
+        if self._projector is not None:  # vision hook
+            self._projector.close()

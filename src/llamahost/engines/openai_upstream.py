@@ -79,8 +79,14 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     # and some servers (llama-cpp-python's) refuse null.
     out = openai_message(message)
     if message.images:
-        # Images first: the Llama vision models are trained with the image before the question.
-        parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": i.url}} for i in message.images]
+        # Images first: the Llama vision models are trained with the image before the
+        # question. Always as data URLs of the bytes llamahost fetched and validated: the
+        # upstream never sees (so never fetches) a client's URL.
+        parts: list[dict[str, Any]] = []
+        for image in message.images:
+            if image.loaded is None:
+                raise EngineFailure(f"{image.param}: image was not validated before reaching the engine")
+            parts.append({"type": "image_url", "image_url": {"url": image.loaded.data_url}})
         if message.content:
             parts.append({"type": "text", "text": message.content})
         out["content"] = parts
@@ -215,11 +221,14 @@ class OpenAIUpstreamEngine(Engine):
 
     async def prepare(self, request: ChatRequest) -> PreparedPrompt:
         assert self._counter is not None
-        size = sum(len(m.content) for m in request.messages)
-        if size > _INLINE_TOKENIZE_CHARS:
-            tokens = await asyncio.to_thread(self._counter.count_prompt, request.messages, request.tools)
-        else:
-            tokens = self._counter.count_prompt(request.messages, request.tools)
+        # Long prompts and images (base64-encoding megabytes) are prepared off the event loop.
+        if request.images or sum(len(m.content) for m in request.messages) > _INLINE_TOKENIZE_CHARS:
+            return await asyncio.to_thread(self._prepare_sync, request)
+        return self._prepare_sync(request)
+
+    def _prepare_sync(self, request: ChatRequest) -> PreparedPrompt:
+        assert self._counter is not None
+        tokens = self._counter.count_prompt(request.messages, request.tools)
         return PreparedPrompt(request=request, prompt_tokens=tokens, engine_data=upstream_body(request, self.upstream_model))
 
     def _max_tokens_field(self, prepared: PreparedPrompt, max_tokens: int) -> int | None:
@@ -242,7 +251,10 @@ class OpenAIUpstreamEngine(Engine):
         if whole:
             body["stream"] = False
             del body["stream_options"]
-        payload = json.dumps(body).encode()
+        if prepared.request.images:
+            payload = await asyncio.to_thread(lambda: json.dumps(body).encode())
+        else:
+            payload = json.dumps(body).encode()
         cfg = self.config
         deadline = time.monotonic() + cfg.total_timeout
         tried: set[Replica] = set()

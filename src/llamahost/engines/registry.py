@@ -61,7 +61,8 @@ def model_capabilities(config: ModelConfig, engine: Engine) -> frozenset[str]:
     for name in CAPABILITIES:
         flag = getattr(config, name)
         if flag and name not in engine.capabilities:
-            raise ConfigError(f"model {config.id!r}: {name} = true, but engine {config.engine!r} cannot serve {name} yet")
+            hint = " without a vision projector: set mmproj" if name == "vision" and config.engine == "llamacpp" else " yet"
+            raise ConfigError(f"model {config.id!r}: {name} = true, but engine {config.engine!r} cannot serve {name}{hint}")
         if flag or (flag is None and name in engine.default_capabilities):
             chosen.add(name)
     return frozenset(chosen)

@@ -49,6 +49,9 @@ class Job:
     emit: Callable[[EngineEvent | BaseException], None]
     constraint: Constraint | None = None  # the grammar: masks this sequence's logits
     parser: ToolStreamParser | None = None  # turns text generated under a tool grammar into deltas
+    # vision hook: a prompt with images (llamacpp_vision.VisionPrompt); ``tokens`` then
+    # holds IMAGE_POSITION where the image embeddings go.
+    vision: object | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -176,9 +179,22 @@ class BatchScheduler:
                 job = self._pending.popleft()
             if job.cancel.is_set():
                 continue
-            # Prefix reuse: the free slot whose cache shares the longest prefix with
-            # this prompt (the previous turn of a chat, a shared system prompt).
-            if self.prefix_cache:
+            if job.vision is not None:  # vision hook
+                slot = free[0]
+                self.ctx.kv_cache_seq_rm(slot.seq_id, -1, -1)
+                slot.cached = []
+                try:
+                    # Images and the text before them go into the slot's cache now (other
+                    # sequences pause for that); the text after them is prefilled below.
+                    keep = job.vision.evaluate_into(self.ctx.ctx, slot.seq_id, self.batch_size)
+                except Exception as exc:
+                    log.exception("evaluating a prompt's images failed")
+                    self.ctx.kv_cache_seq_rm(slot.seq_id, -1, -1)
+                    job.emit(EngineFailure(f"generation failed: {exc}"))
+                    continue
+            elif self.prefix_cache:
+                # Prefix reuse: the free slot whose cache shares the longest prefix with
+                # this prompt (the previous turn of a chat, a shared system prompt).
                 slot = max(free, key=lambda s: _common_prefix(s.cached, job.tokens))
                 keep = _common_prefix(slot.cached, job.tokens)
                 if keep == len(job.tokens):
@@ -186,7 +202,8 @@ class BatchScheduler:
             else:
                 slot, keep = free[0], 0
             self.ctx.kv_cache_seq_rm(slot.seq_id, keep, -1)
-            self._reused_tokens.inc(keep)
+            if job.vision is None:  # vision hook: what evaluate_into filled is not reuse
+                self._reused_tokens.inc(keep)
             slot.cached = job.tokens[:keep]
             slot.pending = job.tokens[keep:]
             slot.job = job
