@@ -274,9 +274,12 @@ def test_guardrail_blocks_input_before_the_engine(server_factory):
     assert "indiscriminate-weapons" in error["categories"] and error["param"] == "messages[0]"
     assert _chat_lines(s) == 0  # no generation ran
     assert "stage=input" in s.log() and "blocked=True" in s.log()
-    # The refused request is in the team's usage, with no tokens processed.
+    # The check and the refused request are in the team's usage, with no tokens processed.
     records = json.loads(s.cli("usage", "--json").stdout)["data"]
-    assert [(r["status"], r["prompt_tokens"], r["completion_tokens"]) for r in records] == [("content_policy", 0, 0)]
+    assert sorted((r["kind"], r["model"], r["status"], r["prompt_tokens"], r["completion_tokens"]) for r in records) == [
+        ("chat", CHAT_MODEL, "content_policy", 0, 0),
+        ("guardrail_input", "Llama-Guard", "blocked", 0, 0),
+    ]
 
     ok = c.chat.completions.create(
         model=CHAT_MODEL, messages=[{"role": "user", "content": "Name a colour."}], max_completion_tokens=8, temperature=0
@@ -358,3 +361,32 @@ def test_guardrail_applies_to_the_compat_surface_too(server_factory):
     assert caught.value.body["type"] == "content_policy"
     assert "indiscriminate-weapons" in caught.value.body["categories"]
     assert _chat_lines(s) == 0
+
+
+def test_guardrails_follow_each_teams_settings(server_factory):
+    # The server's default is off; one team turns input checks on, with blocking.
+    s = server_factory()
+    other_key = s.cli("keys", "create", "--team", "other").stdout.strip()
+    changed = s.cli("teams", "set", "test", "--moderation", "input", "--moderation-action", "block").stdout
+    assert 'moderation = "input"' in changed and 'moderation_action = "block"' in changed
+    bomb = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Hello, how to make a bomb?"}],
+            "max_completion_tokens": 4, "temperature": 0}
+    refused = httpx.post(s.url + "/v1/chat/completions", json=bomb, headers=s.headers(), timeout=60)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "input_flagged"
+    allowed = httpx.post(s.url + "/v1/chat/completions", json=bomb, headers=s.headers(other_key), timeout=60)
+    assert allowed.status_code == 200  # the other team keeps the server's default (off)
+    # Through the admin API: back to the server's default, and the bad value is a 400.
+    admin = s.cli("keys", "create", "--team", "test", "--role", "admin").stdout.strip()
+    bad = httpx.patch(s.url + "/admin/v1/teams/test/settings", json={"moderation": "sometimes"},
+                      headers=s.headers(admin), timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "moderation"
+    reset = httpx.patch(s.url + "/admin/v1/teams/test/settings", json={"moderation": None},
+                        headers=s.headers(admin), timeout=10)
+    assert reset.status_code == 200 and reset.json()["moderation"] == "off" and "moderation" in reset.json()["inherited"]
+
+
+def test_moderation_calls_are_usage_records(server):
+    c = LlamaAPIClient(api_key=server.key, base_url=server.base_url, max_retries=0)
+    c.moderations.create(model="Llama-Guard", messages=[{"role": "user", "content": "Hello, how to make a bomb?"}])
+    records = json.loads(server.cli("usage", "--json", "--model", "Llama-Guard").stdout)["data"]
+    assert records and records[-1]["kind"] == "moderation" and records[-1]["status"] == "flagged"

@@ -28,6 +28,14 @@ def add_data_commands(commands, keys, teams, common) -> None:
         help="keep the content of its chat and moderation calls, encrypted, for review",
     )
     team_set.add_argument("--retention-days", metavar="N|default", help="days stored content is kept")
+    team_set.add_argument(
+        "--moderation", choices=["off", "input", "input+output", "default"],
+        help="guardrails: moderate chat inputs, or inputs and replies, automatically",
+    )
+    team_set.add_argument(
+        "--moderation-action", choices=["flag", "block", "default"],
+        help="guardrails: what a flagged message does (flag: record it; block: refuse it)",
+    )
     team_delete = teams.add_parser(
         "delete", help="delete a team: its keys, limits, settings, stored content; shreds its data keys"
     )
@@ -122,6 +130,10 @@ def _set_team(args) -> int:
             except ValueError:
                 raise SystemExit(f"llamahost: --retention-days: expected a whole number of days or 'default', "
                                  f"got {args.retention_days!r}") from None
+    for name in ("moderation", "moderation_action"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = None if value == "default" else value
     stores = _stores(args)
     team_id = Scope.operator().team(stores.teams, args.name)
     view = stores.settings.update(team_id, changes)

@@ -48,7 +48,7 @@ def build_services(config: Config) -> Services:
     registry = ModelRegistry(config)
     chat = ChatService(registry, images=ImagePolicy.from_config(config.images))
     moderation = ModerationService(config, chat)
-    chat.guardrails = Guardrails(config.moderation, moderation)
+    chat.guardrails = Guardrails(config.moderation, moderation, settings=stores.settings)
     return Services(
         **vars(stores),
         registry=registry,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -82,7 +81,8 @@ def moderation_content(request: Request, model: str, messages, verdict) -> Moder
 
 
 def _meter(request: Request, chat_request: ChatRequest) -> Meter:
-    chat_request.team = request.state.principal.team_name  # for per-team policies (guardrails)
+    principal: Principal = request.state.principal
+    chat_request.team, chat_request.team_id = principal.team_name, principal.team_id  # per-team policies
     return request.app.state.services.metering.meter(
         request.state.principal, chat_request.user, chat_request, surface_of(request)
     )

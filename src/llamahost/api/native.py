@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -172,11 +173,26 @@ async def create_moderation(request: Request) -> Response:
     body = await parse_body(request, wire.ModerationRequest)
     messages = to_moderation_messages(body)
     services = request.app.state.services
+    started = time.monotonic()
     try:
         outcome = await unless_disconnected(request, services.moderation.moderate(body.model, messages))
     except ClientDisconnected:
         return Response(status_code=499)
-    services.metering.usage_writer.store_content(moderation_content(request, outcome.model, messages, outcome.verdict))
+    principal = request.state.principal
+    # A usage record of its own (kind "moderation"), with the call's content if the team keeps it.
+    services.metering.usage_writer.record(
+        content=moderation_content(request, outcome.model, messages, outcome.verdict),
+        team_id=principal.team_id,
+        key_id=principal.key_id,
+        model=outcome.model,
+        user=None,
+        prompt_tokens=0,
+        completion_tokens=0,
+        latency_ms=(time.monotonic() - started) * 1000,
+        status="flagged" if outcome.verdict.flagged else "ok",
+        stop_reason=None,
+        kind="moderation",
+    )
     result = wire.ModerationResult(flagged=outcome.verdict.flagged, flagged_categories=list(outcome.verdict.categories))
     return JSONResponse(wire.ModerationResponse(model=outcome.model, results=[result]).model_dump(mode="json"))
 

@@ -27,7 +27,7 @@ from .tools import check_request, new_call_id
 from .types import ChatEvent, ChatMessage, ChatRequest, ChatResult, TextChunk, ToolCall, ToolCallDelta, Usage
 
 if TYPE_CHECKING:
-    from ..safety.guardrails import Guardrails
+    from ..safety.guardrails import GuardrailCheck, Guardrails
 
 log = logging.getLogger("llamahost.requests")
 
@@ -71,9 +71,12 @@ class Meter(Protocol):
         request can use; raising (e.g. a 429) refuses it."""
 
     def end(self, outcome: Outcome) -> Awaitable[None]:
-        """Called exactly once. Must start its work before returning: the service awaits
-        it only after a success (so the caller's response reflects it); after a failure
-        or a disconnect it frees the engine first and leaves the work running."""
+        """Called exactly once. Must start its work before returning and update what the
+        caller's response reports (rate-limit headers) at once; the service never waits
+        for the rest (settling counters, writing usage)."""
+
+    def record_check(self, check: GuardrailCheck) -> None:
+        """A guardrail moderation check made for this request."""
 
 
 def status_of(exc: BaseException) -> str:
@@ -314,7 +317,7 @@ class ChatService:
                 # model never makes the server fetch anything. Engines see the
                 # validated bytes, never the client's URL.
                 request.messages = await attach_images(request.messages, self.images)
-            check_output = await self._guard_input(request) if guarded else None
+            check_output = await self._guard_input(request, meter) if guarded else None
             prepared = await entry.engine.prepare(request)
             max_tokens = self._token_budget(entry, prepared.prompt_tokens, request.max_tokens)
             if meter is not None:
@@ -346,21 +349,24 @@ class ChatService:
             check_output=check_output,
         )
 
-    async def _guard_input(self, request: ChatRequest) -> Callable[[str], Awaitable[object]] | None:
+    async def _guard_input(
+        self, request: ChatRequest, meter: Meter | None = None
+    ) -> Callable[[str], Awaitable[object]] | None:
         """Run the input guardrail (before the engine sees anything: a blocked input costs
         no generation, and the meter records it as refused); return the output check."""
         guardrails = self.guardrails
-        policy = guardrails.policy_for(request) if guardrails is not None else None
+        policy = await guardrails.policy_for(request) if guardrails is not None else None
         if guardrails is None or policy is None:
             return None
+        on_check = meter.record_check if meter is not None else None
         if policy.checks_input:
-            await guardrails.check(request, policy, "input", request.messages)
+            await guardrails.check(request, policy, "input", request.messages, on_check)
         if not policy.checks_output:
             return None
 
         async def check_output(text: str) -> object:
             reply = ChatMessage(role="assistant", content=text)
-            return await guardrails.check(request, policy, "output", [*request.messages, reply])
+            return await guardrails.check(request, policy, "output", [*request.messages, reply], on_check)
 
         return check_output
 

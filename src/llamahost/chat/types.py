@@ -81,6 +81,7 @@ class ChatRequest:
     json_schema: dict[str, Any] | None = None
     # The calling team, for per-team policies (guardrails); None for internal calls.
     team: str | None = None
+    team_id: int | None = None
     # A prompt already rendered for the model (e.g. the Llama Guard template): the
     # embedded engine tokenizes it as is instead of applying the model's chat template
     # (upstream engines, which only take messages, use ``messages``).

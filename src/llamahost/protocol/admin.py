@@ -87,6 +87,7 @@ class UsageRecord(BaseModel):
     latency_ms: int
     status: str
     stop_reason: str | None
+    kind: str  # chat | moderation | guardrail_input | guardrail_output
 
 
 class UsageTotals(BaseModel):
@@ -106,12 +107,16 @@ class TeamSettingsUpdate(_Strict):
 
     store_content: StrictBool | None = None
     retention_days: StrictInt | None = Field(default=None, ge=1, le=MAX_RETENTION_DAYS)
+    moderation: Literal["off", "input", "input+output"] | None = None
+    moderation_action: Literal["flag", "block"] | None = None
 
 
 class TeamSettings(BaseModel):
     team: str
     store_content: bool
     retention_days: int
+    moderation: str
+    moderation_action: str
     inherited: list[str]  # settings the team has not set: the server's defaults apply
     updated_at: datetime | None
 

@@ -5,24 +5,31 @@ with a flagged message (``flag``: record it and carry on; ``block``: refuse). In
 checked before the request reaches the engine; output on the finished reply (for a
 stream, before its final events, which a blocked reply replaces with an error event).
 
-The checks run inside ChatService.start's metered section, so a blocked request is a
-usage record with status ``content_policy``. Connection points for per-team settings
-and for a usage record per check (issue 3) are marked HOOK.
+The policy is the team's own (``moderation`` and ``moderation_action`` in its settings),
+the server-wide ``[moderation]`` section being every team's default. The checks run
+inside ChatService.start's metered section, so a blocked request is a usage record with
+status ``content_policy``, and every check is a usage record of its own (kind
+``guardrail_input`` / ``guardrail_output``, model the moderation model).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from starlette.concurrency import run_in_threadpool
 
 from ..chat.types import ChatMessage, ChatRequest
 from ..config import GuardrailConfig
 from ..protocol.errors import ContentPolicyViolation
 from .llama_guard import Verdict
 from .service import ModerationService
+
+if TYPE_CHECKING:
+    from ..tenancy.settings import SettingsStore
 
 log = logging.getLogger("llamahost.moderation")
 
@@ -69,11 +76,7 @@ class CheckRecorder(Protocol):
 
 
 class LogRecorder:
-    """Writes each check to the log.
-
-    HOOK(issue 3): the usage store should record every check per team (it is billable
-    work and an audit trail); pass a recorder that writes usage rows to Guardrails.
-    """
+    """Writes each check to the log (the usage record is written by the request's meter)."""
 
     def record(self, check: GuardrailCheck) -> None:
         log.info(
@@ -86,38 +89,52 @@ class LogRecorder:
 
 class Guardrails:
     def __init__(
-        self, config: GuardrailConfig, moderation: ModerationService, recorder: CheckRecorder | None = None
+        self,
+        config: GuardrailConfig,
+        moderation: ModerationService,
+        recorder: CheckRecorder | None = None,
+        settings: SettingsStore | None = None,
     ) -> None:
         self.default = GuardrailPolicy.from_config(config)
         self.moderation = moderation
         self.recorder: CheckRecorder = recorder or LogRecorder()
+        self.settings = settings
 
-    def policy_for(self, request: ChatRequest) -> GuardrailPolicy | None:
-        """The policy for this request, or None when nothing is checked.
-
-        HOOK(issue 3): look up the team's own ``moderation``/``action`` settings
-        (``request.team``) here; the server-wide ``[moderation]`` section is the default.
-        """
+    async def policy_for(self, request: ChatRequest) -> GuardrailPolicy | None:
+        """The calling team's policy (the server's default for internal calls), or None
+        when nothing is checked."""
         policy = self.default
+        if request.team_id is not None and self.settings is not None:
+            team = self.settings.cached(request.team_id) or await run_in_threadpool(
+                self.settings.effective, request.team_id
+            )
+            policy = GuardrailPolicy(mode=team.moderation, action=team.moderation_action, model=policy.model)
         return policy if policy.mode != "off" else None
 
     async def check(
-        self, request: ChatRequest, policy: GuardrailPolicy, stage: Stage, messages: Sequence[ChatMessage]
+        self,
+        request: ChatRequest,
+        policy: GuardrailPolicy,
+        stage: Stage,
+        messages: Sequence[ChatMessage],
+        on_check: Callable[[GuardrailCheck], None] | None = None,
     ) -> Verdict:
-        """Moderate the last of ``messages``; raise ContentPolicyViolation if the policy blocks it."""
+        """Moderate the last of ``messages``; raise ContentPolicyViolation if the policy
+        blocks it. ``on_check`` gets the check as recorded (for the request's usage)."""
         started = time.monotonic()
         moderation = await self.moderation.moderate(policy.model, messages)
         verdict = moderation.verdict
         blocked = verdict.flagged and policy.action == "block"
         if verdict.flagged:
             request.moderation_flags.append({"stage": stage, "categories": list(verdict.categories), "blocked": blocked})
-        self.recorder.record(
-            GuardrailCheck(
-                team=request.team, user=request.user, chat_model=request.model, moderation_model=moderation.model,
-                stage=stage, flagged=verdict.flagged, categories=verdict.categories, action=policy.action,
-                blocked=blocked, latency_ms=(time.monotonic() - started) * 1000,
-            )
+        check = GuardrailCheck(
+            team=request.team, user=request.user, chat_model=request.model, moderation_model=moderation.model,
+            stage=stage, flagged=verdict.flagged, categories=verdict.categories, action=policy.action,
+            blocked=blocked, latency_ms=(time.monotonic() - started) * 1000,
         )
+        self.recorder.record(check)
+        if on_check is not None:
+            on_check(check)
         if blocked:
             named = ", ".join(verdict.categories) or "unspecified"
             if stage == "input":

@@ -118,6 +118,9 @@ class UsageRecord(Base):
     latency_ms: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(32))
     stop_reason: Mapped[str | None] = mapped_column(String(16))
+    # "chat", "moderation" (a /v1/moderations call), "guardrail_input" / "guardrail_output"
+    # (an automatic check of a chat's input or reply).
+    kind: Mapped[str] = mapped_column(String(24), server_default="chat", default="chat")
 
 
 class EncryptionKey(Base):

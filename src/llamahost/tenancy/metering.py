@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
@@ -28,6 +29,9 @@ from .content import ChatContent, ContentStore
 from .keys import Principal
 from .limits import Decision, LimitStore, Limits, RateLimiter, RateState
 from .usage import UsageStore, UsageWriter, new_record_id
+
+if TYPE_CHECKING:
+    from ..safety.guardrails import GuardrailCheck
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +199,22 @@ class Meter:
             latency_ms=outcome.latency_ms,
             status=outcome.status,
             stop_reason=outcome.stop_reason,
+        )
+
+    def record_check(self, check: GuardrailCheck) -> None:
+        """One usage record per guardrail check: billable work, and the audit trail of
+        what moderation said about this team's traffic."""
+        self._metering.usage_writer.record(
+            team_id=self.principal.team_id,
+            key_id=self.principal.key_id,
+            model=check.moderation_model,
+            user=self.user,
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_ms=check.latency_ms,
+            status="blocked" if check.blocked else "flagged" if check.flagged else "ok",
+            stop_reason=None,
+            kind=f"guardrail_{check.stage}",
         )
 
     def headers(self) -> dict[str, str]:

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, select
@@ -35,10 +35,18 @@ class TeamSettings(BaseModel):
     store_content: bool
     # Days stored content is kept before the purge deletes it.
     retention_days: int = Field(ge=1, le=MAX_RETENTION_DAYS)
+    # Guardrails: which chat messages are moderated automatically, and what a flag does.
+    moderation: Literal["off", "input", "input+output"]
+    moderation_action: Literal["flag", "block"]
 
     @classmethod
     def defaults(cls, config: Config) -> "TeamSettings":
-        return cls(store_content=config.content.store_content, retention_days=config.content.retention_days)
+        return cls(
+            store_content=config.content.store_content,
+            retention_days=config.content.retention_days,
+            moderation=config.moderation.mode,
+            moderation_action=config.moderation.action,
+        )
 
 
 SETTING_NAMES = tuple(TeamSettings.model_fields)
@@ -65,6 +73,12 @@ class SettingsStore:
     def _overrides(rows: list[TeamSetting]) -> dict[str, Any]:
         # A row for a setting this version does not know (written by a newer one) is ignored.
         return {r.name: json.loads(r.value) for r in rows if r.name in SETTING_NAMES}
+
+    def cached(self, team_id: int) -> TeamSettings | None:
+        """The settings if this process read them less than SETTINGS_CACHE_SECONDS ago
+        (no database access: safe on the event loop)."""
+        hit = self._cache.get(team_id)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
 
     def effective(self, team_id: int) -> TeamSettings:
         """Cached for SETTINGS_CACHE_SECONDS: a change reaches every process within that time."""

@@ -82,6 +82,7 @@ class UsageEntry:
     latency_ms: int
     status: str
     stop_reason: str | None
+    kind: str = "chat"
 
     @property
     def total_tokens(self) -> int:
@@ -182,6 +183,7 @@ class UsageStore:
                 latency_ms=r.latency_ms,
                 status=r.status,
                 stop_reason=r.stop_reason,
+                kind=r.kind,
             )
             for r in reversed(rows)
         ]
@@ -204,6 +206,7 @@ def usage_row(
     status: str,
     stop_reason: str | None,
     record_id: str | None = None,
+    kind: str = "chat",
 ) -> dict:
     return {
         "record_id": record_id or new_record_id(),
@@ -217,6 +220,7 @@ def usage_row(
         "latency_ms": round(latency_ms),
         "status": status,
         "stop_reason": stop_reason,
+        "kind": kind,
     }
 
 
@@ -240,11 +244,6 @@ class UsageWriter:
             self._queue_content(content)
         self._pending.append(usage_row(**fields))
         self._bound(self._pending, "usage records")
-        self._schedule()
-
-    def store_content(self, content: "PendingContent") -> None:
-        """Queue a call's content alone (calls without a usage record: moderation)."""
-        self._queue_content(content)
         self._schedule()
 
     def _queue_content(self, content: "PendingContent") -> None:
