@@ -9,7 +9,9 @@ beside peers measured in the same run on the same folds:
 - ``tfidf-lr``: logistic regression on word 1-2-gram TF-IDF (a lexical model);
 - ``minilm-mean-lr``: logistic regression on the plain all-MiniLM-L6-v2 sentence
   embedding (the usual embedding + linear probe), i.e. the builtin model without its
-  multi-layer pooling.
+  multi-layer pooling;
+- ``features-lr``: logistic regression (C = 0.01) on the builtin model's own features,
+  i.e. the builtin model with a linear flag head (what it shipped before the MLP).
 
 Latency: p50/p95 of one ``BuiltinClassifier.classify`` call per dev row (encoder forward
 pass + heads, one BLAS thread, as the server runs it), by source and overall.
@@ -33,7 +35,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.moderation import data, features  # noqa: E402
-from training.moderation.model import CATEGORY_C, FLAG_C, THRESHOLD, fit_heads  # noqa: E402
+from training.moderation.model import (  # noqa: E402
+    CATEGORY_C, FLAG_ALPHA, FLAG_HIDDEN, FLAG_SEEDS, THRESHOLD, fit_lr, fit_heads,
+)
 from training.moderation.train import category_rows  # noqa: E402
 
 SOURCES = ["openai_moderation", "xstest", "harmbench", "simplesafetytests"]
@@ -77,7 +81,7 @@ def cross_validate(rows, X, extra, Xextra, k, repeats):
     texts = [r.text for r in rows]
     mean_emb = X[:, 3 * DIM : 4 * DIM]
     mean_emb = mean_emb / np.linalg.norm(mean_emb, axis=1, keepdims=True)
-    results = {name: [] for name in ("builtin", "minilm-mean-lr", "tfidf-lr", "majority")}
+    results = {name: [] for name in ("builtin", "features-lr", "minilm-mean-lr", "tfidf-lr", "majority")}
     probabilities = []  # the builtin model's out-of-fold P(unsafe), per repeat
     category_hits = category_total = 0
     for repeat in range(repeats):
@@ -97,6 +101,8 @@ def cross_validate(rows, X, extra, Xextra, k, repeats):
                     category_total += 1
                     probs = heads.category_probabilities(X[i])
                     category_hits += int(data_names()[int(np.argmax(probs))] in rows[i].categories)
+            _, w, b = fit_lr(X[train], y[train].astype(int), 0.01)
+            out["features-lr"][test] = X[test] @ w[:, 0] + b[0] >= 0.0  # P >= 0.5
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 lr = LogisticRegression(C=4, max_iter=5000).fit(mean_emb[train], y[train])
@@ -155,7 +161,8 @@ def main() -> int:
     src = np.array([r.source for r in rows])
 
     print(f"{args.folds}-fold cross-validation x {args.repeats} on {args.dev.name} ({len(rows)} rows); "
-          f"builtin: flag C={FLAG_C}, threshold {THRESHOLD}; category C={CATEGORY_C}")
+          f"builtin: flag head {FLAG_SEEDS} x MLP({FLAG_HIDDEN}) alpha {FLAG_ALPHA}, threshold {THRESHOLD}; "
+          f"category C={CATEGORY_C}")
     print(f"{'source':<18} {'model':<15} {'n':>4} {'P':>6} {'R':>6} {'F1':>6} {'FPR':>6}   target")
     for source in SOURCES:
         m = src == source

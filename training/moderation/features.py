@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from llamahost.safety.builtin import featurize
-from llamahost.safety.minilm import MiniLMEncoder
+from llamahost.safety.minilm import MODEL_SHA256, MiniLMEncoder
 
 DEFAULT_CACHE = Path(os.environ.get("LLAMAHOST_MODERATION_CACHE", "/tmp/llamahost-moderation-cache"))
 
@@ -21,7 +21,8 @@ def _key(text: str) -> str:
 
 def embed(texts: list[str], cache_dir: Path = DEFAULT_CACHE, encoder: MiniLMEncoder | None = None) -> np.ndarray:
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cache_file = cache_dir / "minilm.npz"
+    # Named after the encoder file: features of another checkpoint must not be reused.
+    cache_file = cache_dir / f"minilm-{MODEL_SHA256[:12]}.npz"
     cache: dict[str, np.ndarray] = dict(np.load(cache_file)) if cache_file.exists() else {}
     missing = [t for t in dict.fromkeys(texts) if _key(t) not in cache]
     if missing:

