@@ -176,7 +176,9 @@ def main() -> None:
     port = free_port()
     servers.append(Server(
         "llama_cpp.server", [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--port", str(port),
-                             "--n_ctx", str(CONTEXT_PER_SLOT), "--n_threads", str(args.threads), "--model_alias", "bench"],
+                             "--n_ctx", str(CONTEXT_PER_SLOT), "--n_threads", str(args.threads), "--model_alias", "bench",
+                             # By default it cuts a running stream off when the next request comes in.
+                             "--interrupt_requests", "False"],
         f"http://127.0.0.1:{port}", "/v1/chat/completions", {}, "/v1/models"))
 
     table: dict[str, dict[int, tuple[float, float, float]]] = {}
