@@ -54,7 +54,7 @@ async def require_admin(request: Request) -> Principal:
 
 
 def surface_of(request: Request) -> str:
-    return "compat" if request.url.path.startswith("/compat/") else "native"
+    return "compat" if request.scope["path"].startswith("/compat/") else "native"
 
 
 def moderation_content(request: Request, model: str, messages, verdict) -> ModerationContent:
