@@ -165,9 +165,11 @@ def test_langchain_chat_openai_invoke_and_stream(server):
 
 
 class City(__import__("pydantic").BaseModel):
-    name: str
-    country: str
-    population: int
+    # Bounded fields: the grammar then closes them, where a 135M model left to itself can
+    # repeat inside a string or a number until the token budget runs out (README).
+    name: str = __import__("pydantic").Field(max_length=40)
+    country: str = __import__("pydantic").Field(max_length=40)
+    population: int = __import__("pydantic").Field(ge=0, le=100_000_000)
 
 
 WEATHER_TOOL = {

@@ -123,16 +123,19 @@ def test_settings_retention_flags_and_deletion(server_factory):
     chat(server, key, "not kept", user="alice")
     assert stored() == []
     usage = json.loads(server.cli("usage", "--team", team, "--json").stdout)
-    assert usage["totals"]["requests"] == 1 and usage["data"][0]["user"] == "alice"
+    # The chat and its guardrail check (mode "input" in CONFIG), both with the end user.
+    assert sorted(r["kind"] for r in usage["data"]) == ["chat", "guardrail_input"]
+    assert {r["user"] for r in usage["data"]} == {"alice"}
 
     patched = httpx.patch(settings_url, json={"store_content": True, "retention_days": 3}, headers=server.headers(admin),
                           timeout=30)
     assert patched.status_code == 200, patched.text
     assert patched.json() | {"updated_at": None} == {
-        "team": team, "store_content": True, "retention_days": 3, "inherited": [], "updated_at": None
+        "team": team, "store_content": True, "retention_days": 3, "moderation": "input", "moderation_action": "flag",
+        "inherited": ["moderation", "moderation_action"], "updated_at": None,
     }
     reset = httpx.patch(settings_url, json={"retention_days": None}, headers=server.headers(admin), timeout=30).json()
-    assert reset["retention_days"] == 30 and reset["inherited"] == ["retention_days"]
+    assert reset["retention_days"] == 30 and reset["inherited"] == ["retention_days", "moderation", "moderation_action"]
     # (The PATCH reached this very process, which dropped its cached settings; other
     # processes see a change within 5 s.)
     chat(server, key, "kept one", user="alice")
@@ -174,7 +177,7 @@ def test_settings_retention_flags_and_deletion(server_factory):
         assert db.execute("SELECT count(*) FROM encryption_keys WHERE team_id = ?", (team_id,)).fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM stored_requests WHERE team_id = ?", (team_id,)).fetchone() == (0,)
     records = json.loads(server.cli("usage", "--json", "--limit", "1000").stdout)["data"]
-    mine = [r for r in records if r["key_id"] == key.split("_")[1]]
+    mine = [r for r in records if r["key_id"] == key.split("_")[1] and r["kind"] == "chat"]
     assert len(mine) == 4 and {r["team"] for r in mine} == {f"(deleted team {team_id})"}
     assert {r["user"] for r in mine} == {None}  # shredded with the team's keys
     assert team not in server.cli("teams", "list").stdout
