@@ -254,12 +254,12 @@ def _usage(args) -> int:
         print(json.dumps({"data": data, "totals": {**totals.__dict__, "total_tokens": totals.total_tokens}}, indent=2))
         return 0
     print(
-        f"{'TIME (UTC)':<20} {'TEAM':<12} {'KEY':<13} {'MODEL':<28} {'USER':<16} {'STATUS':<22} "
+        f"{'TIME (UTC)':<20} {'TEAM':<12} {'KEY':<13} {'KIND':<16} {'MODEL':<28} {'USER':<16} {'STATUS':<22} "
         f"{'STOP':<7} {'PROMPT':>7} {'COMPL':>7} {'MS':>7}"
     )
     for e in entries:
         print(
-            f"{_fmt(e.created_at):<20} {e.team:<12} {e.key_id or '-':<13} {e.model:<28} {e.user or '-':<16} "
+            f"{_fmt(e.created_at):<20} {e.team:<12} {e.key_id or '-':<13} {e.kind:<16} {e.model:<28} {e.user or '-':<16} "
             f"{e.status:<22} {e.stop_reason or '-':<7} {e.prompt_tokens:>7} {e.completion_tokens:>7} {e.latency_ms:>7}"
         )
     shown = f" ({len(entries)} listed)" if len(entries) < totals.requests else ""
