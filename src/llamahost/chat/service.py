@@ -192,7 +192,7 @@ class ChatStream:
         if self._last_output is None:
             self._first_output = now
             self._ttft.observe(now - self._started)
-        else:
+        elif self.request.stream:  # between pieces a client receives; JSON replies come whole
             self._itl.observe(now - self._last_output)
         self._last_output = now
         self._output_pieces += 1

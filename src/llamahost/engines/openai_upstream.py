@@ -387,6 +387,11 @@ class OpenAIUpstreamEngine(Engine):
             finish: str | None = None
             usage: dict | None = None
             done = False
+            # A client that is not streaming gets the first piece at once (time to first
+            # token means the same for every request) and the rest in one piece: each
+            # event costs a trip through the service, which only a stream needs.
+            coalesce = not prepared.request.stream
+            held: list[str] = []
             lines = response.aiter_lines()
             while True:
                 try:
@@ -425,9 +430,15 @@ class OpenAIUpstreamEngine(Engine):
                     content = delta.get("content")
                     if content:
                         text.append(content)
-                        streamed = True
-                        yield TextOut(content)
+                        if coalesce and streamed:
+                            held.append(content)
+                        else:
+                            streamed = True
+                            yield TextOut(content)
                     for call in delta.get("tool_calls") or ():
+                        if held:
+                            yield TextOut("".join(held))
+                            held.clear()
                         function = call.get("function") or {}
                         arguments = function.get("arguments") or ""
                         text.append(arguments)
@@ -442,6 +453,8 @@ class OpenAIUpstreamEngine(Engine):
                 if not streamed:
                     raise _Retry(reason)
                 raise UpstreamBroken(f"upstream {replica.url}: {reason}", completion_tokens=self._counter.count("".join(text)))
+            if held:
+                yield TextOut("".join(held))
             prompt_tokens = prepared.prompt_tokens
             completion_tokens = None
             if usage:
