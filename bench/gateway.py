@@ -14,7 +14,7 @@ For JSON (non-streaming) requests llamahost runs twice: as configured by default
 Needs LiteLLM's proxy, which is not a llamahost dependency:
 
     .venv/bin/pip install 'litellm[proxy]'
-    .venv/bin/python bench/gateway.py [--requests 400] [--concurrency 32] [--seconds 6] [--stream]
+    .venv/bin/python bench/gateway.py [--requests 400] [--concurrency 32] [--seconds 12] [--stream]
 
 Both gateways run one process at warning-level logging (no per-request log lines)
 and check a key on every request: LiteLLM its master key (no database), llamahost an
@@ -241,7 +241,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=400, help="sequential requests per target for latency")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=6.0, help="throughput run length per target")
+    parser.add_argument("--seconds", type=float, default=12.0, help="throughput run length per target")
     parser.add_argument("--stream", action="store_true", help="streaming requests instead of JSON ones")
     parser.add_argument("--stub", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
