@@ -70,10 +70,10 @@ class Meter(Protocol):
         """Called before generating, with the backing model's id and the most tokens the
         request can use; raising (e.g. a 429) refuses it."""
 
-    def end(self, outcome: Outcome) -> Awaitable[None]:
-        """Called exactly once. Must start its work before returning and update what the
-        caller's response reports (rate-limit headers) at once; the service never waits
-        for the rest (settling counters, writing usage)."""
+    def end(self, outcome: Outcome) -> None:
+        """Called exactly once, never blocks: updates what the caller's response reports
+        (rate-limit headers) at once and leaves the rest (settling counters, writing
+        usage) running in the background."""
 
     def record_check(self, check: GuardrailCheck) -> None:
         """A guardrail moderation check made for this request."""
@@ -173,11 +173,11 @@ class ChatStream:
 
     def _end_meter(
         self, status: str, prompt_tokens: int, completion_tokens: int, stop_reason: str | None = None
-    ) -> Awaitable[None] | None:
+    ) -> None:
         """Tell the meter once how the request ended. Without the engine's final count, a
         request is charged its prompt and the pieces it produced (a lower bound)."""
         if self._meter is None:
-            return None
+            return
         meter, self._meter = self._meter, None
         latency_ms = (time.monotonic() - self._started) * 1000
         calls = tuple(ToolCall(id=i, name=n, arguments=a) for i, n, a in self._calls)
@@ -185,7 +185,7 @@ class ChatStream:
             status, self.request.model, prompt_tokens, completion_tokens, stop_reason, latency_ms,
             text="".join(self._text), tool_calls=calls,
         )
-        return meter.end(outcome)
+        meter.end(outcome)
 
     def _observe_output(self) -> None:
         now = time.monotonic()

@@ -95,7 +95,7 @@ class Meter:
         self._limits: Limits | None = None
         self._ticket: str | None = None
         self._reserved = 0
-        self._end: asyncio.Task | None = None
+        self._ended = False
 
     async def admit(self, model_id: str, prompt_tokens: int, max_tokens: int) -> None:
         metering = self._metering
@@ -149,27 +149,31 @@ class Meter:
         obs.RATE_LIMIT_REJECTIONS.labels(code).inc()
         return RateLimited(message, code=code, headers=headers)
 
-    def end(self, outcome: Outcome) -> Awaitable[None]:
-        """Settle the reservation and record usage, in the background: the response does
-        not wait for them. Its headers count the real usage at once: the state seen at
-        admission with this request's reservation replaced by what it used (the settlement
-        makes the shared counters agree a round trip later)."""
-        if self._end is None:
-            if self._ticket is not None and self.state is not None:
+    def end(self, outcome: Outcome) -> None:
+        """Record usage and settle the reservation without making the response wait: the
+        usage record is queued (the writer batches it), the settlement runs as a task. The
+        response's headers count the real usage at once: the state seen at admission with
+        this request's reservation replaced by what it used (the settlement makes the
+        shared counters agree a round trip later)."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._ticket is not None:
+            if self.state is not None:
                 used = outcome.prompt_tokens + outcome.completion_tokens
                 self.state = replace(self.state, tokens=max(0, self.state.tokens - self._reserved + used))
-            self._end = self._metering._spawn(self._finish(outcome))
-        return self._end
+            self._metering._spawn(self._settle(outcome.prompt_tokens + outcome.completion_tokens))
+        self._record_usage(outcome)
 
-    async def _finish(self, outcome: Outcome) -> None:
-        metering = self._metering
-        if self._ticket is not None:
-            assert metering.limiter is not None and self._key is not None and self._limits is not None
-            try:
-                tokens = outcome.prompt_tokens + outcome.completion_tokens
-                await metering.limiter.settle(self._key, self._ticket, tokens, self._limits)
-            except Exception:  # the reservation stands: the team is over- not under-charged
-                log.exception("could not settle a rate-limit reservation")
+    async def _settle(self, tokens: int) -> None:
+        limiter = self._metering.limiter
+        assert limiter is not None and self._key is not None and self._ticket is not None and self._limits is not None
+        try:
+            await limiter.settle(self._key, self._ticket, tokens, self._limits)
+        except Exception:  # the reservation stands: the team is over- not under-charged
+            log.exception("could not settle a rate-limit reservation")
+
+    def _record_usage(self, outcome: Outcome) -> None:
         content = None
         if self._request is not None:
             # The writer's thread decides (the team's store_content) and encrypts.
@@ -188,12 +192,9 @@ class Meter:
                 outcome=outcome,
                 request_id=self._request_id,
             )
-        metering.usage_writer.record(
+        self._record(
             content=content,
-            team_id=self.principal.team_id,
-            key_id=self.principal.key_id,
             model=outcome.model,
-            user=self.user,
             prompt_tokens=outcome.prompt_tokens,
             completion_tokens=outcome.completion_tokens,
             latency_ms=outcome.latency_ms,
@@ -204,17 +205,20 @@ class Meter:
     def record_check(self, check: GuardrailCheck) -> None:
         """One usage record per guardrail check: billable work, and the audit trail of
         what moderation said about this team's traffic."""
-        self._metering.usage_writer.record(
-            team_id=self.principal.team_id,
-            key_id=self.principal.key_id,
+        self._record(
             model=check.moderation_model,
-            user=self.user,
             prompt_tokens=0,
             completion_tokens=0,
             latency_ms=check.latency_ms,
             status="blocked" if check.blocked else "flagged" if check.flagged else "ok",
             stop_reason=None,
             kind=f"guardrail_{check.stage}",
+        )
+
+    def _record(self, **fields) -> None:
+        """Queue a usage record of this request's key and end user."""
+        self._metering.usage_writer.record(
+            team_id=self.principal.team_id, key_id=self.principal.key_id, user=self.user, **fields
         )
 
     def headers(self) -> dict[str, str]:
