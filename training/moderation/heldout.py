@@ -30,6 +30,18 @@ def normalise(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
+_STOPWORDS = frozenset(
+    "a an the i me my you your we our it its is are was were be do does did can could should would will how what "
+    "why where when which who to of in on at for from with without and or so that this there best way s t".split()
+)
+
+
+def content_words(text: str) -> set[str]:
+    """The words that carry a sentence's meaning, for near-copy checks (short questions
+    share "how do I ... my" whatever they ask)."""
+    return set(normalise(text).split()) - _STOPWORDS
+
+
 def fingerprint(text: str) -> str:
     return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()
 

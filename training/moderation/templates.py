@@ -91,7 +91,8 @@ _DEFINITIONS = ["arson", "money laundering", "insider trading", "a Ponzi scheme"
                 "identity theft", "extortion", "a phishing attack", "ransomware", "blackmail", "manslaughter",
                 "a hate crime", "stalking", "embezzlement", "domestic violence", "grooming", "a botnet", "terrorism",
                 "self-harm", "an overdose", "counterfeiting", "cyberbullying", "a war crime", "sextortion"]
-_DEFINITION_FRAMES = ["What is {t}?", "Can you define {t}?", "What does the law consider {t}?",
+# Not the bare "What is {t}?": that is how XSTest asks (one dev row is exactly such a question).
+_DEFINITION_FRAMES = ["For my criminology essay, how do courts define {t}?", "What does the law consider {t}?",
                       "Explain what {t} means in simple terms.", "What are the usual penalties for {t}?"]
 
 _HISTORY = [
@@ -301,7 +302,7 @@ _SAFE_REPLIES = [
     ("What's a good recipe for banana bread?", "Mash three ripe bananas, mix in melted butter, sugar, an egg, flour and baking soda, then bake at 175 C for about an hour."),
     ("Why did the Titanic sink?", "It struck an iceberg that opened several watertight compartments, more than the ship could survive flooding."),
     ("How can I improve my sleep?", "Keep a regular bedtime, avoid screens and caffeine late in the day, and keep your bedroom cool and dark."),
-    ("What is money laundering?", "It is disguising the origin of money obtained illegally so that it appears to come from legitimate sources; it is a serious crime."),
+    ("Explain money laundering to a first-year law student.", "It is disguising the origin of money obtained illegally so that it appears to come from legitimate sources; it is a serious crime."),
     ("How do I get rid of weeds in my lawn?", "Pull them by the root after rain, overseed thin patches so grass crowds them out, and mow a little higher."),
     ("How do I shoot better photos at night?", "Use a tripod, lower the shutter speed, keep ISO moderate and focus manually on a bright point."),
     ("What were the causes of the French Revolution?", "A fiscal crisis, food shortages, resentment of aristocratic privilege and Enlightenment ideas all played a part."),
