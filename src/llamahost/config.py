@@ -28,6 +28,27 @@ HOSTED_CATALOG_ALIASES = [
 ]
 
 
+# --- environment variables --------------------------------------------------------------
+# Every environment variable llamahost reads is named and read here (and listed in the
+# README's "Environment variables" table), so a deployment has one place to look. They
+# are read when asked, not at import: tests and `serve --workers` set them per process.
+# (PROMETHEUS_MULTIPROC_DIR is prometheus-client's own; per-model `api_key_env` names a
+# variable the operator chooses.)
+ENV_CONFIG = "LLAMAHOST_CONFIG"  # the TOML config file
+ENV_DATA_DIR = "LLAMAHOST_DATA_DIR"  # where state lives
+ENV_DATABASE_URL = "LLAMAHOST_DATABASE_URL"  # PostgreSQL (or another SQLAlchemy URL) instead of SQLite
+ENV_REDIS_URL = "LLAMAHOST_REDIS_URL"  # shared rate-limit counters for replicas
+ENV_REDIS_PREFIX = "LLAMAHOST_REDIS_PREFIX"  # key prefix in that Redis (default "llamahost:")
+ENV_MASTER_KEY = "LLAMAHOST_MASTER_KEY"  # the master key itself (required with PostgreSQL)
+ENV_MASTER_KEY_FILE = "LLAMAHOST_MASTER_KEY_FILE"  # where the master key file is (default: data dir)
+ENV_WORKER_CONFIG = "LLAMAHOST_WORKER_CONFIG"  # internal: the parent's config, handed to `--workers` processes
+
+
+def env(name: str) -> str | None:
+    """The variable's value; unset and empty are the same (None)."""
+    return os.environ.get(name) or None
+
+
 class ConfigError(Exception):
     """The configuration file or environment is invalid; the message says where."""
 
@@ -107,7 +128,7 @@ class ModelConfig(_Strict):
     upstream_streaming: Literal["always", "as_requested"] = "always"
 
     @model_validator(mode="after")
-    def _engine_keys(self) -> "ModelConfig":
+    def _engine_keys(self) -> ModelConfig:
         upstream_keys = (
             "replicas", "upstream_model", "api_key", "api_key_env", "connect_timeout", "read_timeout",
             "total_timeout", "max_attempts", "health_check_interval", "health_check_path",
@@ -167,7 +188,7 @@ class ServerConfig(_Strict):
     metrics: bool = True
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> "ServerConfig":
+    def _tls_pair(self) -> ServerConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
         return self
@@ -185,6 +206,9 @@ class LimitsConfig(_Strict):
 # the usual abuse-monitoring retention of hosted model APIs.
 DEFAULT_RETENTION_DAYS = 30
 MAX_RETENTION_DAYS = 36500
+# A key's lifetime, bounded so an expiry date stays a representable time (a huge value
+# once overflowed datetime arithmetic into a 500).
+MAX_KEY_EXPIRY_DAYS = 36500
 
 
 class ContentConfig(_Strict):
@@ -213,7 +237,7 @@ class ImagesConfig(_Strict):
     allow_private_networks: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _networks(self) -> "ImagesConfig":
+    def _networks(self) -> ImagesConfig:
         for network in self.allow_private_networks:
             try:
                 ipaddress.ip_network(network, strict=False)
@@ -242,7 +266,7 @@ class ModerationModelConfig(_Strict):
         return [self.id, *self.aliases]
 
     @model_validator(mode="after")
-    def _provider_fields(self) -> "ModerationModelConfig":
+    def _provider_fields(self) -> ModerationModelConfig:
         if self.provider == "llama-guard" and not self.model:
             raise ValueError(f"moderation model {self.id!r}: provider 'llama-guard' needs 'model' (a configured chat model)")
         if self.provider == "builtin" and self.model:
@@ -270,7 +294,7 @@ class Config(_Strict):
     moderation: GuardrailConfig = Field(default_factory=GuardrailConfig)
 
     @model_validator(mode="after")
-    def _default_models_and_unique_names(self) -> "Config":
+    def _default_models_and_unique_names(self) -> Config:
         if not self.models:
             self.models = [ModelConfig(id=BUNDLED_MODEL_ID, aliases=list(HOSTED_CATALOG_ALIASES))]
         if not self.moderation_models:
@@ -321,7 +345,7 @@ def load_config(
     tls_key: str | None = None,
 ) -> Config:
     """Build the effective configuration; raises ConfigError with a readable message."""
-    config_path = config_path or os.environ.get("LLAMAHOST_CONFIG") or None
+    config_path = config_path or env(ENV_CONFIG)
     raw: dict = {}
     if config_path:
         path = Path(config_path)
@@ -339,7 +363,7 @@ def load_config(
         )
         raise ConfigError(f"invalid configuration{f' in {config_path}' if config_path else ''}: {problems}") from None
 
-    env_data_dir = os.environ.get("LLAMAHOST_DATA_DIR")
+    env_data_dir = env(ENV_DATA_DIR)
     chosen = data_dir or env_data_dir or config.server.data_dir or default_data_dir()
     config.server.data_dir = Path(chosen).expanduser().resolve()
     if host is not None:
@@ -350,7 +374,7 @@ def load_config(
         if not (tls_cert and tls_key):
             raise ConfigError("--tls-cert and --tls-key must be given together")
         config.server.tls_cert, config.server.tls_key = Path(tls_cert), Path(tls_key)
-    for path in (config.server.tls_cert, config.server.tls_key):
-        if path is not None and not path.is_file():
-            raise ConfigError(f"TLS file not found: {path}")
+    for tls_file in (config.server.tls_cert, config.server.tls_key):
+        if tls_file is not None and not tls_file.is_file():
+            raise ConfigError(f"TLS file not found: {tls_file}")
     return config

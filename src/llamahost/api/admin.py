@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -15,6 +15,7 @@ from ..tenancy.limits import LimitRow, limits_model_id
 from ..tenancy.scope import OPERATOR, Scope
 from ..tenancy.teams import TeamInfo
 from .common import parse_body, require_admin
+from .services import Services
 from .tenancy_views import effective_limits, key_view, usage_list, usage_summary
 
 router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
@@ -158,3 +159,7 @@ async def summarize_usage(
     return await usage_summary(
         request, scope(request), team=team, since=since, until=until, bucket=bucket, top_users=top_users
     )
+
+
+def attach(app: FastAPI, services: Services) -> None:
+    app.include_router(router)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..protocol import admin as wire
@@ -15,6 +15,7 @@ from ..tenancy.settings import SettingsView
 from ..tenancy.usage import parse_time
 from .admin import scope, services
 from .common import parse_body, require_admin
+from .services import Services
 
 router = APIRouter(prefix="/admin/v1/teams/{team}", dependencies=[Depends(require_admin)])
 
@@ -88,3 +89,7 @@ async def get_stored_request(team: str, record_id: str, request: Request) -> wir
     s = services(request)
     await s.metering.usage_writer.flush()
     return _stored(await run_in_threadpool(s.content.get, scope(request), team, record_id))
+
+
+def attach(app: FastAPI, services: Services) -> None:
+    app.include_router(router)

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-
-from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -19,13 +18,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import observability as obs
 from ..chat.service import ChatStream
-from ..chat.types import ChatRequest, ChatResult, ImageInput
-from ..protocol.errors import APIError, InvalidRequest, PayloadTooLarge, PermissionDenied, UnsupportedMediaType
+from ..errors import APIError, InvalidRequest, PayloadTooLarge, PermissionDenied, UnsupportedMediaType
+from ..tenancy.content import ModerationContent
 from ..tenancy.keys import Principal
 from ..tenancy.metering import Meter
-from ..tenancy.content import ModerationContent
 from ..tenancy.scope import ADMIN, OPERATOR
 from ..tenancy.usage import new_record_id
+from ..types.chat import ChatRequest, ChatResult, ImageInput
 from .errors import error_response
 
 M = TypeVar("M", bound=BaseModel)

@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 
 from ..chat.service import ChatStream
-from ..chat.types import ChatMessage, ChatRequest, ChatResult, SamplingParams, TextChunk, ToolCall, ToolSpec
 from ..engines.registry import ModelEntry
+from ..errors import APIError, InvalidRequest
 from ..protocol import compat as wire
-from ..protocol.errors import APIError, InvalidRequest
+from ..types.chat import ChatMessage, ChatRequest, ChatResult, SamplingParams, TextChunk, ToolCall, ToolSpec
 from .common import authenticate, content_images, content_text, parse_body, serve_chat
+from .services import Services
 
 router = APIRouter(prefix="/compat/v1", dependencies=[Depends(authenticate)])
 
@@ -73,9 +74,7 @@ def to_chat_request(body: wire.ChatCompletionRequest) -> ChatRequest:
     if body.logprobs or body.top_logprobs:
         raise InvalidRequest("logprobs are not returned by this server", param="logprobs" if body.logprobs else "top_logprobs")
     defaults = SamplingParams()
-    tool_choice = body.tool_choice
-    if isinstance(tool_choice, wire.NamedToolChoice):
-        tool_choice = tool_choice.function.name
+    tool_choice = body.tool_choice.function.name if isinstance(body.tool_choice, wire.NamedToolChoice) else body.tool_choice
     return ChatRequest(
         model=body.model,
         messages=[_message(i, m) for i, m in enumerate(body.messages)],
@@ -116,7 +115,9 @@ def to_response(result: ChatResult) -> dict:
         model=result.model,
         choices=[
             wire.Choice(
-                message=wire.AssistantOut(content=result.text if result.text or not tool_calls else None, tool_calls=tool_calls or None),
+                message=wire.AssistantOut(
+                    content=result.text if result.text or not tool_calls else None, tool_calls=tool_calls or None
+                ),
                 finish_reason=result.stop_reason,
             )
         ],
@@ -197,3 +198,7 @@ async def list_models(request: Request) -> wire.ModelList:
 @router.get("/models/{model_id:path}", response_model=wire.Model)
 async def retrieve_model(model_id: str, request: Request) -> wire.Model:
     return _model(request.app.state.services.registry.resolve(model_id))
+
+
+def attach(app: FastAPI, services: Services) -> None:
+    app.include_router(router)

@@ -6,11 +6,14 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..chat.service import ChatStream
-from ..chat.types import (
+from ..engines.registry import ModelEntry
+from ..errors import APIError, InvalidRequest
+from ..protocol import native as wire
+from ..types.chat import (
     ChatMessage,
     ChatRequest,
     ChatResult,
@@ -20,9 +23,6 @@ from ..chat.types import (
     ToolSpec,
     Usage,
 )
-from ..protocol import native as wire
-from ..protocol.errors import APIError, InvalidRequest
-from ..engines.registry import ModelEntry
 from .common import (
     ClientDisconnected,
     authenticate,
@@ -33,6 +33,7 @@ from .common import (
     serve_chat,
     unless_disconnected,
 )
+from .services import Services
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
 
@@ -55,9 +56,7 @@ def _message(index: int, message: wire.Message) -> ChatMessage:
 
 def to_chat_request(body: wire.ChatCompletionRequest) -> ChatRequest:
     defaults = SamplingParams()
-    tool_choice = body.tool_choice
-    if isinstance(tool_choice, wire.NamedToolChoice):
-        tool_choice = tool_choice.function.name
+    tool_choice = body.tool_choice.function.name if isinstance(body.tool_choice, wire.NamedToolChoice) else body.tool_choice
     json_schema = None
     if isinstance(body.response_format, wire.JSONSchemaFormat):
         json_schema = body.response_format.json_schema.schema_
@@ -209,3 +208,7 @@ async def retrieve_model(model_id: str, request: Request) -> wire.ModelCard:
 
 def _card(entry: ModelEntry) -> wire.ModelCard:
     return wire.ModelCard(**entry.card())
+
+
+def attach(app: FastAPI, services: Services) -> None:
+    app.include_router(router)

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from ..errors import InvalidRequest
 from ..protocol import admin as wire
 from ..protocol import team as team_wire
-from ..protocol.errors import InvalidRequest
 from ..tenancy.keys import KEY_PREFIX, Principal
 from ..tenancy.scope import Scope
 from .common import authenticate, parse_body
+from .services import Services
 from .tenancy_views import effective_limits, key_view, usage_list, usage_summary
-
 
 
 async def _no_team_parameter(request: Request) -> None:
@@ -110,3 +110,7 @@ async def summarize_team_usage(
 @router.get("/limits", response_model=wire.EffectiveLimits)
 async def team_limits(request: Request) -> wire.EffectiveLimits:
     return await effective_limits(request, _own_team(request), _principal(request).team_name)
+
+
+def attach(app: FastAPI, services: Services) -> None:
+    app.include_router(router)

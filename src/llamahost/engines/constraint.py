@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from ..protocol.errors import InvalidRequest
+from ..errors import InvalidRequest
 
 
 class GrammarCompiler:

@@ -21,19 +21,19 @@ import asyncio
 import importlib.resources
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import observability as obs
-from ..chat.tools import ToolFormat, ToolStreamParser, format_for_template, render_messages
-from ..chat.types import ChatRequest
 from ..config import ModelConfig
-from ..protocol.errors import ServiceUnavailable
+from ..errors import ServiceUnavailable
+from ..types.chat import ChatRequest
 from .base import Engine, EngineEvent, Finished, PreparedPrompt
 from .constraint import Constraint, GrammarCompiler
 from .llamacpp_vision import Projector, VisionPrompt, resolve_projector_path, with_markers
 from .scheduler import BatchScheduler, Job
+from .tool_format import ToolFormat, ToolStreamParser, format_for_template, render_messages
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class LlamaCppEngine(Engine):
         prepared = _Prepared(tokens, constraint, fmt.stream_parser(request), vision)
         return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=prepared)
 
-    async def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncIterator[EngineEvent]:
+    async def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncGenerator[EngineEvent, None]:
         scheduler = self._scheduler
         assert scheduler is not None
         parallel = self.config.parallel

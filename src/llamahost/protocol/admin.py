@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
-from ..config import MAX_RETENTION_DAYS
+from ..config import MAX_KEY_EXPIRY_DAYS, MAX_RETENTION_DAYS
 
 
 class _Strict(BaseModel):
@@ -29,7 +29,7 @@ class KeyCreate(_Strict):
     team: str = Field(min_length=1, max_length=128)
     name: str | None = Field(default=None, max_length=256)
     role: Literal["member", "admin", "operator"] = "member"
-    expires_in_days: StrictFloat | StrictInt | None = Field(default=None, gt=0)
+    expires_in_days: StrictFloat | StrictInt | None = Field(default=None, gt=0, le=MAX_KEY_EXPIRY_DAYS)
 
 
 class Key(BaseModel):

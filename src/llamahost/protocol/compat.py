@@ -7,11 +7,12 @@ surface: an unknown field or a wrong type is a 400 naming it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..chat.types import MAX_TOKENS_LIMIT
+from ..types.chat import MAX_TOKENS_LIMIT
+
 # Tools and tool_choice have the same shape on both surfaces.
 from .native import NamedToolChoice, Tool
 
@@ -39,7 +40,7 @@ class ImagePart(_Request):
     image_url: ImageURL
 
 
-UserPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+UserPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class FunctionCall(_Request):
@@ -79,7 +80,7 @@ class ToolMessage(_Request):
     tool_call_id: str
 
 
-Message = Annotated[Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")]
+Message = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
 
 
 class JSONSchemaSpec(_Request):
@@ -102,7 +103,7 @@ class TextFormat(_Request):
     type: Literal["text"]
 
 
-ResponseFormat = Annotated[Union[JSONSchemaFormat, JSONObjectFormat, TextFormat], Field(discriminator="type")]
+ResponseFormat = Annotated[JSONSchemaFormat | JSONObjectFormat | TextFormat, Field(discriminator="type")]
 
 
 class StreamOptions(_Request):

@@ -7,11 +7,11 @@ naming the field rather than a silently different request.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..chat.types import MAX_TOKENS_LIMIT
+from ..types.chat import MAX_TOKENS_LIMIT
 
 
 class _Request(BaseModel):
@@ -39,7 +39,7 @@ class ImageItem(_Request):
     image_url: ImageURL
 
 
-UserContentItem = Annotated[Union[TextItem, ImageItem], Field(discriminator="type")]
+UserContentItem = Annotated[TextItem | ImageItem, Field(discriminator="type")]
 
 
 # --- messages ------------------------------------------------------------------
@@ -82,7 +82,7 @@ class ToolMessage(_Request):
 
 
 Message = Annotated[
-    Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
 ]
 
 
@@ -126,7 +126,7 @@ class TextFormat(_Request):
     type: Literal["text"]
 
 
-ResponseFormat = Annotated[Union[JSONSchemaFormat, TextFormat], Field(discriminator="type")]
+ResponseFormat = Annotated[JSONSchemaFormat | TextFormat, Field(discriminator="type")]
 
 
 class ChatCompletionRequest(_Request):

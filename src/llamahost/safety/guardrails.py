@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from starlette.concurrency import run_in_threadpool
 
-from ..chat.types import ChatMessage, ChatRequest
 from ..config import GuardrailConfig
-from ..protocol.errors import ContentPolicyViolation
+from ..errors import ContentPolicyViolation
+from ..types.chat import ChatMessage, ChatRequest
+from ..types.moderation import GuardrailCheck, Stage
 from .llama_guard import Verdict
 from .service import ModerationService
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llamahost.moderation")
 
-Stage = Literal["input", "output"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class GuardrailPolicy:
     model: str  # moderation model name
 
     @classmethod
-    def from_config(cls, config: GuardrailConfig) -> "GuardrailPolicy":
+    def from_config(cls, config: GuardrailConfig) -> GuardrailPolicy:
         return cls(mode=config.mode, action=config.action, model=config.model)
 
     @property
@@ -53,22 +53,6 @@ class GuardrailPolicy:
     @property
     def checks_output(self) -> bool:
         return self.mode == "input+output"
-
-
-@dataclass(frozen=True)
-class GuardrailCheck:
-    """One moderation check, as recorded."""
-
-    team: str | None
-    user: str | None
-    chat_model: str
-    moderation_model: str
-    stage: Stage
-    flagged: bool
-    categories: tuple[str, ...]
-    action: str
-    blocked: bool
-    latency_ms: float
 
 
 class CheckRecorder(Protocol):
@@ -150,3 +134,23 @@ class Guardrails:
                 code="output_flagged",
             )
         return verdict
+
+    async def check_input(
+        self, request: ChatRequest, on_check: Callable[[GuardrailCheck], None] | None = None
+    ) -> Callable[[str], Awaitable[object]] | None:
+        """The chat service's ``Guard``: check the input under the request's policy and
+        return the check its reply must pass (None when replies are not checked)."""
+        policy = await self.policy_for(request)
+        if policy is None:
+            return None
+        if policy.checks_input:
+            await self.check(request, policy, "input", request.messages, on_check)
+        if not policy.checks_output:
+            return None
+
+        async def check_output(text: str) -> object:
+            reply = ChatMessage(role="assistant", content=text)
+            return await self.check(request, policy, "output", [*request.messages, reply], on_check)
+
+        return check_output
+

@@ -7,18 +7,19 @@ PostgreSQL (or another SQLite file) instead. Both run the same Alembic migration
 from __future__ import annotations
 
 import logging
-import os
-from datetime import UTC, datetime
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from ..config import ENV_DATABASE_URL, env
 
 if TYPE_CHECKING:
     from .crypto import MasterKey
@@ -31,7 +32,7 @@ _MIGRATION_LOCK_ID = 0x6C6C6D6867  # "llmhg"
 
 
 def database_url(data_dir: Path) -> str:
-    url = os.environ.get("LLAMAHOST_DATABASE_URL")
+    url = env(ENV_DATABASE_URL)
     if url:
         # SQLAlchemy names the psycopg 3 driver explicitly; accept the plain scheme people paste.
         if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -40,6 +41,10 @@ def database_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'llamahost.db'}"
 
 
+@overload
+def aware_utc(value: datetime) -> datetime: ...
+@overload
+def aware_utc(value: None) -> None: ...
 def aware_utc(value: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes even for timezone=True columns; they were written as UTC."""
     if value is not None and value.tzinfo is None:
@@ -55,7 +60,7 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def migrate(self, master: "MasterKey") -> None:
+    def migrate(self, master: MasterKey) -> None:
         """Upgrade to the newest schema. Migrations that encrypt existing rows use
         ``master`` (see ``store/keyring.py``)."""
         cfg = AlembicConfig()

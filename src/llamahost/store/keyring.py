@@ -55,15 +55,15 @@ class Sealed:
     field: str
 
     @classmethod
-    def team_name(cls, team_id: int) -> "Sealed":
+    def team_name(cls, team_id: int) -> Sealed:
         return cls("teams", team_id, "name")
 
     @classmethod
-    def key_label(cls, key_id: str) -> "Sealed":
+    def key_label(cls, key_id: str) -> Sealed:
         return cls("api_keys", key_id, "name")
 
     @classmethod
-    def usage_user(cls, record_id: str) -> "Sealed":
+    def usage_user(cls, record_id: str) -> Sealed:
         return cls("usage_records", record_id, "user")
 
 
@@ -97,7 +97,7 @@ class Keyring:
     # --- opening --------------------------------------------------------------------
 
     @classmethod
-    def load(cls, db: Database, master: MasterKey) -> "Keyring":
+    def load(cls, db: Database, master: MasterKey) -> Keyring:
         """Unwrap the index key: this is where a wrong master key is caught, at start."""
         with db.session() as s:
             row = s.scalar(select(EncryptionKey).where(EncryptionKey.team_id.is_(None), EncryptionKey.purpose == INDEX))

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, func, select, update
 
-from ..protocol.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
+from ..errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from ..store.db import Database
 from ..store.db import aware_utc as _aware
 from ..store.keyring import Keyring, Sealed

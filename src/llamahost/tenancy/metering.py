@@ -21,17 +21,16 @@ from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
-from ..chat.service import Outcome
-from ..chat.types import ChatRequest
 from .. import observability as obs
-from ..protocol.errors import RateLimited
+from ..errors import RateLimited
+from ..types.chat import ChatRequest, Outcome
 from .content import ChatContent, ContentStore
 from .keys import Principal
-from .limits import Decision, LimitStore, Limits, RateLimiter, RateState
+from .limits import Decision, Limits, LimitStore, RateLimiter, RateState
 from .usage import UsageStore, UsageWriter, new_record_id
 
 if TYPE_CHECKING:
-    from ..safety.guardrails import GuardrailCheck
+    from ..types.moderation import GuardrailCheck
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..protocol.errors import InvalidRequest, NotFound
+from ..errors import InvalidRequest, NotFound
 from ..store.db import Database, aware_utc
 from ..store.keyring import Keyring, Sealed, seal_with
 from ..store.models import ApiKey, RateLimit, StoredRequest, Team, TeamSetting

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -19,14 +20,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, insert, select
 from starlette.concurrency import run_in_threadpool
 
-from ..protocol.errors import InvalidRequest
+from ..errors import InvalidRequest
 from ..store.crypto import CryptoError
 from ..store.db import Database, aware_utc
 from ..store.keyring import Keyring, Sealed
 from ..store.models import StoredRequest, UsageRecord
 from .scope import Scope, user_filter
 from .teams import TeamStore
-
 from .usage_summary import UsageSummary, summarize_usage
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class UsageStore:
                 log.warning("usage record of team %d stored without its user: %s", team_id, exc)
         return row
 
-    def write_rows(self, rows: list[dict[str, Any]], content_rows: list[dict[str, Any]] = ()) -> None:
+    def write_rows(self, rows: list[dict[str, Any]], content_rows: Sequence[dict[str, Any]] = ()) -> None:
         """Insert usage rows (``user`` encrypted here) and already encrypted stored-content
         rows, in one transaction."""
         sealed = [self._sealed(row) for row in rows]
@@ -228,7 +228,7 @@ class UsageWriter:
     """Queues usage records and stored content in the event loop and writes them in
     batches from a thread (where the encryption happens too)."""
 
-    def __init__(self, store: UsageStore, content: "ContentStore | None" = None) -> None:
+    def __init__(self, store: UsageStore, content: ContentStore | None = None) -> None:
         self.store = store
         self.content = content
         self._pending: list[dict] = []
@@ -236,7 +236,7 @@ class UsageWriter:
         self._flusher: asyncio.Task | None = None
         self._wake = asyncio.Event()
 
-    def record(self, *, content: "PendingContent | None" = None, **fields) -> None:
+    def record(self, *, content: PendingContent | None = None, **fields) -> None:
         """Queue one usage record (fields as ``usage_row``) and, if given, the
         call's content under the same record id; never blocks."""
         if content is not None:
@@ -246,7 +246,7 @@ class UsageWriter:
         self._bound(self._pending, "usage records")
         self._schedule()
 
-    def _queue_content(self, content: "PendingContent") -> None:
+    def _queue_content(self, content: PendingContent) -> None:
         if self.content is not None:
             self._pending_content.append(content)
             self._bound(self._pending_content, "stored requests")
@@ -270,7 +270,7 @@ class UsageWriter:
         self._wake.clear()
         await self._write_pending()
 
-    def _write(self, rows: list[dict], contents: list["PendingContent"]) -> None:
+    def _write(self, rows: list[dict], contents: list[PendingContent]) -> None:
         content_rows = self.content.rows(contents) if self.content is not None and contents else []
         self.store.write_rows(rows, content_rows)
 

@@ -12,18 +12,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from sqlalchemy import case, func, select
+from sqlalchemy import ColumnElement, case, func, select
 
-from ..protocol.errors import InvalidRequest
+from ..errors import InvalidRequest
+from ..store.db import Database
 from ..store.functions import epoch_seconds
-from ..store.keyring import Sealed
+from ..store.keyring import Keyring, Sealed
 from ..store.models import Team, UsageRecord
 from .scope import Scope
-
-if TYPE_CHECKING:
-    from .usage import UsageStore
+from .teams import TeamStore
 
 # The status a usage record gets when a rate limit refused its request (RateLimited.error_type).
 RATE_LIMITED_STATUS = "rate_limit_error"
@@ -66,6 +65,16 @@ class Bucket:
     counts: Counts
 
 
+
+class UsageSource(Protocol):
+    """What a summary reads (the usage store has it): declared here so the store can
+    offer summaries without this module importing the store back."""
+
+    db: Database
+    keyring: Keyring
+    teams: TeamStore
+
+
 @dataclass(frozen=True)
 class UsageSummary:
     since: datetime
@@ -84,7 +93,7 @@ def _counts(requests, prompt, completion, rate_limited) -> Counts:
 
 
 def summarize_usage(
-    store: "UsageStore",
+    store: UsageSource,
     scope: Scope,
     *,
     team: str | None = None,
@@ -118,7 +127,8 @@ def summarize_usage(
         func.sum(case((UsageRecord.status == RATE_LIMITED_STATUS, 1), else_=0)),
     )
     # Floor division: SQLAlchemy 2 renders `//` as integer division on both dialects.
-    start = (epoch_seconds(UsageRecord.created_at) // bucket_seconds) * bucket_seconds
+    seconds: ColumnElement[int] = epoch_seconds(UsageRecord.created_at)
+    start = (seconds // bucket_seconds) * bucket_seconds
     with store.db.session() as s:
         by_bucket = s.execute(
             select(start.label("start"), UsageRecord.model, *measures)
@@ -147,7 +157,7 @@ def summarize_usage(
     )
 
 
-def _top_users(store: "UsageStore", session, conditions, measures, top: int) -> list[tuple[str, str, Counts]]:
+def _top_users(store: UsageSource, session, conditions, measures, top: int) -> list[tuple[str, str, Counts]]:
     """The ``top`` end users by requests, ties by name. Names are encrypted, so the
     database ranks by count; every group tied with the last one is decrypted and sorted here."""
     requests = func.count(UsageRecord.id)

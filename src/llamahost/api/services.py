@@ -1,0 +1,65 @@
+"""The services one server process runs, built once from the configuration: stores,
+model registry, chat, metering and moderation. Feature slices read what they need from
+here in their own ``attach``."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import dataclass
+
+from ..chat.images import ImagePolicy
+from ..chat.service import ChatService
+from ..config import Config
+from ..engines.registry import ModelRegistry
+from ..safety.guardrails import Guardrails
+from ..safety.service import ModerationService
+from ..tenancy.limits import build_limiter
+from ..tenancy.metering import Metering
+from ..tenancy.stores import Stores, open_stores
+
+log = logging.getLogger("llamahost")
+
+
+@dataclass
+class Services(Stores):
+    registry: ModelRegistry
+    chat: ChatService
+    metering: Metering
+    moderation: ModerationService
+    load_error: str | None = None
+
+
+def build_services(config: Config) -> Services:
+    stores = open_stores(config)
+    registry = ModelRegistry(config)
+    chat = ChatService(registry, images=ImagePolicy.from_config(config.images))
+    moderation = ModerationService(config, chat)
+    chat.guard = Guardrails(config.moderation, moderation, settings=stores.settings)
+    return Services(
+        **vars(stores),
+        registry=registry,
+        chat=chat,
+        metering=Metering(build_limiter(config), stores.limits, stores.usage, stores.content),
+        moderation=moderation,
+    )
+
+
+async def load_models(services: Services) -> None:
+    for model_id, engine in services.registry.engines.items():
+        try:
+            await engine.load()
+            log.info("model %s loaded (%s)", model_id, engine.description)
+        except Exception as exc:  # health reports it; the process stays up to say why
+            services.load_error = f"model {model_id!r} failed to load: {exc}"
+            log.exception("model %s failed to load", model_id)
+    try:
+        await services.moderation.load()
+        log.info("moderation models loaded: %s", ", ".join(m.config.id for m in services.moderation.moderators))
+    except Exception as exc:
+        services.load_error = f"the builtin moderation model failed to load: {exc}"
+        log.exception("moderation model failed to load")
+    # What is loaded now lives as long as the process: moved out of the collector's
+    # generations, it is no longer rescanned by every full collection on the request path.
+    gc.collect()
+    gc.freeze()
