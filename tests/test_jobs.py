@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from conftest import llamahost_env, run_cli
-from llamahost.config import load_config
+from llamahost.config import ConfigError, load_config
 from llamahost.errors import InvalidRequest, NotFound
 from llamahost.jobs.kinds import JobContext, JobKinds
 from llamahost.jobs.loop import JobLoop
@@ -77,6 +77,21 @@ def stores(request, tmp_path, local_env, monkeypatch):
     opened = open_stores(load_config(data_dir=tmp_path / "data"))
     yield opened
     opened.db.close()
+
+
+def test_jobs_config_is_strict(tmp_path) -> None:
+    for text, named in [
+        ("[jobs]\nlease_seconds = 0\n", "jobs.lease_seconds"),
+        ("[jobs]\nconcurrency = 100\n", "jobs.concurrency"),
+        ("[jobs]\nrun_in_servers = false\n", "jobs.run_in_servers"),
+    ]:
+        path = tmp_path / "llamahost.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=named):
+            load_config(path, data_dir=tmp_path)
+    path.write_text("[jobs]\nrun_in_server = false\nlease_seconds = 5\n")
+    jobs = load_config(path, data_dir=tmp_path).jobs
+    assert (jobs.run_in_server, jobs.lease_seconds, jobs.concurrency, jobs.keep_finished_days) == (False, 5, 1, 7)
 
 
 # --- the queue and the loop, in this process -----------------------------------------------
