@@ -205,8 +205,11 @@ def test_attempts_timeout_and_cancel(stores) -> None:
                 os.kill(pid, 0)
             with pytest.raises(InvalidRequest, match="already succeeded"):
                 queue.cancel(Scope.operator(), second)
-            with pytest.raises(NotFound):
-                queue.get(Scope.operator(), "job_unknown")
+            for unknown in ("job_unknown", "job_\x00", "job_" + "0" * 24):  # (PostgreSQL refuses NUL characters)
+                with pytest.raises(NotFound):
+                    queue.get(Scope.operator(), unknown)
+            with pytest.raises(InvalidRequest):
+                queue.list(Scope.operator(), kind="test\x00")
         finally:
             stop.set()
             await running
@@ -412,11 +415,15 @@ def test_server_runs_the_loop_and_the_admin_api_shows_jobs(server_factory, local
     for key, path, method in [
         (other_admin, f"/{job_id}", "GET"), (other_admin, f"/{job_id}/cancel", "POST"),
         (operator, "/job_unknown", "GET"), (operator, "/job_unknown/cancel", "POST"),
+        (operator, "/job_%00", "GET"), (operator, "/job_" + "0" * 24, "GET"),
         (team_admin, f"/{purges[0]['id']}", "GET"),
     ]:
         reply = httpx.request(method, url + path, headers=server.headers(key), timeout=30)
         assert reply.status_code == 404 and reply.json()["error"]["type"] == "not_found_error", reply.text
-    for params, field in [({"limit": 0}, "limit"), ({"status": "done"}, "status"), ({"team": "nobody"}, "team")]:
+    for params, field in [
+        ({"limit": 0}, "limit"), ({"limit": 1001}, "limit"), ({"status": "done"}, "status"), ({"team": "nobody"}, "team"),
+        ({"kind": "Retention\x00"}, "kind"), ({"kind": "k" * 65}, "kind"),
+    ]:
         reply = httpx.get(url, params=params, headers=server.headers(operator), timeout=30)
         assert reply.status_code in (400, 404) and reply.json()["error"]["param"] == field, reply.text
 
