@@ -15,6 +15,8 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..config import ENV_WORKER_CONFIG, Config
+from ..files import expiry as file_expiry
+from ..files import router as files
 from ..observability import process_exiting
 from ..tenancy.retention import purge_periodically
 from ..web import dashboard
@@ -26,7 +28,7 @@ from .services import Services, build_services, load_models
 log = logging.getLogger("llamahost")
 
 # Every feature slice, in the order their routes are matched.
-SLICES = (native, compat, admin, admin_teams, team, dashboard, observability)
+SLICES = (native, compat, files, admin, admin_teams, team, dashboard, observability)
 
 
 def create_app(config: Config, services: Services | None = None) -> FastAPI:
@@ -40,11 +42,13 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
         log.info("rate limits: %s", f"{limiter.name} counters" if limiter else "off")
         loading = asyncio.create_task(load_models(services))
         purging = asyncio.create_task(purge_periodically(services.content, config.content.purge_interval_seconds))
+        expiring = asyncio.create_task(file_expiry.purge_periodically(services.files, config.files.purge_interval_seconds))
         try:
             yield
         finally:
             loading.cancel()
             purging.cancel()
+            expiring.cancel()
             await services.metering.close()
             for engine in services.registry.engines.values():
                 await engine.close()

@@ -12,6 +12,7 @@ from ..chat.images import ImagePolicy
 from ..chat.service import ChatService
 from ..config import Config
 from ..engines.registry import ModelRegistry
+from ..files.service import FileService, open_files
 from ..safety.guardrails import Guardrails
 from ..safety.service import ModerationService
 from ..tenancy.limits import build_limiter
@@ -27,6 +28,7 @@ class Services(Stores):
     chat: ChatService
     metering: Metering
     moderation: ModerationService
+    files: FileService
     load_error: str | None = None
 
 
@@ -36,12 +38,15 @@ def build_services(config: Config) -> Services:
     chat = ChatService(registry, images=ImagePolicy.from_config(config.images))
     moderation = ModerationService(config, chat)
     chat.guard = Guardrails(config.moderation, moderation, settings=stores.settings)
+    files = open_files(config, stores.db, stores.keyring)
+    stores.teams.on_delete.append(files.delete_team)
     return Services(
         **vars(stores),
         registry=registry,
         chat=chat,
         metering=Metering(build_limiter(config), stores.limits, stores.usage, stores.content),
         moderation=moderation,
+        files=files,
     )
 
 
