@@ -1,35 +1,33 @@
-"""Expiry of abandoned uploads (``[files] session_ttl_hours``), file retention
-(``[files] retention_days``) and leftovers of interrupted completions or team deletions,
-run every ``[files] purge_interval_seconds`` in every server process: each step is
-idempotent, so replicas purging the same database do no harm. (When the job loop's kind
-registry is in place, this becomes its periodic ``uploads_expiry`` kind.)"""
+"""Upload expiry as a periodic job kind (``uploads_expiry``): one loop (of however many
+share the database) purges upload sessions idle past ``[files] session_ttl_hours``,
+files past ``[files] retention_days`` if set, and the leftovers of interrupted
+completions or team deletions, every ``[files] purge_interval_seconds``. Each step is
+idempotent."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
+from typing import Any
 
-from starlette.concurrency import run_in_threadpool
+from ..config import Config
+from ..jobs.kinds import JobContext, JobKinds
 
-from .service import FileService
-
-log = logging.getLogger(__name__)
+KIND = "uploads_expiry"
 
 
-async def purge_once(files: FileService) -> dict[str, int]:
-    counts = await run_in_threadpool(files.purge)
-    if any(counts.values()):
-        log.info(
-            "files: purged %d expired upload sessions and %d files past retention; finished %d interrupted completions",
-            counts["sessions"], counts["files"], counts["finalized"],
-        )
-    return counts
+async def purge(ctx: JobContext) -> dict[str, Any]:
+    # Counts only: job results are shown to operators as they are.
+    return await ctx.to_thread(ctx.services.files.purge)
 
 
-async def purge_periodically(files: FileService, interval_seconds: float) -> None:
-    while True:
-        try:
-            await purge_once(files)
-        except Exception:
-            log.exception("files: the purge of expired uploads failed; retrying in %.0f s", interval_seconds)
-        await asyncio.sleep(interval_seconds)
+def register(kinds: JobKinds, config: Config) -> None:
+    interval = config.files.purge_interval_seconds
+    kinds.register_kind(
+        KIND,
+        purge,
+        # Deleting a long-abandoned 1 GiB upload's chunks is seconds; an hour bounds a
+        # wedged database or object store without cutting a large backlog short.
+        timeout=3600.0,
+        max_attempts=3,
+        retry_delay=min(60.0, interval),
+        every=interval,
+    )
