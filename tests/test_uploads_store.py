@@ -77,3 +77,27 @@ def test_a_swapped_chunk_does_not_open(service, monkeypatch):
         s.execute(update(FileChunk).where(FileChunk.seq == 1).values(data=blobs[0]))
     with pytest.raises(CryptoError, match="chunk 0"):
         b"".join(files.content(team_id, file_id)[1])
+
+
+def test_the_purge_expires_idle_sessions_and_keeps_files(service):
+    from datetime import UTC, datetime, timedelta
+
+    files, team_id = service
+    abandoned = _session(files, team_id, 20)
+    part_session, writer = files.begin_part(team_id, abandoned.id, 0)
+    _write(writer, b"x" * 10)
+    files.commit_part(part_session, writer)
+    done = _session(files, team_id, 4)
+    part_session, writer = files.begin_part(team_id, done.id, 0)
+    _write(writer, b"kept")
+    file_id = files.commit_part(part_session, writer).file_id
+    assert files.purge()["sessions"] == 0  # nothing is idle yet
+    counts = files.purge(datetime.now(UTC) + timedelta(hours=25))
+    assert counts["sessions"] == 2 and counts["files"] == 0  # no retention_days: files stay
+    with files.db.session() as s:
+        assert s.scalars(select(FileChunk.file_id)).all() == [file_id]  # the abandoned part's chunks are gone
+    assert b"".join(files.content(team_id, file_id)[1]) == b"kept"
+    files.config = files.config.model_copy(update={"retention_days": 1})
+    assert files.purge(datetime.now(UTC) + timedelta(days=2))["files"] == 1
+    with files.db.session() as s:
+        assert s.scalars(select(FileChunk.file_id)).all() == []
