@@ -12,13 +12,17 @@ from ..chat.images import ImagePolicy
 from ..chat.service import ChatService
 from ..config import Config
 from ..engines.registry import ModelRegistry
-from ..safety.guardrails import Guardrails
+from ..observability import UserLogging
+from ..safety.guardrails import Guardrails, LogRecorder
 from ..safety.service import ModerationService
 from ..tenancy.limits import build_limiter
 from ..tenancy.metering import Metering
 from ..tenancy.stores import Stores, open_stores
 
 log = logging.getLogger("llamahost")
+
+# Under the data dir: the usage journal of each server process (tenancy/journal.py).
+JOURNAL_DIR = "usage-journal"
 
 
 @dataclass
@@ -34,13 +38,18 @@ def build_services(config: Config) -> Services:
     stores = open_stores(config)
     registry = ModelRegistry(config)
     chat = ChatService(registry, images=ImagePolicy.from_config(config.images))
+    chat.user_logging = UserLogging(config.server.log_users, stores.keyring.log_user_hash)
     moderation = ModerationService(config, chat)
-    chat.guard = Guardrails(config.moderation, moderation, settings=stores.settings)
+    chat.guard = Guardrails(
+        config.moderation, moderation, recorder=LogRecorder(chat.user_logging), settings=stores.settings
+    )
     return Services(
         **vars(stores),
         registry=registry,
         chat=chat,
-        metering=Metering(build_limiter(config), stores.limits, stores.usage, stores.content),
+        metering=Metering(
+            build_limiter(config), stores.limits, stores.usage, stores.content, journal_dir=config.data_dir / JOURNAL_DIR
+        ),
         moderation=moderation,
     )
 
