@@ -129,6 +129,8 @@ def _kill_and_restart(tmp_path, env: dict[str, str] | None) -> None:
         records = _usage(again)
     finally:
         again.stop()
+    replayed = [line for line in again.log().splitlines() if "usage records from the journal" in line]
+    print(f"\n{len(completed)} responses completed before the kill; at restart: {replayed or 'nothing to replay'}")
     users = {r["user"] for r in records}
     calls = {i: _call(i, tag, key, limited_key) for i in completed}
     missing = sorted(i for i, c in calls.items() if c[3] and c[3] not in users)
