@@ -12,6 +12,10 @@ from ..chat.images import ImagePolicy
 from ..chat.service import ChatService
 from ..config import Config
 from ..engines.registry import ModelRegistry
+from ..files import expiry as upload_expiry
+from ..files.service import FileService, open_files
+from ..jobs import retention as retention_jobs
+from ..jobs.service import Jobs, open_jobs
 from ..observability import UserLogging
 from ..safety.guardrails import Guardrails, LogRecorder
 from ..safety.service import ModerationService
@@ -23,6 +27,9 @@ log = logging.getLogger("llamahost")
 
 # Under the data dir: the usage journal of each server process (tenancy/journal.py).
 JOURNAL_DIR = "usage-journal"
+# Every job kind's registration, ``register(kinds, config)``: a feature with background
+# work (uploads expiry, fine-tuning, evals) adds its own here.
+JOB_KINDS = (retention_jobs.register, upload_expiry.register)
 
 
 @dataclass
@@ -31,6 +38,8 @@ class Services(Stores):
     chat: ChatService
     metering: Metering
     moderation: ModerationService
+    files: FileService
+    jobs: Jobs
     load_error: str | None = None
 
 
@@ -43,6 +52,8 @@ def build_services(config: Config) -> Services:
     chat.guard = Guardrails(
         config.moderation, moderation, recorder=LogRecorder(chat.user_logging), settings=stores.settings
     )
+    files = open_files(config, stores.db, stores.keyring)
+    stores.teams.on_delete.append(files.delete_team)
     return Services(
         **vars(stores),
         registry=registry,
@@ -51,6 +62,8 @@ def build_services(config: Config) -> Services:
             build_limiter(config), stores.limits, stores.usage, stores.content, journal_dir=config.data_dir / JOURNAL_DIR
         ),
         moderation=moderation,
+        files=files,
+        jobs=open_jobs(stores, JOB_KINDS),
     )
 
 
