@@ -12,6 +12,8 @@ from ..chat.images import ImagePolicy
 from ..chat.service import ChatService
 from ..config import Config
 from ..engines.registry import ModelRegistry
+from ..evals import runner as eval_runs
+from ..evals.service import EvalService, open_evals
 from ..jobs import retention as retention_jobs
 from ..jobs.service import Jobs, open_jobs
 from ..safety.guardrails import Guardrails
@@ -24,7 +26,7 @@ log = logging.getLogger("llamahost")
 
 # Every job kind's registration, ``register(kinds, config)``: a feature with background
 # work (uploads expiry, fine-tuning, evals) adds its own here.
-JOB_KINDS = (retention_jobs.register,)
+JOB_KINDS = (retention_jobs.register, eval_runs.register)
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Services(Stores):
     metering: Metering
     moderation: ModerationService
     jobs: Jobs
+    evals: EvalService
     load_error: str | None = None
 
 
@@ -43,13 +46,15 @@ def build_services(config: Config) -> Services:
     chat = ChatService(registry, images=ImagePolicy.from_config(config.images))
     moderation = ModerationService(config, chat)
     chat.guard = Guardrails(config.moderation, moderation, settings=stores.settings)
+    jobs = open_jobs(stores, JOB_KINDS)
     return Services(
         **vars(stores),
         registry=registry,
         chat=chat,
         metering=Metering(build_limiter(config), stores.limits, stores.usage, stores.content),
         moderation=moderation,
-        jobs=open_jobs(stores, JOB_KINDS),
+        jobs=jobs,
+        evals=open_evals(stores, registry, jobs.queue),
     )
 
 
