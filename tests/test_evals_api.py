@@ -178,3 +178,35 @@ def test_bad_input_is_a_400_naming_the_field(server):
     with pytest.raises(openai.NotFoundError):
         c.evals.runs.create("eval_nope", data_source={"type": "jsonl", "source": {"type": "file_content",
                                                                                   "content": [{"item": {}}]}})
+
+
+def test_file_id_source_and_team_deletion(server_factory):
+    """A messages_eval upload as the run's rows (``{"messages": [...], ...}`` rows are
+    items themselves); deleting the team deletes its evals, runs and output items."""
+    s = server_factory(CONFIG, name="files")
+    key = s.cli("keys", "create", "--team", "doomed").stdout.strip()
+    c = openai.OpenAI(base_url=f"{s.url}/compat/v1", api_key=key, max_retries=0, timeout=60)
+    rows = [{"messages": [{"role": "user", "content": "hi"}], "expected": "hello"},
+            {"item": {"messages": [{"role": "user", "content": "bye"}], "expected": "goodbye"}}]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    upload = c.files.create(file=("eval.jsonl", data), purpose="evals")
+    assert upload.status == "processed"
+    ev = c.evals.create(data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+                        testing_criteria=[{"type": "string_check", "name": "first", "operation": "eq",
+                                           "input": "{{item.messages}}", "reference": '[{"role":"user","content":"hi"}]'}])
+    run = c.evals.runs.create(ev.id, data_source={"type": "jsonl", "source": {"type": "file_id", "id": upload.id}})
+    run = wait_for(c, ev.id, run.id)
+    assert (run.result_counts.passed, run.result_counts.failed, run.result_counts.total) == (1, 1, 2)
+    items = list(c.evals.runs.output_items.list(run.id, eval_id=ev.id))
+    assert items[1].datasource_item["expected"] == "goodbye"
+    with pytest.raises(openai.BadRequestError) as caught:
+        c.evals.runs.create(ev.id, data_source={"type": "jsonl", "source": {"type": "file_id", "id": "file-nope"}})
+    assert caught.value.body["param"] == "data_source.source.id"
+
+    deleted = s.cli("teams", "delete", "doomed", "--yes", check=False)
+    assert deleted.returncode == 0, deleted.stderr
+    import sqlite3
+
+    db = sqlite3.connect(s.data_dir / "llamahost.db")
+    counts = [db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("evals", "eval_runs", "eval_items")]
+    assert counts == [0, 0, 0]

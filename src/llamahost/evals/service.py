@@ -4,6 +4,7 @@ team; another team's eval or run is "not found"."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,13 @@ def _metadata(metadata: dict[str, str] | None, param: str = "metadata") -> dict[
     return metadata
 
 
+def _json_line(line: bytes, param: str, number: int) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise InvalidRequest(f"{param}: line {number} of the file is not JSON", param=param) from None
+
+
 def _number(value: Any, param: str, low: float, high: float, *, integer: bool = False) -> Any:
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
@@ -45,6 +53,11 @@ class EvalService:
     registry: ModelRegistry
     queue: JobQueue
     config: Config
+    files: Any = None  # the files slice's FileService: file_id sources read messages_eval uploads
+
+    def delete_team(self, team_id: int) -> dict[str, int]:
+        """A ``TeamStore.on_delete`` hook: the team's evals, runs and output items."""
+        return self.store.delete_team(team_id)
 
     # --- evals ---------------------------------------------------------------------------------
 
@@ -117,7 +130,7 @@ class EvalService:
         record = self.store.get_eval(team_id, eval_id)
         definition = record.definition
         item_fields = g.item_fields_of(definition["item_schema"])
-        data_source, rows = self._data_source(body.data_source, item_fields)
+        data_source, rows = self._data_source(team_id, body.data_source, item_fields)
         spec = {"name": body.name, "metadata": _metadata(body.metadata), "data_source": data_source,
                 "data_source_view": body.data_source}
         run = self.store.create_run(team_id, eval_id, key_id, spec, rows)
@@ -128,7 +141,9 @@ class EvalService:
         return wire.run_view(run, self.store.counts(run.id, len(definition["testing_criteria"])),
                              definition["testing_criteria"])
 
-    def _data_source(self, source: dict[str, Any], item_fields: frozenset[str] | None) -> tuple[dict[str, Any], list]:
+    def _data_source(
+        self, team_id: int, source: dict[str, Any], item_fields: frozenset[str] | None
+    ) -> tuple[dict[str, Any], list]:
         kind = source.get("type")
         param = "data_source"
         if kind not in ("jsonl", "completions"):
@@ -139,28 +154,53 @@ class EvalService:
         for key in source:
             if key not in allowed:
                 raise InvalidRequest(f"{param}: unknown field {key!r} for a {kind} data source", param=f"{param}.{key}")
-        rows = self._rows(source.get("source"), f"{param}.source")
+        rows = self._rows(team_id, source.get("source"), f"{param}.source")
         checked: dict[str, Any] = {"type": kind}
         if kind == "completions":
             checked |= self._completions(source, item_fields, param)
         return checked, rows
 
-    def _rows(self, source: Any, param: str) -> list[dict[str, Any]]:
+    def _rows(self, team_id: int, source: Any, param: str) -> list[dict[str, Any]]:
         if not isinstance(source, dict) or source.get("type") not in SOURCE_TYPES:
             raise InvalidRequest(f"{param}.type must be one of {', '.join(SOURCE_TYPES)}", param=f"{param}.type")
+        limit = self.config.evals.max_items
         if source["type"] == "file_id":
-            raise InvalidRequest(
-                f"{param}: file_id sources need a messages_eval upload, which this server does not offer yet; "
-                "send the rows inline as file_content", param=f"{param}.id",
-            )
+            return self._file_rows(team_id, source.get("id"), f"{param}.id", limit)
         content = source.get("content")
         if not isinstance(content, list) or not content:
             raise InvalidRequest(f"{param}.content must be a non-empty list of rows", param=f"{param}.content")
-        limit = self.config.evals.max_items
         if len(content) > limit:
             raise InvalidRequest(f"{param}.content: {len(content)} rows, more than the limit of {limit} ([evals] max_items)",
                                  param=f"{param}.content")
         return [self._row(row, f"{param}.content[{i}]") for i, row in enumerate(content)]
+
+    def _file_rows(self, team_id: int, file_id: Any, param: str, limit: int) -> list[dict[str, Any]]:
+        """The rows of a ``messages_eval`` upload (checked line by line when it completed)."""
+        if not isinstance(file_id, str) or self.files is None:
+            raise InvalidRequest(f"{param} must be the id of a messages_eval file", param=param)
+        try:
+            view, chunks = self.files.content(team_id, file_id)
+        except NotFound as exc:
+            raise InvalidRequest(exc.message, param=param) from None
+        if view.purpose != "messages_eval":
+            raise InvalidRequest(f"{param}: file {file_id} has purpose {view.purpose!r}, not messages_eval", param=param)
+        if view.status != "processed":
+            raise InvalidRequest(f"{param}: file {file_id} is {view.status}, not processed", param=param)
+        rows: list[dict[str, Any]] = []
+        buffer = b""
+        for chunk in chunks:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    rows.append(self._row(_json_line(line, param, len(rows) + 1), f"{param} line {len(rows) + 1}"))
+                    if len(rows) > limit:
+                        raise InvalidRequest(f"{param}: more than {limit} rows ([evals] max_items)", param=param)
+        if buffer.strip():
+            rows.append(self._row(_json_line(buffer, param, len(rows) + 1), f"{param} line {len(rows) + 1}"))
+        if not rows:
+            raise InvalidRequest(f"{param}: file {file_id} has no rows", param=param)
+        return rows
 
     @staticmethod
     def _row(row: Any, param: str) -> dict[str, Any]:
@@ -320,7 +360,7 @@ class EvalService:
         return wire.item_view(eval_id, self.store.item(team_id, run_id, idx))
 
 
-def open_evals(stores: Any, registry: ModelRegistry, queue: JobQueue) -> EvalService:
-    return EvalService(EvalStore(stores.db, stores.keyring), registry, queue, stores.config)
+def open_evals(stores: Any, registry: ModelRegistry, queue: JobQueue, files: Any = None) -> EvalService:
+    return EvalService(EvalStore(stores.db, stores.keyring), registry, queue, stores.config, files)
 
 

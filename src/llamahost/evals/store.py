@@ -169,6 +169,15 @@ class EvalStore:
             s.execute(delete(EvalRun).where(EvalRun.eval_id == eval_id).execution_options(synchronize_session=False))
             s.execute(delete(Eval).where(Eval.id == eval_id).execution_options(synchronize_session=False))
 
+    def delete_team(self, team_id: int) -> dict[str, int]:
+        """A ``TeamStore.on_delete`` hook: the team's evals, runs and output items."""
+        with self.db.session() as s:
+            s.execute(delete(EvalItem).where(EvalItem.team_id == team_id).execution_options(synchronize_session=False))
+            s.execute(delete(EvalRun).where(EvalRun.team_id == team_id).execution_options(synchronize_session=False))
+            return {"evals": affected_rows(s.execute(
+                delete(Eval).where(Eval.team_id == team_id).execution_options(synchronize_session=False)
+            ))}
+
     # --- runs ------------------------------------------------------------------------------
 
     def create_run(

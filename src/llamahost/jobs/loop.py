@@ -10,6 +10,7 @@ thread with its own event loop: one per server, not one per ``--workers`` proces
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -167,6 +168,12 @@ class JobLoop:
             message = f"{type(error).__name__}: {error}"
             return partial(queue.fail, job.id, worker, message, kind.retry_delay)
         result = handler.result()
+        try:
+            if result is not None and not isinstance(result, dict):
+                raise TypeError(f"a job handler returns a dict or None, not {type(result).__name__}")
+            json.dumps(result)
+        except (TypeError, ValueError) as exc:  # a bug of the kind: a failed attempt, not a lost lease
+            return partial(queue.fail, job.id, worker, f"the result is not a JSON object: {exc}", kind.retry_delay)
         log.info("job %s (%s) succeeded", job.id, job.kind)
         return partial(queue.succeed, job.id, worker, result)
 
@@ -199,7 +206,7 @@ class LoopThread:
 
     def start(self) -> None:
         self._thread.start()
-        self._ready.wait()
+        self._ready.wait(30)
 
     def _main(self) -> None:
         async def main() -> None:

@@ -26,15 +26,14 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import JSON as SAJSON
 from sqlalchemy import and_, delete, exists, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import CursorResult, Result
 
 from ..errors import InvalidRequest, NotFound
-from ..store.db import Database, aware_utc
+from ..store.db import Database, affected_rows, aware_utc
 from ..store.models import Job
 from ..tenancy.scope import Scope
 from ..tenancy.teams import TeamStore
@@ -49,10 +48,6 @@ MAX_ERROR_CHARS = 2000
 
 def new_job_id() -> str:
     return "job_" + secrets.token_hex(12)
-
-
-def _rowcount(result: Result[Any]) -> int:
-    return cast(CursorResult[Any], result).rowcount
 
 
 def _update():
@@ -206,7 +201,7 @@ class JobQueue:
     def _write(self, *statements: Any) -> int:
         """Run the statements in one transaction; the rows they changed."""
         with self.db.session() as s:
-            return sum(_rowcount(s.execute(statement)) for statement in statements)
+            return sum(affected_rows(s.execute(statement)) for statement in statements)
 
     def _held(self, job_id: str, worker_id: str) -> Any:
         """An update of a job this worker runs: no effect once another loop has taken it."""
