@@ -240,3 +240,11 @@ def test_openai_sdk_files_create_maps_fine_tune(srv):
         error = _error(http.post("/compat/v1/files", files={"file": ("a", b"x")}, data={"purpose": "batch"}), 400)
         assert error["param"] == "purpose"
     assert openai.files.delete(created.id).deleted is True
+
+
+def test_usage_summary_shows_stored_bytes_as_storage(client, http):
+    upload(client, b"counted\n", purpose="attachment", mime="text/plain")
+    files = http.get("/v1/files", params={"limit": 10000}).json()["data"]
+    summary = http.get("/team/v1/usage/summary").json()
+    assert summary["storage"] == {"files": len(files), "bytes": sum(f["bytes"] for f in files)}
+    assert summary["storage"]["files"] >= 1

@@ -12,6 +12,8 @@ from ..chat.images import ImagePolicy
 from ..chat.service import ChatService
 from ..config import Config
 from ..engines.registry import ModelRegistry
+from ..evals import runner as eval_runs
+from ..evals.service import EvalService, open_evals
 from ..files import expiry as upload_expiry
 from ..files.service import FileService, open_files
 from ..jobs import retention as retention_jobs
@@ -29,7 +31,7 @@ log = logging.getLogger("llamahost")
 JOURNAL_DIR = "usage-journal"
 # Every job kind's registration, ``register(kinds, config)``: a feature with background
 # work (uploads expiry, fine-tuning, evals) adds its own here.
-JOB_KINDS = (retention_jobs.register, upload_expiry.register)
+JOB_KINDS = (retention_jobs.register, upload_expiry.register, eval_runs.register)
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Services(Stores):
     moderation: ModerationService
     files: FileService
     jobs: Jobs
+    evals: EvalService
     load_error: str | None = None
 
 
@@ -54,6 +57,9 @@ def build_services(config: Config) -> Services:
     )
     files = open_files(config, stores.db, stores.keyring)
     stores.teams.on_delete.append(files.delete_team)
+    jobs = open_jobs(stores, JOB_KINDS)
+    evals = open_evals(stores, registry, jobs.queue, files)
+    stores.teams.on_delete.append(evals.delete_team)
     return Services(
         **vars(stores),
         registry=registry,
@@ -63,7 +69,8 @@ def build_services(config: Config) -> Services:
         ),
         moderation=moderation,
         files=files,
-        jobs=open_jobs(stores, JOB_KINDS),
+        jobs=jobs,
+        evals=evals,
     )
 
 

@@ -58,10 +58,16 @@ class Metering:
         self._pending: set[asyncio.Task] = set()
 
     def meter(
-        self, principal: Principal, user: str | None, request: ChatRequest | None = None, surface: str = "native"
+        self,
+        principal: Principal,
+        user: str | None,
+        request: ChatRequest | None = None,
+        surface: str = "native",
+        kind: str = "chat",
     ) -> Meter:
-        """``request``: the chat request whose content is kept (if the team keeps content)."""
-        return Meter(self, principal, user, request, surface)
+        """``request``: the chat request whose content is kept (if the team keeps content);
+        ``kind``: the usage record's kind (``eval`` for an eval run's generations)."""
+        return Meter(self, principal, user, request, surface, kind)
 
     def _spawn(self, work: Awaitable[None]) -> asyncio.Task:
         task = asyncio.ensure_future(work)
@@ -97,8 +103,10 @@ class Meter:
         user: str | None,
         request: ChatRequest | None = None,
         surface: str = "native",
+        kind: str = "chat",
     ) -> None:
         self._metering = metering
+        self.kind = kind
         self.principal = principal
         self.user = user
         self._request = request
@@ -198,7 +206,7 @@ class Meter:
                 team_id=self.principal.team_id,
                 key_id=self.principal.key_id,
                 user=self.user,
-                kind="chat",
+                kind=self.kind,
                 surface=self._surface,
                 model=outcome.model,
                 status=outcome.status,
@@ -215,6 +223,7 @@ class Meter:
             latency_ms=outcome.latency_ms,
             status=outcome.status,
             stop_reason=outcome.stop_reason,
+            kind=self.kind,
         )
 
     def record_check(self, check: GuardrailCheck) -> None:
