@@ -188,6 +188,9 @@ class ServerConfig(_Strict):
     tls_key: Path | None = None
     # "json": one JSON object per log line (request logs carry request_id, model, status...).
     log_format: Literal["text", "json"] = "text"
+    # The end user's `user` value in request logs: "hashed" (a keyed hash, stable for
+    # this deployment), "plain" (as sent) or "off" (left out). Team names are logged as they are.
+    log_users: Literal["plain", "hashed", "off"] = "hashed"
     # Processes serving the same port (`--workers` wins).
     workers: int = Field(default=1, ge=1, le=256)
     # Serve GET /metrics (Prometheus text format), unauthenticated like /health.

@@ -39,6 +39,8 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
             log.info("serving %s", line)
         limiter = services.metering.limiter
         log.info("rate limits: %s", f"{limiter.name} counters" if limiter else "off")
+        # Before serving: usage records a killed process journalled are stored first.
+        await services.metering.start()
         loading = asyncio.create_task(load_models(services))
         try:
             yield
