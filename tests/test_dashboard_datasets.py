@@ -30,7 +30,7 @@ def test_upload_resumes_after_a_network_error_then_inspect_and_delete(server, op
     page.route("**/v1/uploads/*", fail_the_second_part_once)
     sign_in(page, server, make_key(server, "datasets-team"))
     go_to(page, "datasets")
-    page.get_by_label("File").set_input_files(str(path))
+    page.get_by_label("File", exact=True).set_input_files(str(path))
     page.get_by_label("Purpose").select_option("messages_finetune")
     page.get_by_role("button", name="Upload").click()
     table = page.locator("#files-table")
