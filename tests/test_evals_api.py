@@ -210,3 +210,31 @@ def test_file_id_source_and_team_deletion(server_factory):
     db = sqlite3.connect(s.data_dir / "llamahost.db")
     counts = [db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("evals", "eval_runs", "eval_items")]
     assert counts == [0, 0, 0]
+
+
+def test_cli_compares_models(server, tmp_path):
+    """``llamahost evals run`` against the running server: one run per --model, a table
+    (and the same as JSON) with each model's pass rate per grader."""
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"messages": [{"role": "user", "content": "Say the word Paris."}], "answer": "Paris"},
+        {"messages": [{"role": "user", "content": "Say the word blue."}], "answer": "blue"},
+    ]))
+    args = ["evals", "run", "--file", str(data), "--model", "Llama-3.3-8B-Instruct", "--model", "Llama-3.3-70B-Instruct",
+            "--grader", "contains", "--grader", "fuzzy_match:0.9", "--max-tokens", "6", "--url", server.url,
+            "--api-key", server.key]
+    out = server.cli(*args, "--json")
+    report = json.loads(out.stdout)
+    models = {m["model"]: m for m in report["models"]}
+    assert set(models) == {"Llama-3.3-8B-Instruct", "Llama-3.3-70B-Instruct"}
+    for m in models.values():
+        assert m["status"] == "completed" and m["total"] == 2 and m["passed"] + m["failed"] + m["errored"] == 2
+        assert set(m["criteria"]) == {"contains", "fuzzy_match"}
+    # Both names are the same bundled model decoding greedily: the same answers, the same scores.
+    a, b = models.values()
+    assert (a["passed"], a["criteria"]) == (b["passed"], b["criteria"]) and report["disagreements"] == []
+    bad = server.cli(*args[:6], "--grader", "meteor", "--url", server.url, "--api-key", server.key, check=False)
+    assert bad.returncode != 0 and "meteor" in bad.stderr
+    text = server.cli(*args, "--max-tokens", "6").stdout
+    assert text.splitlines()[0].split()[:5] == ["MODEL", "PASS", "FAIL", "ERROR", "TOTAL"]
+    assert "Llama-3.3-70B-Instruct" in text and "disagree" in text
