@@ -149,7 +149,10 @@ def test_dataset_errors_name_the_line(tmp_path: Path) -> None:
 
 def test_trainer_without_the_extra_says_how_to_install() -> None:
     # A None entry in sys.modules is how Python itself marks a module as not importable.
-    code = "import sys; sys.modules['torch'] = None\ntry:\n    import llamahost.finetune.train\nexcept Exception as e:\n    print(type(e).__name__, e)"
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "try:\n    import llamahost.finetune.train\nexcept Exception as e:\n    print(type(e).__name__, e)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120).stdout
     assert "TrainingUnavailable" in out and "torch==2.13.0" in out and ".[finetune]" in out
 
@@ -183,7 +186,9 @@ def test_tokenizer_from_gguf_matches_llamacpp(tokenizer, bundled: Path) -> None:
         ],
         tokenize=False,
     )
-    default_system = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    default_system = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     texts = [
         "Hello world",
         rendered,
@@ -216,7 +221,7 @@ def test_labels_cover_assistant_turns_only(tokenizer) -> None:  # type: ignore[n
         1,
     )
     rendered = render(tokenizer, example, max_seq_len=512)
-    trained = tokenizer.decode([t for t, label in zip(rendered.input_ids, rendered.labels) if label != IGNORE])
+    trained = tokenizer.decode([t for t, label in zip(rendered.input_ids, rendered.labels, strict=True) if label != IGNORE])
     assert trained == "TWO<|im_end|>"
     with pytest.raises(InvalidRequest, match="line 1: .* more than max_seq_len 16"):
         render(tokenizer, example, max_seq_len=16)
