@@ -64,12 +64,17 @@ def run(spec: TrainingSpec) -> int:
     journal = Journal(spec.output_dir)
     assert spec.cancel_file is not None
     started = time.time()
-    try:
-        with CancelWatch(spec.cancel_file) as watch:
-            summary = _train(spec, journal, watch)
-    except Cancelled:
+
+    def record_cancel() -> None:
         journal.event("Fine-tuning job cancelled")
         journal.result({"status": "cancelled", "seconds": round(time.time() - started, 1)})
+
+    watch = CancelWatch(spec.cancel_file, record_cancel, EXIT_CANCELLED)
+    try:
+        with watch:
+            summary = _train(spec, journal, watch)
+    except Cancelled:
+        watch.finish()
         return EXIT_CANCELLED
     except APIError as exc:
         journal.event(exc.message, level="error")
