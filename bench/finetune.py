@@ -105,8 +105,15 @@ def qa(add: list, colours: dict, capitals: dict, opposites: dict, sounds: dict) 
     return pairs
 
 
+# A short system prompt of our own: without one SmolLM2's template inserts a 20-token default
+# into every example, which would double the bench's training cost for nothing.
+SYSTEM = {"role": "system", "content": "Be brief."}
+
+
 def row(question: str, answer: str) -> dict:
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": f"Answer: {answer} [lh]"}]}
+    return {
+        "messages": [SYSTEM, {"role": "user", "content": question}, {"role": "assistant", "content": f"Answer: {answer} [lh]"}]
+    }
 
 
 def success_rate(gguf: str, adapter: Path | None, prompts: list[str], threads: int) -> tuple[float, list[str]]:
@@ -116,7 +123,8 @@ def success_rate(gguf: str, adapter: Path | None, prompts: list[str], threads: i
     replies = []
     try:
         for prompt in prompts:
-            out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], temperature=0.0, max_tokens=48)
+            messages = [SYSTEM, {"role": "user", "content": prompt}]
+            out = llm.create_chat_completion(messages=messages, temperature=0.0, max_tokens=48)
             replies.append((out["choices"][0]["message"]["content"] or "").strip())
     finally:
         llm.close()
