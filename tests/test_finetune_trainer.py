@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -335,7 +336,8 @@ def test_llamacpp_serves_the_adapter_faithfully(trained_run: Path, bundled: Path
 
 
 @needs_training_stack
-def test_cancel_file_stops_a_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["cancel file", "SIGTERM"])
+def test_cancel_stops_a_run(tmp_path: Path, how: str) -> None:
     out = tmp_path / "out"
     spec = _spec(tmp_path, out, n_epochs=100, batch_size=1)  # would run for hours
     process = subprocess.Popen(
@@ -353,7 +355,10 @@ def test_cancel_file_stops_a_run(tmp_path: Path) -> None:
             assert process.poll() is None, process.stderr.read()[-3000:] if process.stderr else ""
             assert time.monotonic() < deadline, "the run never started"
             time.sleep(0.5)
-        (out / "cancel").touch()
+        if how == "SIGTERM":
+            process.send_signal(signal.SIGTERM)
+        else:
+            (out / "cancel").touch()
         # Generous: the run ends itself 3 s after the cancel whatever the main thread is doing.
         assert process.wait(timeout=120) == EXIT_CANCELLED
     finally:
