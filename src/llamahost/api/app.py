@@ -18,7 +18,7 @@ from ..config import ENV_WORKER_CONFIG, Config
 from ..observability import process_exiting
 from ..tenancy.retention import purge_periodically
 from ..web import dashboard
-from . import admin, admin_teams, compat, native, observability, team
+from . import admin, admin_teams, compat, native, observability, openapi, team
 from .common import BodySizeLimit
 from .errors import install_error_handlers
 from .services import Services, build_services, load_models
@@ -26,7 +26,7 @@ from .services import Services, build_services, load_models
 log = logging.getLogger("llamahost")
 
 # Every feature slice, in the order their routes are matched.
-SLICES = (native, compat, admin, admin_teams, team, dashboard, observability)
+SLICES = (native, compat, admin, admin_teams, team, dashboard, observability, openapi)
 
 
 def create_app(config: Config, services: Services | None = None) -> FastAPI:

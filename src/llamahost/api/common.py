@@ -8,10 +8,11 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response, Security
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,7 +35,14 @@ class ClientDisconnected(Exception):
     pass
 
 
-async def authenticate(request: Request) -> Principal:
+# Declares the bearer key in the OpenAPI document (the "Authorize" button of /docs); the
+# header is read below, so a missing or malformed one is this API's 401, not FastAPI's 403.
+_bearer_key = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer llh_...`")
+
+
+async def authenticate(
+    request: Request, _documented: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_key)] = None
+) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     key = token.strip() if scheme.lower() == "bearer" else None
@@ -44,9 +52,8 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
-async def require_admin(request: Request) -> Principal:
+async def require_admin(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
     """An operator key, or a team's admin key (whose scope is its own team)."""
-    principal = await authenticate(request)
     if principal.role not in (OPERATOR, ADMIN):
         raise PermissionDenied("this endpoint needs an admin or operator key", param="authorization")
     return principal
