@@ -284,6 +284,23 @@ class GuardrailConfig(_Strict):
     model: str = DEFAULT_MODERATION_MODEL  # a moderation model name
 
 
+class JobsConfig(_Strict):
+    """The job loop (``jobs/``): whether ``llamahost serve`` runs one, and how loops claim."""
+
+    # `llamahost serve` runs one job loop in its parent process (not one per --workers
+    # process). false: run `llamahost jobs work` somewhere instead (or nothing runs jobs).
+    run_in_server: bool = True
+    # Jobs one loop runs at once (`llamahost jobs work --concurrency` wins).
+    concurrency: int = Field(default=1, ge=1, le=64)
+    # How often an idle loop looks for queued jobs.
+    poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    # How long a claimed job stays with its loop without a renewal (renewed every third of
+    # it): a loop that dies loses its jobs to other loops after at most this long.
+    lease_seconds: float = Field(default=30.0, ge=1, le=3600)
+    # Finished jobs are listed for this long, then deleted.
+    keep_finished_days: int = Field(default=7, ge=1, le=3650)
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -292,6 +309,7 @@ class Config(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
     moderation_models: list[ModerationModelConfig] = Field(default_factory=list)
     moderation: GuardrailConfig = Field(default_factory=GuardrailConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
 
     @model_validator(mode="after")
     def _default_models_and_unique_names(self) -> Config:

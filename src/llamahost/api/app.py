@@ -16,9 +16,8 @@ from fastapi import FastAPI
 from .. import __version__
 from ..config import ENV_WORKER_CONFIG, Config
 from ..observability import process_exiting
-from ..tenancy.retention import purge_periodically
 from ..web import dashboard
-from . import admin, admin_teams, compat, native, observability, openapi, team
+from . import admin, admin_teams, compat, jobs, native, observability, openapi, team
 from .common import BodySizeLimit
 from .errors import install_error_handlers
 from .services import Services, build_services, load_models
@@ -26,7 +25,7 @@ from .services import Services, build_services, load_models
 log = logging.getLogger("llamahost")
 
 # Every feature slice, in the order their routes are matched.
-SLICES = (native, compat, admin, admin_teams, team, dashboard, observability, openapi)
+SLICES = (native, compat, admin, admin_teams, jobs, team, dashboard, observability, openapi)
 
 
 def create_app(config: Config, services: Services | None = None) -> FastAPI:
@@ -39,12 +38,10 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
         limiter = services.metering.limiter
         log.info("rate limits: %s", f"{limiter.name} counters" if limiter else "off")
         loading = asyncio.create_task(load_models(services))
-        purging = asyncio.create_task(purge_periodically(services.content, config.content.purge_interval_seconds))
         try:
             yield
         finally:
             loading.cancel()
-            purging.cancel()
             await services.metering.close()
             for engine in services.registry.engines.values():
                 await engine.close()

@@ -12,6 +12,8 @@ from ..chat.images import ImagePolicy
 from ..chat.service import ChatService
 from ..config import Config
 from ..engines.registry import ModelRegistry
+from ..jobs import retention as retention_jobs
+from ..jobs.service import Jobs, open_jobs
 from ..safety.guardrails import Guardrails
 from ..safety.service import ModerationService
 from ..tenancy.limits import build_limiter
@@ -20,6 +22,10 @@ from ..tenancy.stores import Stores, open_stores
 
 log = logging.getLogger("llamahost")
 
+# Every job kind's registration, ``register(kinds, config)``: a feature with background
+# work (uploads expiry, fine-tuning, evals) adds its own here.
+JOB_KINDS = (retention_jobs.register,)
+
 
 @dataclass
 class Services(Stores):
@@ -27,6 +33,7 @@ class Services(Stores):
     chat: ChatService
     metering: Metering
     moderation: ModerationService
+    jobs: Jobs
     load_error: str | None = None
 
 
@@ -42,6 +49,7 @@ def build_services(config: Config) -> Services:
         chat=chat,
         metering=Metering(build_limiter(config), stores.limits, stores.usage, stores.content),
         moderation=moderation,
+        jobs=open_jobs(stores, JOB_KINDS),
     )
 
 

@@ -68,16 +68,26 @@ def run(args: argparse.Namespace) -> int:
     common = dict(host=config.server.host, port=config.server.port, log_level=level, log_config=None, access_log=False)
     if config.server.tls_cert is not None:
         common |= dict(ssl_certfile=str(config.server.tls_cert), ssl_keyfile=str(config.server.tls_key))
-    if workers == 1:
-        run_server(create_app(config, services), workers=1, **common)
-        return 0
-    # Migrations ran and the first key exists; each worker opens its own connections.
-    services.db.close()
-    os.environ[ENV_WORKER_CONFIG] = config.model_dump_json(exclude_defaults=True)
-    log.info("starting %d worker processes", workers)
+    job_loop = None
+    if config.jobs.run_in_server:
+        # One loop per `serve`, here in the parent: not in each --workers process.
+        from ..jobs.loop import LoopThread
+
+        job_loop = LoopThread(services.jobs.loop(services))
+        job_loop.start()
     try:
+        if workers == 1:
+            run_server(create_app(config, services), workers=1, **common)
+            return 0
+        if job_loop is None:
+            # Migrations ran and the first key exists; each worker opens its own connections.
+            services.db.close()
+        os.environ[ENV_WORKER_CONFIG] = config.model_dump_json(exclude_defaults=True)
+        log.info("starting %d worker processes", workers)
         run_server("llamahost.api.app:worker_app", workers=workers, **common)
     finally:
+        if job_loop is not None:
+            job_loop.stop()
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

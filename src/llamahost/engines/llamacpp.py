@@ -24,6 +24,7 @@ import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import observability as obs
 from ..config import ModelConfig
@@ -34,6 +35,9 @@ from .constraint import Constraint, GrammarCompiler
 from .llamacpp_vision import Projector, VisionPrompt, resolve_projector_path, with_markers
 from .scheduler import BatchScheduler, Job
 from .tool_format import ToolFormat, ToolStreamParser, format_for_template, render_messages
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +87,7 @@ class LlamaCppEngine(Engine):
         if self.projector_path is not None:
             self.capabilities = self.default_capabilities = type(self).capabilities | {"vision"}
             self.description += f", vision projector {self.projector_path.name}"
-        self._formatter = None
+        self._formatter: Jinja2ChatFormatter | None = None
         self._tool_format: ToolFormat | None = None
         self._grammars: GrammarCompiler | None = None
         self._in_flight = 0  # generations submitted and not yet ended, running or waiting

@@ -89,9 +89,9 @@ class Guardrails:
         when nothing is checked."""
         policy = self.default
         if request.team_id is not None and self.settings is not None:
-            team = self.settings.cached(request.team_id) or await run_in_threadpool(
-                self.settings.effective, request.team_id
-            )
+            team = self.settings.cached(request.team_id)
+            if team is None:
+                team = await run_in_threadpool(self.settings.effective, request.team_id)
             policy = GuardrailPolicy(mode=team.moderation, action=team.moderation_action, model=policy.model)
         return policy if policy.mode != "off" else None
 

@@ -30,7 +30,7 @@ from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.orm import Session
 
 from .crypto import CryptoError, DataKey, MasterKey, blind_index, key_version, open_sealed, subkey
-from .db import Database, database_url
+from .db import Database, affected_rows, database_url
 from .models import EncryptionKey
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ class Keyring:
     def shred(self, session: Session, team_id: int) -> int:
         """Delete every data key of the team (in ``session``'s transaction): whatever they
         sealed can never be opened again, wherever copies of it are."""
-        deleted = session.execute(delete(EncryptionKey).where(EncryptionKey.team_id == team_id)).rowcount
+        deleted = affected_rows(session.execute(delete(EncryptionKey).where(EncryptionKey.team_id == team_id)))
         with self._lock:
             for cached in [k for k in self._keys if k[0] == team_id]:
                 del self._keys[cached]
@@ -285,7 +285,7 @@ def _has_keys(db: Database) -> bool:
     if not inspect(db.engine).has_table("encryption_keys"):
         return False
     with db.session() as s:
-        return s.scalar(select(func.count(EncryptionKey.id))) > 0
+        return (s.scalar(select(func.count(EncryptionKey.id))) or 0) > 0
 
 
 def open_store(data_dir: Path) -> tuple[Database, Keyring]:

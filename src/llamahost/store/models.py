@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     DateTime,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -177,3 +179,41 @@ class StoredRequest(Base):
     user_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     request_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     response_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Job(Base):
+    """One unit of background work, of any kind (``jobs/``): the one vocabulary every
+    job kind shares. ``status`` moves queued → running → succeeded | failed | cancelled;
+    a failed attempt or an expired lease goes back to queued while ``attempts <
+    max_attempts``. ``worker_id``/``leased_until`` say which loop holds a running job
+    and until when; a loop that stops renewing its lease (killed) loses the job to another."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_status_run_after", "status", "run_after"),
+        Index("ix_jobs_team_created", "team_id", "created_at"),
+        Index("ix_jobs_created", "created_at"),
+        # At most one job per key, ever: a periodic kind's key names its interval slot,
+        # so loops on many hosts scheduling the same slot insert it once.
+        Index("uq_jobs_dedupe_key", "dedupe_key", unique=True),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # random: not guessable, no count leaked
+    kind: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | failed | cancelled
+    # The team the job works for; NULL for the server's own work (retention), seen by operators only.
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    payload: Mapped[dict] = mapped_column(JSON)
+    result: Mapped[dict | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)  # the last attempt's
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    dedupe_key: Mapped[str | None] = mapped_column(String(160))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    run_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # not claimed before (retry delay, schedule)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # of the latest attempt
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

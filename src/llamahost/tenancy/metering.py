@@ -102,9 +102,9 @@ class Meter:
             return
         began = time.perf_counter()
         team_id = self.principal.team_id
-        limits = metering.limits.cached(team_id, model_id) or await run_in_threadpool(
-            metering.limits.effective, team_id, model_id
-        )
+        limits = metering.limits.cached(team_id, model_id)
+        if limits is None:
+            limits = await run_in_threadpool(metering.limits.effective, team_id, model_id)
         self._key, self._limits = f"{team_id}:{model_id}", limits
         tokens = prompt_tokens + max_tokens
         decision = await metering.limiter.acquire(self._key, limits, tokens)

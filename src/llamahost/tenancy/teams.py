@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import InvalidRequest, NotFound
-from ..store.db import Database, aware_utc
+from ..store.db import Database, affected_rows, aware_utc
 from ..store.keyring import Keyring, Sealed, seal_with
 from ..store.models import ApiKey, RateLimit, StoredRequest, Team, TeamSetting
 
@@ -130,8 +130,8 @@ class TeamStore:
         """Delete the team's keys, limits, settings and content, and shred its data keys."""
         team_id = self.require(name)
         with self.db.session() as s:
-            stored = s.execute(delete(StoredRequest).where(StoredRequest.team_id == team_id)).rowcount
-            api_keys = s.execute(delete(ApiKey).where(ApiKey.team_id == team_id)).rowcount
+            stored = affected_rows(s.execute(delete(StoredRequest).where(StoredRequest.team_id == team_id)))
+            api_keys = affected_rows(s.execute(delete(ApiKey).where(ApiKey.team_id == team_id)))
             s.execute(delete(RateLimit).where(RateLimit.team_id == team_id))
             s.execute(delete(TeamSetting).where(TeamSetting.team_id == team_id))
             data_keys = self.keyring.shred(s, team_id)
