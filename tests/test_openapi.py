@@ -73,8 +73,12 @@ def test_every_write_operation_documents_its_json_body(document):
             continue
         body = op.get("requestBody")
         assert body and body["required"], f"{method.upper()} {path} documents no request body"
-        schema = body["content"]["application/json"]["schema"]
-        assert schema["$ref"].removeprefix("#/components/schemas/") in schemas
+        if "multipart/form-data" in body["content"]:  # an upload: its fields, the file among them
+            form = body["content"]["multipart/form-data"]["schema"]
+            assert form["required"] and set(form["required"]) <= set(form["properties"])
+        else:
+            schema = body["content"]["application/json"]["schema"]
+            assert schema["$ref"].removeprefix("#/components/schemas/") in schemas
         for status in ("400", "413", "415"):
             assert status in op["responses"], f"{method.upper()} {path} does not document {status}"
         checked += 1
@@ -128,8 +132,8 @@ def test_every_numeric_input_has_documented_bounds(document):
     inputs = 0
     for method, path, op in operations(document):
         sources = [(f"{method.upper()} {path} ?{p['name']}", p["schema"]) for p in op.get("parameters", [])]
-        if "requestBody" in op:
-            sources.append((f"{method.upper()} {path} body", op["requestBody"]["content"]["application/json"]["schema"]))
+        for media, content in op.get("requestBody", {}).get("content", {}).items():
+            sources.append((f"{method.upper()} {path} {media} body", content["schema"]))
         for where, schema in sources:
             for field, number in _numbers(document, schema, where, set()):
                 inputs += 1

@@ -42,6 +42,10 @@ ENV_REDIS_PREFIX = "LLAMAHOST_REDIS_PREFIX"  # key prefix in that Redis (default
 ENV_MASTER_KEY = "LLAMAHOST_MASTER_KEY"  # the master key itself (required with PostgreSQL)
 ENV_MASTER_KEY_FILE = "LLAMAHOST_MASTER_KEY_FILE"  # where the master key file is (default: data dir)
 ENV_WORKER_CONFIG = "LLAMAHOST_WORKER_CONFIG"  # internal: the parent's config, handed to `--workers` processes
+ENV_S3_ENDPOINT_URL = "LLAMAHOST_S3_ENDPOINT_URL"  # [files.s3] endpoint_url, overriding the file
+ENV_S3_BUCKET = "LLAMAHOST_S3_BUCKET"  # [files.s3] bucket, overriding the file
+ENV_S3_ACCESS_KEY_ID = "LLAMAHOST_S3_ACCESS_KEY_ID"  # the object store's credentials (else boto3's own chain)
+ENV_S3_SECRET_ACCESS_KEY = "LLAMAHOST_S3_SECRET_ACCESS_KEY"
 
 
 def env(name: str) -> str | None:
@@ -284,6 +288,55 @@ class GuardrailConfig(_Strict):
     model: str = DEFAULT_MODERATION_MODEL  # a moderation model name
 
 
+GiB = 1024 * 1024 * 1024
+
+
+class S3Config(_Strict):
+    """An S3-compatible object store for file chunks (``[files] backend = "s3"``). The
+    credentials are not configuration: LLAMAHOST_S3_ACCESS_KEY_ID and
+    LLAMAHOST_S3_SECRET_ACCESS_KEY, else boto3's own chain (AWS_* variables, an
+    instance role...)."""
+
+    bucket: str | None = None
+    endpoint_url: str | None = None  # unset: AWS S3 itself
+    region: str | None = None
+    prefix: str = "llamahost/files/"
+
+    def resolved(self) -> S3Config:
+        """This section with the environment's overrides applied."""
+        return self.model_copy(
+            update={
+                "bucket": env(ENV_S3_BUCKET) or self.bucket,
+                "endpoint_url": env(ENV_S3_ENDPOINT_URL) or self.endpoint_url,
+            }
+        )
+
+    @staticmethod
+    def credentials() -> tuple[str | None, str | None]:
+        return env(ENV_S3_ACCESS_KEY_ID), env(ENV_S3_SECRET_ACCESS_KEY)
+
+
+class FilesConfig(_Strict):
+    """Uploads and files (``/v1/uploads``, ``/v1/files``)."""
+
+    # Where the sealed chunks of files live: the server's database, or an S3-compatible store.
+    backend: Literal["database", "s3"] = "database"
+    max_bytes: int = Field(default=GiB, ge=1)  # the largest file (the hosted API's limit)
+    # The largest upload part (a multipart body); the JSON body cap does not apply to parts.
+    max_part_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    session_ttl_hours: float = Field(default=24.0, gt=0)  # unfinished uploads idle this long are purged
+    retention_days: int | None = Field(default=None, ge=1, le=MAX_RETENTION_DAYS)  # unset: kept until deleted
+    team_quota_bytes: int | None = Field(default=None, ge=0)  # per team, all its files; unset: none
+    purge_interval_seconds: float = Field(default=3600.0, gt=0)
+    s3: S3Config = Field(default_factory=S3Config)
+
+    @model_validator(mode="after")
+    def _s3_bucket(self) -> FilesConfig:
+        if self.backend == "s3" and not (self.s3.bucket or env(ENV_S3_BUCKET)):
+            raise ValueError('backend "s3" needs [files.s3] bucket (or LLAMAHOST_S3_BUCKET)')
+        return self
+
+
 class JobsConfig(_Strict):
     """The job loop (``jobs/``): whether ``llamahost serve`` runs one, and how loops claim."""
 
@@ -309,6 +362,7 @@ class Config(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
     moderation_models: list[ModerationModelConfig] = Field(default_factory=list)
     moderation: GuardrailConfig = Field(default_factory=GuardrailConfig)
+    files: FilesConfig = Field(default_factory=FilesConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
 
     @model_validator(mode="after")

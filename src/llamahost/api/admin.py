@@ -10,12 +10,12 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from ..http_docs import DECRYPTING_ERRORS, error_responses, operation
 from ..protocol import admin as wire
 from ..tenancy.limits import LimitRow, limits_model_id
 from ..tenancy.scope import OPERATOR, Scope
 from ..tenancy.teams import TeamInfo
 from .common import parse_body, require_admin
-from .openapi import DECRYPTING_ERRORS, error_responses, operation
 from .services import Services
 from .tenancy_views import effective_limits, key_view, usage_list, usage_summary
 

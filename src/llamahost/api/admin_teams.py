@@ -9,13 +9,13 @@ from typing import Literal
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from ..http_docs import DECRYPTING_ERRORS, error_responses, operation
 from ..protocol import admin as wire
 from ..tenancy.content import StoredEntry
 from ..tenancy.settings import SettingsView
 from ..tenancy.usage import parse_time
 from .admin import scope, services
 from .common import parse_body, require_admin
-from .openapi import DECRYPTING_ERRORS, error_responses, operation
 from .services import Services
 
 # Every route resolves {team}: a team the caller may not see is 404.

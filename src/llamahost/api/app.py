@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..config import ENV_WORKER_CONFIG, Config
+from ..files import router as files
 from ..observability import process_exiting
 from ..web import dashboard
 from . import admin, admin_teams, compat, jobs, native, observability, openapi, team
@@ -25,7 +26,7 @@ from .services import Services, build_services, load_models
 log = logging.getLogger("llamahost")
 
 # Every feature slice, in the order their routes are matched.
-SLICES = (native, compat, admin, admin_teams, jobs, team, dashboard, observability, openapi)
+SLICES = (native, compat, files, admin, admin_teams, jobs, team, dashboard, observability, openapi)
 
 
 def create_app(config: Config, services: Services | None = None) -> FastAPI:

@@ -13,10 +13,10 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from ..chat.service import ChatStream
 from ..engines.registry import ModelEntry
 from ..errors import APIError, InvalidRequest
+from ..http_docs import CHAT_ERRORS, error_responses, operation
 from ..protocol import compat as wire
 from ..types.chat import ChatMessage, ChatRequest, ChatResult, SamplingParams, TextChunk, ToolCall, ToolSpec
 from .common import authenticate, content_images, content_text, parse_body, serve_chat
-from .openapi import CHAT_ERRORS, error_responses, operation
 from .services import Services
 
 router = APIRouter(prefix="/compat/v1", dependencies=[Depends(authenticate)], responses=error_responses(401))

@@ -9,12 +9,12 @@ from typing import Literal, cast
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from ..http_docs import error_responses, operation
 from ..jobs.queue import JobInfo
 from ..protocol import jobs as wire
 from ..tenancy.scope import Scope
 from ..tenancy.teams import TeamStore
 from .common import require_admin
-from .openapi import error_responses, operation
 from .services import Services
 
 router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)], responses=error_responses(401, 403))

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from ..chat.service import ChatStream
 from ..engines.registry import ModelEntry
 from ..errors import APIError, InvalidRequest
+from ..http_docs import CHAT_ERRORS, error_responses, operation
 from ..protocol import native as wire
 from ..types.chat import (
     ChatMessage,
@@ -33,7 +34,6 @@ from .common import (
     serve_chat,
     unless_disconnected,
 )
-from .openapi import CHAT_ERRORS, error_responses, operation
 from .services import Services
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=error_responses(401))

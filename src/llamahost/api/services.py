@@ -12,6 +12,8 @@ from ..chat.images import ImagePolicy
 from ..chat.service import ChatService
 from ..config import Config
 from ..engines.registry import ModelRegistry
+from ..files import expiry as upload_expiry
+from ..files.service import FileService, open_files
 from ..jobs import retention as retention_jobs
 from ..jobs.service import Jobs, open_jobs
 from ..safety.guardrails import Guardrails
@@ -24,7 +26,7 @@ log = logging.getLogger("llamahost")
 
 # Every job kind's registration, ``register(kinds, config)``: a feature with background
 # work (uploads expiry, fine-tuning, evals) adds its own here.
-JOB_KINDS = (retention_jobs.register,)
+JOB_KINDS = (retention_jobs.register, upload_expiry.register)
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Services(Stores):
     chat: ChatService
     metering: Metering
     moderation: ModerationService
+    files: FileService
     jobs: Jobs
     load_error: str | None = None
 
@@ -43,12 +46,15 @@ def build_services(config: Config) -> Services:
     chat = ChatService(registry, images=ImagePolicy.from_config(config.images))
     moderation = ModerationService(config, chat)
     chat.guard = Guardrails(config.moderation, moderation, settings=stores.settings)
+    files = open_files(config, stores.db, stores.keyring)
+    stores.teams.on_delete.append(files.delete_team)
     return Services(
         **vars(stores),
         registry=registry,
         chat=chat,
         metering=Metering(build_limiter(config), stores.limits, stores.usage, stores.content),
         moderation=moderation,
+        files=files,
         jobs=open_jobs(stores, JOB_KINDS),
     )
 

@@ -12,12 +12,12 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import InvalidRequest
+from ..http_docs import DECRYPTING_ERRORS, error_responses, operation
 from ..protocol import admin as wire
 from ..protocol import team as team_wire
 from ..tenancy.keys import KEY_PREFIX, Principal
 from ..tenancy.scope import Scope
 from .common import authenticate, parse_body
-from .openapi import DECRYPTING_ERRORS, error_responses, operation
 from .services import Services
 from .tenancy_views import effective_limits, key_view, usage_list, usage_summary
 

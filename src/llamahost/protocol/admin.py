@@ -141,6 +141,7 @@ class TeamDeleted(BaseModel):
     api_keys: int
     stored_requests: int
     data_keys: int  # crypto-shredded: what they encrypted can never be read again
+    files: int = 0  # uploaded files removed
 
 
 class DataKeyRotated(BaseModel):

@@ -7,7 +7,8 @@ from pydantic import BaseModel, ConfigDict
 
 
 class ErrorDetail(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Some errors carry more: a conflict the state to resume from (an upload's offset).
+    model_config = ConfigDict(extra="allow")
 
     type: str  # invalid_request_error, authentication_error, permission_error, not_found_error, ...
     message: str

@@ -217,3 +217,75 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # of the latest attempt
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UploadSession(Base):
+    """A resumable upload (``POST /v1/uploads``): what the file will be, and how many of
+    its bytes (``received``) and chunks are stored. Durable, so an upload resumes after a
+    restart and on another replica. The filename is sealed (bound to ``file_id``)."""
+
+    __tablename__ = "upload_sessions"
+    __table_args__ = (Index("ix_upload_sessions_team", "team_id"), Index("ix_upload_sessions_updated", "updated_at"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    file_id: Mapped[str] = mapped_column(String(40), unique=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    filename_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger)  # in bytes
+    mime_type: Mapped[str] = mapped_column(String(32))
+    purpose: Mapped[str] = mapped_column(String(32))
+    received: Mapped[int] = mapped_column(BigInteger)  # the offset the next part starts at
+    chunks: Mapped[int] = mapped_column(Integer)  # chunks stored so far (the next chunk's index)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StoredFile(Base):
+    """A completed file of a team. Its bytes are chunks in the configured chunk store
+    (``backend``), listed in order by its ``file_parts``; filename and sha256 are sealed."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_team_created", "team_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    filename_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger)  # in bytes
+    mime_type: Mapped[str] = mapped_column(String(32))
+    purpose: Mapped[str] = mapped_column(String(32))
+    surface: Mapped[str] = mapped_column(String(16))  # native | compat: which message format a dataset uses
+    backend: Mapped[str] = mapped_column(String(16))  # database | s3
+    sha256_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16))  # processing | processed | error
+    status_details: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FilePart(Base):
+    """A committed part of a file: bytes [start, start+length) are chunks
+    ``first_chunk ..`` written by ``attempt``."""
+
+    __tablename__ = "file_parts"
+
+    file_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    length: Mapped[int] = mapped_column(BigInteger)
+    attempt: Mapped[str] = mapped_column(String(32))
+    first_chunk: Mapped[int] = mapped_column(Integer)
+    chunks: Mapped[int] = mapped_column(Integer)
+
+
+class FileChunk(Base):
+    """One sealed chunk, when files are stored in the database (``[files] backend``)."""
+
+    __tablename__ = "file_chunks"
+    __table_args__ = (Index("ix_file_chunks_team", "team_id"),)
+
+    file_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    attempt: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
