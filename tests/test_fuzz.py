@@ -29,7 +29,7 @@ pytestmark = pytest.mark.fuzz
 SEED = 20261129
 # Generated requests per operation in the fuzzing phase; the coverage phase adds its own
 # boundary and negative cases. Sized for the run to stay well under 3 minutes on 2 cores.
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 15
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 # Cheap chat: a 256-token window bounds every prompt and completion, a request without
 # max_completion_tokens gets 4 tokens, one thread per decode (the fuzzer sends one request

@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from conftest import llamahost_env, run_cli
-from llamahost.config import load_config
+from llamahost.config import ConfigError, load_config
 from llamahost.errors import InvalidRequest, NotFound
 from llamahost.jobs.kinds import JobContext, JobKinds
 from llamahost.jobs.loop import JobLoop
@@ -77,6 +77,21 @@ def stores(request, tmp_path, local_env, monkeypatch):
     opened = open_stores(load_config(data_dir=tmp_path / "data"))
     yield opened
     opened.db.close()
+
+
+def test_jobs_config_is_strict(tmp_path) -> None:
+    for text, named in [
+        ("[jobs]\nlease_seconds = 0\n", "jobs.lease_seconds"),
+        ("[jobs]\nconcurrency = 100\n", "jobs.concurrency"),
+        ("[jobs]\nrun_in_servers = false\n", "jobs.run_in_servers"),
+    ]:
+        path = tmp_path / "llamahost.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=named):
+            load_config(path, data_dir=tmp_path)
+    path.write_text("[jobs]\nrun_in_server = false\nlease_seconds = 5\n")
+    jobs = load_config(path, data_dir=tmp_path).jobs
+    assert (jobs.run_in_server, jobs.lease_seconds, jobs.concurrency, jobs.keep_finished_days) == (False, 5, 1, 7)
 
 
 # --- the queue and the loop, in this process -----------------------------------------------
@@ -190,8 +205,11 @@ def test_attempts_timeout_and_cancel(stores) -> None:
                 os.kill(pid, 0)
             with pytest.raises(InvalidRequest, match="already succeeded"):
                 queue.cancel(Scope.operator(), second)
-            with pytest.raises(NotFound):
-                queue.get(Scope.operator(), "job_unknown")
+            for unknown in ("job_unknown", "job_\x00", "job_" + "0" * 24):  # (PostgreSQL refuses NUL characters)
+                with pytest.raises(NotFound):
+                    queue.get(Scope.operator(), unknown)
+            with pytest.raises(InvalidRequest):
+                queue.list(Scope.operator(), kind="test\x00")
         finally:
             stop.set()
             await running
@@ -202,6 +220,32 @@ def test_attempts_timeout_and_cancel(stores) -> None:
     assert {j.id for j in queue.list(Scope(team_id))} == {j.id for j in queue.list(Scope.operator()) if j.team_id}
     assert all(j.team_id == team_id for j in queue.list(Scope(team_id)))
     assert [j.status for j in queue.list(Scope.operator(), status="failed")] == ["failed"] * 3
+
+
+def test_a_stopping_loop_hands_its_running_job_back(stores) -> None:
+    kinds = JobKinds()
+    started = asyncio.Event()
+
+    async def long(ctx: JobContext) -> dict:
+        started.set()
+        await asyncio.sleep(3600)
+        return {}
+
+    kinds.register_kind("test.long", long, timeout=7200)
+    loop = _loop(stores, kinds, lease=30.0)
+    job_id = loop.queue.enqueue("test.long")
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(loop.run(stop))
+        await asyncio.wait_for(started.wait(), DEADLINE)
+        stop.set()  # as SIGTERM does for `llamahost jobs work`, and the end of `llamahost serve`
+        await asyncio.wait_for(running, DEADLINE)
+
+    asyncio.run(scenario())
+    # Back in the queue at once (not after its 30 s lease), the interrupted attempt not counted.
+    job = loop.queue.get(Scope.operator(), job_id)
+    assert (job.status, job.attempts, job.worker_id, job.leased_until) == ("queued", 0, None, None)
 
 
 def test_periodic_jobs_are_scheduled_once_per_interval(stores) -> None:
@@ -397,11 +441,15 @@ def test_server_runs_the_loop_and_the_admin_api_shows_jobs(server_factory, local
     for key, path, method in [
         (other_admin, f"/{job_id}", "GET"), (other_admin, f"/{job_id}/cancel", "POST"),
         (operator, "/job_unknown", "GET"), (operator, "/job_unknown/cancel", "POST"),
+        (operator, "/job_%00", "GET"), (operator, "/job_" + "0" * 24, "GET"),
         (team_admin, f"/{purges[0]['id']}", "GET"),
     ]:
         reply = httpx.request(method, url + path, headers=server.headers(key), timeout=30)
         assert reply.status_code == 404 and reply.json()["error"]["type"] == "not_found_error", reply.text
-    for params, field in [({"limit": 0}, "limit"), ({"status": "done"}, "status"), ({"team": "nobody"}, "team")]:
+    for params, field in [
+        ({"limit": 0}, "limit"), ({"limit": 1001}, "limit"), ({"status": "done"}, "status"), ({"team": "nobody"}, "team"),
+        ({"kind": "Retention\x00"}, "kind"), ({"kind": "k" * 65}, "kind"),
+    ]:
         reply = httpx.get(url, params=params, headers=server.headers(operator), timeout=30)
         assert reply.status_code in (400, 404) and reply.json()["error"]["param"] == field, reply.text
 

@@ -10,7 +10,11 @@ from jsonschema import Draft202012Validator
 MODEL = "SmolLM2-135M-Instruct"
 WRITE_METHODS = ("post", "put", "patch")
 # Operations that take no body at all (their handlers read none).
-BODILESS = {("post", "/admin/v1/teams/{team}/rotate-data-key"), ("post", "/admin/v1/jobs/{job_id}/cancel")}
+BODILESS = {("post", "/admin/v1/teams/{team}/rotate-data-key"), ("post", "/admin/v1/jobs/{job_id}/cancel")} | {
+    ("post", f"{prefix}/evals/{{eval_id}}/runs/{{run_id}}{cancel}")
+    for prefix in ("/v1", "/compat/v1")
+    for cancel in ("", "/cancel")
+}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import sqlite3
 import subprocess
+import time
 import uuid
 
 import httpx
@@ -111,5 +113,28 @@ def test_sdk_upload_resumes_after_a_restart_postgresql(tmp_path, pg_schema):
         ).stdout
         assert b"file_chunks" in dump and len(dump) > 5 * MiB
         assert_absent_in(dump, mark, "pg_dump")
+    finally:
+        server.stop()
+
+
+def test_the_job_loop_expires_abandoned_uploads(tmp_path):
+    """``uploads_expiry`` runs on the server's job loop: an upload idle past
+    ``session_ttl_hours`` is gone (404), its stored part with it."""
+    config = "[files]\nsession_ttl_hours = 0.0005\npurge_interval_seconds = 0.5\n[jobs]\npoll_interval_seconds = 0.1\n"
+    server = start_server(tmp_path, config=config)
+    try:
+        with httpx.Client(base_url=server.url, headers=server.headers(), timeout=60) as http:
+            body = {"bytes": 100, "filename": "a.txt", "mime_type": "text/plain", "purpose": "attachment"}
+            upload_id = http.post("/v1/uploads", json=body).json()["id"]
+            assert http.post(f"/v1/uploads/{upload_id}", files={"data": ("p", b"x" * 10)}).json()["offset"] == 10
+            deadline = time.monotonic() + 90
+            while http.get(f"/v1/uploads/{upload_id}").status_code == 200:
+                assert time.monotonic() < deadline, "the abandoned upload was not purged"
+                time.sleep(0.25)
+            assert http.get(f"/v1/uploads/{upload_id}").json()["error"]["param"] == "upload_id"
+        with sqlite3.connect(server.data_dir / "llamahost.db") as db:
+            assert db.execute("select count(*) from file_chunks").fetchone() == (0,)
+            kinds = {row[0] for row in db.execute("select kind from jobs where status = 'succeeded'")}
+            assert "uploads_expiry" in kinds
     finally:
         server.stop()

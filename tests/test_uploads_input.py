@@ -239,4 +239,17 @@ def test_openai_sdk_files_create_maps_fine_tune(srv):
         assert http.get(f"/v1/files/{evals.id}").json()["purpose"] == "messages_eval"
         error = _error(http.post("/compat/v1/files", files={"file": ("a", b"x")}, data={"purpose": "batch"}), 400)
         assert error["param"] == "purpose"
+        assert _error(http.post("/compat/v1/files", files={"file": ("a", b"x")}), 400)["param"] == "purpose"
+        note = http.post("/compat/v1/files", files={"file": ("n.txt", b"note", "text/plain")}, data={"purpose": "user_data"})
+        assert note.json()["purpose"] == "user_data"
+        native = http.get(f"/v1/files/{note.json()['id']}").json()
+        assert (native["purpose"], native["mime_type"], native["status"]) == ("attachment", "text/plain", "processed")
     assert openai.files.delete(created.id).deleted is True
+
+
+def test_usage_summary_shows_stored_bytes_as_storage(client, http):
+    upload(client, b"counted\n", purpose="attachment", mime="text/plain")
+    files = http.get("/v1/files", params={"limit": 10000}).json()["data"]
+    summary = http.get("/team/v1/usage/summary").json()
+    assert summary["storage"] == {"files": len(files), "bytes": sum(f["bytes"] for f in files)}
+    assert summary["storage"]["files"] >= 1

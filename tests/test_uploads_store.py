@@ -1,9 +1,15 @@
-"""The file service on a real database, below HTTP: two parts racing for one offset
-cannot both land (compare-and-set), and a chunk swapped or moved in storage does not
-open (each is bound to its file id and index)."""
+"""The file service on a real database (SQLite and PostgreSQL), below HTTP: two parts
+racing for one offset cannot both land (compare-and-set), a chunk swapped or moved in
+storage does not open (each is bound to its file id and index), and the purge expires
+idle sessions."""
 
 from __future__ import annotations
 
+import secrets
+import threading
+import uuid
+
+import psycopg
 import pytest
 from sqlalchemy import select, update
 
@@ -17,15 +23,27 @@ from llamahost.store.keyring import open_store
 from llamahost.store.models import FileChunk, FilePart
 from llamahost.tenancy.teams import TeamStore
 
+PG = "postgresql://postgres@127.0.0.1:5432/test"
 
-@pytest.fixture
-def service(tmp_path, monkeypatch):
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def service(request, tmp_path, monkeypatch):
     for name in ("LLAMAHOST_MASTER_KEY", "LLAMAHOST_MASTER_KEY_FILE", "LLAMAHOST_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
+    schema = None
+    if request.param == "postgresql":
+        schema = f"llh_files_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        monkeypatch.setenv("LLAMAHOST_DATABASE_URL", f"{PG}?options=-csearch_path%3D{schema}")
+        monkeypatch.setenv("LLAMAHOST_MASTER_KEY", secrets.token_hex(32))
     db, keyring = open_store(tmp_path)
     team_id, _ = TeamStore(db, keyring).ensure("team")
     yield FileService(db, keyring, DatabaseChunks(db), FilesConfig()), team_id
     db.close()
+    if schema is not None:
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def _write(writer, data: bytes) -> None:
@@ -46,10 +64,30 @@ def test_two_parts_racing_for_one_offset_cannot_both_land(service):
     second_session, second = files.begin_part(team_id, session.id, 0)  # both passed the offset check
     _write(first, b"a" * 10)
     _write(second, b"b" * 10)
-    assert files.commit_part(first_session, first).offset == 10
-    with pytest.raises(Conflict) as raised:
-        files.commit_part(second_session, second)
-    assert raised.value.details == {"offset": 10} and raised.value.status_code == 409
+    # Both commit at once (threads released together): the database's compare-and-set
+    # on the offset lets exactly one through.
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, object] = {}
+
+    def commit(name, part_session, writer):
+        barrier.wait()
+        try:
+            outcomes[name] = files.commit_part(part_session, writer)
+        except Conflict as exc:
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=commit, args=args) for args in
+               (("first", first_session, first), ("second", second_session, second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    conflicts = [o for o in outcomes.values() if isinstance(o, Conflict)]
+    assert len(conflicts) == 1, outcomes
+    assert conflicts[0].details == {"offset": 10} and conflicts[0].status_code == 409
+    winner_bytes = b"a" * 10
+    if isinstance(outcomes["first"], Conflict):  # name the winner "first" for what follows
+        first, second, winner_bytes = second, first, b"b" * 10
     with files.db.session() as s:  # the loser's chunks are gone, only the winner's part counts
         assert s.scalars(select(FileChunk.attempt)).all() == [first.attempt]
         assert s.scalars(select(FilePart.attempt)).all() == [first.attempt]
@@ -58,7 +96,7 @@ def test_two_parts_racing_for_one_offset_cannot_both_land(service):
     outcome = files.commit_part(last_session, last)
     assert outcome.file_id and outcome.offset == 20
     view, stream = files.content(team_id, outcome.file_id)
-    assert b"".join(stream) == b"a" * 10 + b"c" * 10 and view.status == "processed"
+    assert b"".join(stream) == winner_bytes + b"c" * 10 and view.status == "processed"
 
 
 def test_a_swapped_chunk_does_not_open(service, monkeypatch):

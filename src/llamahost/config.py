@@ -41,6 +41,8 @@ ENV_REDIS_URL = "LLAMAHOST_REDIS_URL"  # shared rate-limit counters for replicas
 ENV_REDIS_PREFIX = "LLAMAHOST_REDIS_PREFIX"  # key prefix in that Redis (default "llamahost:")
 ENV_MASTER_KEY = "LLAMAHOST_MASTER_KEY"  # the master key itself (required with PostgreSQL)
 ENV_MASTER_KEY_FILE = "LLAMAHOST_MASTER_KEY_FILE"  # where the master key file is (default: data dir)
+ENV_SERVER_URL = "LLAMAHOST_URL"  # the server client commands (`llamahost evals run`) talk to
+ENV_API_KEY = "LLAMA_API_KEY"  # the key client commands call the server with (as the Llama SDK reads it)
 ENV_WORKER_CONFIG = "LLAMAHOST_WORKER_CONFIG"  # internal: the parent's config, handed to `--workers` processes
 ENV_S3_ENDPOINT_URL = "LLAMAHOST_S3_ENDPOINT_URL"  # [files.s3] endpoint_url, overriding the file
 ENV_S3_BUCKET = "LLAMAHOST_S3_BUCKET"  # [files.s3] bucket, overriding the file
@@ -186,6 +188,9 @@ class ServerConfig(_Strict):
     tls_key: Path | None = None
     # "json": one JSON object per log line (request logs carry request_id, model, status...).
     log_format: Literal["text", "json"] = "text"
+    # The end user's `user` value in request logs: "hashed" (a keyed hash, stable for
+    # this deployment), "plain" (as sent) or "off" (left out). Team names are logged as they are.
+    log_users: Literal["plain", "hashed", "off"] = "hashed"
     # Processes serving the same port (`--workers` wins).
     workers: int = Field(default=1, ge=1, le=256)
     # Serve GET /metrics (Prometheus text format), unauthenticated like /health.
@@ -354,6 +359,26 @@ class JobsConfig(_Strict):
     keep_finished_days: int = Field(default=7, ge=1, le=3650)
 
 
+class EvalsConfig(_Strict):
+    """Eval runs (``evals/``): how they share the job loops and the models with live traffic."""
+
+    # Generations (and judge calls) one run has in flight at once, over all its loops: a
+    # run does not starve live traffic of the model's slots.
+    max_concurrency: int = Field(default=2, ge=1, le=256)
+    # Jobs each run is split into: up to this many job loops work on one run's items
+    # (each with max_concurrency / jobs_per_run of the run's slots, at least one).
+    jobs_per_run: int = Field(default=2, ge=1, le=64)
+    # Items a loop claims at once.
+    batch_size: int = Field(default=8, ge=1, le=1000)
+    # A claimed item whose loop stops renewing it (killed) goes back to the pool after this long.
+    item_lease_seconds: float = Field(default=60.0, ge=1, le=3600)
+    # A generation refused with 429 waits for its Retry-After and tries again, this many
+    # times; then the item errors.
+    rate_limit_retries: int = Field(default=5, ge=0, le=100)
+    # Rows one run may have.
+    max_items: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -364,6 +389,7 @@ class Config(_Strict):
     moderation: GuardrailConfig = Field(default_factory=GuardrailConfig)
     files: FilesConfig = Field(default_factory=FilesConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
+    evals: EvalsConfig = Field(default_factory=EvalsConfig)
 
     @model_validator(mode="after")
     def _default_models_and_unique_names(self) -> Config:

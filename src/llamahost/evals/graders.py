@@ -101,7 +101,7 @@ def check_template(text: Any, param: str, item_fields: frozenset[str] | None) ->
     return text
 
 
-def _lookup(namespace: str, path: tuple[str, ...], item: Mapping[str, Any], sample: Mapping[str, Any] | None) -> Any:
+def lookup(namespace: str, path: tuple[str, ...], item: Mapping[str, Any], sample: Mapping[str, Any] | None) -> Any:
     node: Any = item if namespace == "item" else sample
     if node is None:
         raise ItemError(f"{namespace}.{'.'.join(path)}: this run has no sample to grade")
@@ -118,7 +118,7 @@ def render(text: str, item: Mapping[str, Any], sample: Mapping[str, Any] | None)
     def value(match: re.Match[str]) -> str:
         ref = _REFERENCE.match(match.group(1))
         assert ref is not None  # checked at creation
-        found = _lookup(ref.group(1), tuple(ref.group(2)[1:].split(".")), item, sample)
+        found = lookup(ref.group(1), tuple(ref.group(2)[1:].split(".")), item, sample)
         return found if isinstance(found, str) else json.dumps(found, separators=(",", ":"), ensure_ascii=False)
 
     return _TEMPLATE.sub(value, text)
@@ -276,7 +276,7 @@ class ToolCallCheck(Grader):
 
     def grade(self, item, sample):
         expected = render(self.tool, item, sample)
-        calls = _lookup("sample", ("output_tools",), item, sample)
+        calls = lookup("sample", ("output_tools",), item, sample)
         for call in calls or ():
             function = call.get("function", call) if isinstance(call, Mapping) else {}
             if function.get("name") != expected:
@@ -303,7 +303,7 @@ def _render_value(value: Any, item, sample) -> Any:
         if whole is not None:
             ref = _REFERENCE.match(whole.group(1))
             assert ref is not None
-            return _lookup(ref.group(1), tuple(ref.group(2)[1:].split(".")), item, sample)
+            return lookup(ref.group(1), tuple(ref.group(2)[1:].split(".")), item, sample)
         return render(value, item, sample)
     if isinstance(value, Mapping):
         return {k: _render_value(v, item, sample) for k, v in value.items()}

@@ -27,7 +27,7 @@ from ..protocol import native as native_wire
 MIN_FINETUNE_EXAMPLES = 10
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
-_MESSAGES = {
+_MESSAGES: dict[str, TypeAdapter[Any]] = {
     "native": TypeAdapter(list[native_wire.Message]),
     "compat": TypeAdapter(list[compat_wire.Message]),
 }
@@ -114,7 +114,7 @@ def _row(number: int, line: bytes) -> dict[str, Any]:
         row = json.loads(line)
     except UnicodeDecodeError:
         raise DatasetError(number, "is not UTF-8") from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise DatasetError(number, f"is not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(row, dict):
         raise DatasetError(number, "must be a JSON object")

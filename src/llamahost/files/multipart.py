@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -49,7 +50,7 @@ class _Collector:
     headers: dict[str, str] = field(default_factory=dict)
     ended: bool = False
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> Any:  # python-multipart's MultipartCallbacks (a TypedDict)
         return {
             "on_part_begin": self._part_begin,
             "on_header_field": lambda data, start, end: self.header_field.extend(data[start:end]),

@@ -84,7 +84,7 @@ class FileObject(BaseModel):
     sha256: str | None
     # processing: just completed, being hashed and checked; processed: ready;
     # error: a dataset that failed validation (status_details says which line and why).
-    status: Literal["processing", "processed", "error"]
+    status: str
     status_details: str | None = None
 
 
@@ -97,7 +97,7 @@ class OpenAIFileObject(BaseModel):
     created_at: int
     filename: str
     purpose: str
-    status: Literal["uploaded", "processed", "error"]
+    status: str  # uploaded (being processed) | processed | error
     status_details: str | None = None
     expires_at: int | None = None
     sha256: str | None = None

@@ -10,7 +10,7 @@ enforce their own: ``[files] max_part_bytes`` per part, ``max_bytes`` per file.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -24,6 +24,8 @@ from ..http_docs import error_responses, operation
 from ..tenancy.keys import Principal
 from .multipart import MAX_FIELD_BYTES, PartData, PartEnd, PartStart, form_events
 from .protocol import (
+    DATASET_PURPOSES,
+    MIMES_FOR_PURPOSE,
     NATIVE_TO_OPENAI,
     OPENAI_PURPOSES,
     PURPOSES,
@@ -102,11 +104,21 @@ async def _refusing(body: _Body, limit: int, call):
 
 
 async def _receive_file(
-    request: Request, body: _Body, writer: PartWriter, *, file_field: str, max_body: int, fields: dict[str, str]
-) -> str | None:
+    request: Request,
+    body: _Body,
+    writer: PartWriter,
+    *,
+    file_field: str,
+    max_body: int,
+    fields: dict[str, str],
+    check_field: Callable[[str, str], object] | None = None,
+) -> tuple[str | None, str | None]:
     """Stream the multipart body: ``file_field``'s bytes into ``writer``, small form
-    fields into ``fields``. Returns the file part's filename."""
+    fields into ``fields`` (each passed to ``check_field`` as soon as it is complete, so a
+    bad one is refused before the file is read). Returns the file part's filename and
+    content type."""
     filename: str | None = None
+    content_type: str | None = None
     seen = False
     current: str | None = None
     small = bytearray()
@@ -116,7 +128,7 @@ async def _receive_file(
             if current == file_field:
                 if seen:
                     raise InvalidRequest(f"{file_field}: sent twice; a request carries one", param=file_field)
-                seen, filename = True, event.filename
+                seen, filename, content_type = True, event.filename, event.content_type
             elif current not in fields:
                 raise InvalidRequest(f"unknown form field {current!r}", param=current)
             small.clear()
@@ -131,11 +143,13 @@ async def _receive_file(
         elif isinstance(event, PartEnd):
             if current != file_field and current is not None:
                 fields[current] = small.decode("utf-8", "replace")
+                if check_field is not None:
+                    check_field(current, fields[current])
             current = None
     if not seen:
         raise InvalidRequest(f"{file_field}: field required (a multipart file part)", param=file_field)
     await run_in_threadpool(writer.finish)
-    return filename
+    return filename, content_type
 
 
 def _offset_header(request: Request) -> int | None:
@@ -331,22 +345,18 @@ async def create_file_compat(request: Request) -> OpenAIFileObject:
     fields: dict[str, str] = {"purpose": ""}
     try:
         try:
-            filename = await _receive_file(
-                request, body, writer, file_field="file", max_body=writer.limit + MULTIPART_OVERHEAD, fields=fields
+            filename, part_type = await _receive_file(
+                request, body, writer, file_field="file", max_body=writer.limit + MULTIPART_OVERHEAD, fields=fields,
+                check_field=lambda name, value: _openai_purpose(value) if name == "purpose" else None,
             )
         except InvalidRequest as exc:
             if exc.code == "upload_overrun":
                 raise files.oneshot_too_large(writer) from None
             raise
-        purpose = fields.get("purpose") or ""
-        native_purpose = OPENAI_PURPOSES.get(purpose)
-        if native_purpose is None:
-            raise InvalidRequest(
-                f"purpose must be one of {', '.join(OPENAI_PURPOSES)}; got {purpose!r}"
-                if purpose else "purpose: field required",
-                param="purpose",
-            )
-        mime_type = "application/jsonl" if native_purpose in ("messages_finetune", "messages_eval") else "text/plain"
+        if not fields["purpose"]:
+            raise InvalidRequest("purpose: field required", param="purpose")
+        native_purpose = _openai_purpose(fields["purpose"])
+        mime_type = _oneshot_mime(native_purpose, part_type)
         view = await run_in_threadpool(
             lambda: files.commit_oneshot(
                 writer, key_id=principal.key_id, filename=filename or "file", mime_type=mime_type,
@@ -357,6 +367,23 @@ async def create_file_compat(request: Request) -> OpenAIFileObject:
         await run_in_threadpool(writer.abort)
         raise
     return _openai_view(view)
+
+
+def _openai_purpose(purpose: str) -> str:
+    native_purpose = OPENAI_PURPOSES.get(purpose)
+    if native_purpose is None:
+        raise InvalidRequest(f"purpose must be one of {', '.join(OPENAI_PURPOSES)}; got {purpose!r}", param="purpose")
+    return native_purpose
+
+
+def _oneshot_mime(purpose: str, part_type: str | None) -> str:
+    """OpenAI's SDK sends whatever type the file's name suggests (often
+    application/octet-stream for .jsonl): a dataset is JSON Lines by its purpose, and an
+    attachment keeps a type it declared when it is one the API knows."""
+    allowed = MIMES_FOR_PURPOSE[purpose]
+    if part_type in allowed:
+        return part_type
+    return "application/jsonl" if "application/jsonl" in allowed and purpose in DATASET_PURPOSES else "text/plain"
 
 
 # The routes whose multipart bodies are read as a stream under their own caps.

@@ -25,7 +25,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from ..config import Config, FilesConfig
 from ..errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from ..store.crypto import CryptoError, key_version, open_sealed
-from ..store.db import Database, aware_utc
+from ..store.db import Database, affected_rows, aware_utc
 from ..store.keyring import Keyring, Sealed
 from ..store.models import FilePart, StoredFile, Team, UploadSession
 from .datasets import check_dataset
@@ -122,7 +122,7 @@ class PartWriter:
 
     def store(self, plaintext: bytes) -> None:
         index = self.first_chunk + self.chunks
-        blob = self.service.keyring.seal(self.team_id, plaintext, Sealed(CHUNKS, self.file_id, index))
+        blob = self.service.keyring.seal(self.team_id, plaintext, Sealed(CHUNKS, self.file_id, str(index)))
         self.service.chunks.put(ChunkRef(self.team_id, self.file_id, self.attempt, self.chunks), blob)
         self.chunks += 1
 
@@ -192,6 +192,7 @@ class FileService:
                     UploadSession.team_id == team_id, UploadSession.completed_at.is_(None)
                 )
             )
+        pending = pending or 0
         if used + pending + more > quota:
             raise InvalidRequest(
                 f"bytes: the team's files would exceed its storage quota of {quota} bytes "
@@ -246,7 +247,7 @@ class FileService:
         complete = end == session.bytes
         now = _now()
         with self.db.session() as s:
-            moved = s.execute(
+            moved = affected_rows(s.execute(
                 update(UploadSession)
                 .where(UploadSession.id == session.id, UploadSession.received == writer.start)
                 .values(
@@ -255,7 +256,7 @@ class FileService:
                     updated_at=now,
                     completed_at=now if complete else None,
                 )
-            ).rowcount
+            ))
             if moved == 1:
                 s.add(
                     FilePart(
@@ -265,6 +266,7 @@ class FileService:
                 )
                 if complete:
                     row = s.get(UploadSession, session.id)
+                    assert row is not None  # it was just updated in this transaction
                     s.add(self._file_row(row, "native", now))
         if moved != 1:
             writer.abort()
@@ -336,6 +338,7 @@ class FileService:
                 yield plaintext
 
         status, details = "processed", None
+        sha: str | None = None
         try:
             stream = hashed()
             if row.purpose in DATASET_PURPOSES:
@@ -344,10 +347,10 @@ class FileService:
                     status, details = "error", report.details
             for _ in stream:  # the rest of the file, past a dataset's first error, still counts in the hash
                 pass
+            sha = digest.hexdigest()
         except (CryptoError, MissingChunk, IntegrityFailure) as exc:
             log.error("file %s does not read back: %s", file_id, exc)
             status, details = "error", f"the stored file does not read back: {exc}"
-            digest = None
         with self.db.session() as s:
             s.execute(
                 update(StoredFile)
@@ -355,7 +358,7 @@ class FileService:
                 .values(
                     status=status,
                     status_details=details,
-                    sha256_sealed=self.keyring.seal(team_id, digest.hexdigest(), sha256_place(file_id)) if digest else None,
+                    sha256_sealed=self.keyring.seal(team_id, sha, sha256_place(file_id)) if sha else None,
                 )
             )
 
@@ -471,7 +474,7 @@ class FileService:
 
     def stored_bytes(self, team_id: int) -> int:
         with self.db.session() as s:
-            return s.scalar(select(func.coalesce(func.sum(StoredFile.size), 0)).where(StoredFile.team_id == team_id))
+            return s.scalar(select(func.coalesce(func.sum(StoredFile.size), 0)).where(StoredFile.team_id == team_id)) or 0
 
     # --- expiry, retention, team deletion --------------------------------------------------------
 

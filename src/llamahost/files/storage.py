@@ -109,8 +109,8 @@ class S3Chunks:
 
     def __init__(self, settings: S3Settings) -> None:
         try:  # the optional `s3` extra: imported only when configured
-            import boto3
-            from botocore.config import Config as BotoConfig
+            import boto3  # type: ignore[import-untyped]
+            from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
         except ImportError:
             raise ConfigError('[files] backend = "s3" needs boto3: pip install \'llamahost[s3]\'') from None
 

@@ -23,6 +23,7 @@ whole queue:
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,13 +38,16 @@ from ..store.db import Database, affected_rows, aware_utc
 from ..store.models import Job
 from ..tenancy.scope import Scope
 from ..tenancy.teams import TeamStore
-from .kinds import JobKinds
+from .kinds import KIND_NAME, JobKinds
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 MAX_ERROR_CHARS = 2000
+
+
+JOB_ID = re.compile(r"job_[0-9a-f]{24}")
 
 
 def new_job_id() -> str:
@@ -261,6 +265,10 @@ class JobQueue:
     # --- operators and team admins ------------------------------------------------------
 
     def _scoped(self, scope: Scope, job_id: str) -> list:
+        if not JOB_ID.fullmatch(job_id):
+            # Not one of ours: answered before the database sees it (PostgreSQL refuses NUL
+            # characters with an error, not an empty result).
+            raise NotFound(f"no job {job_id[:64]!r}", param="id")
         conditions = [Job.id == job_id]
         if not scope.is_operator:
             conditions.append(Job.team_id == scope.team_id)
@@ -294,6 +302,8 @@ class JobQueue:
                 raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
             conditions.append(Job.status == status)
         if kind is not None:
+            if not KIND_NAME.fullmatch(kind):
+                raise InvalidRequest("kind: not a job kind name (lower-case letters, digits, '.', '_', '-')", param="kind")
             conditions.append(Job.kind == kind)
         with self.db.session() as s:
             rows = s.scalars(

@@ -191,6 +191,11 @@ class EndUserUsage(UsageCounts):
     team: str  # `user` is a team's own id for its end user: the same value in two teams is two users
 
 
+class StorageUsage(BaseModel):
+    files: int  # uploaded files kept now (/v1/files), whatever the window
+    bytes: int
+
+
 class UsageSummary(BaseModel):
     since: datetime
     until: datetime
@@ -199,6 +204,7 @@ class UsageSummary(BaseModel):
     models: list[ModelUsage]
     users: list[EndUserUsage]  # top end users by requests
     totals: UsageCounts
+    storage: StorageUsage
 
 
 class EffectiveLimit(BaseModel):

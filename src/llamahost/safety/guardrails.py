@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..config import GuardrailConfig
 from ..errors import ContentPolicyViolation
+from ..observability import UserLogging
 from ..types.chat import ChatMessage, ChatRequest
 from ..types.moderation import GuardrailCheck, Stage
 from .llama_guard import Verdict
@@ -62,11 +63,14 @@ class CheckRecorder(Protocol):
 class LogRecorder:
     """Writes each check to the log (the usage record is written by the request's meter)."""
 
+    def __init__(self, user_logging: UserLogging | None = None) -> None:
+        self.user_logging = user_logging or UserLogging()
+
     def record(self, check: GuardrailCheck) -> None:
         log.info(
-            "moderation stage=%s team=%s user=%s chat_model=%s model=%s flagged=%s categories=%s action=%s "
+            "moderation stage=%s team=%s%s chat_model=%s model=%s flagged=%s categories=%s action=%s "
             "blocked=%s latency_ms=%.1f",
-            check.stage, check.team, check.user, check.chat_model, check.moderation_model, check.flagged,
+            check.stage, check.team, self.user_logging.text(check.user), check.chat_model, check.moderation_model, check.flagged,
             ",".join(check.categories) or "-", check.action, check.blocked, check.latency_ms,
         )
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, cast, overload
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import create_engine, event, text
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -100,6 +102,12 @@ class Database:
                 "existing team names, key labels and usage `user` values were encrypted; their old plaintext row "
                 "versions stay in PostgreSQL's files until vacuumed: run VACUUM FULL teams, api_keys, usage_records"
             )
+
+    def insert_if_absent(self, model, *unique: str):
+        """``INSERT ... ON CONFLICT (unique) DO NOTHING`` in this database's dialect: a
+        row replayed after a crash (``tenancy/journal.py``) is stored once."""
+        dialect = {"postgresql": postgresql_dialect, "sqlite": sqlite_dialect}[self.engine.dialect.name]
+        return dialect.insert(model).on_conflict_do_nothing(index_elements=list(unique))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

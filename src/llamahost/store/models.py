@@ -289,3 +289,59 @@ class FileChunk(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     team_id: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+class Eval(Base):
+    """An eval (``evals/``): its definition (name, data source config, testing criteria,
+    metadata) is the team's content, sealed under its data key."""
+
+    __tablename__ = "evals"
+    __table_args__ = (Index("ix_evals_team_created", "team_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    definition_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EvalRun(Base):
+    """One run of an eval over a data source. ``status``: queued | in_progress |
+    completed | canceled | failed. The run's spec (data source, model, name, metadata)
+    is sealed; counts come from its items."""
+
+    __tablename__ = "eval_runs"
+    __table_args__ = (Index("ix_eval_runs_eval_created", "eval_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id", ondelete="CASCADE"))
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    key_id: Mapped[str | None] = mapped_column(String(32))  # the key that started it: generations run as it
+    status: Mapped[str] = mapped_column(String(16))
+    total: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    spec_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EvalItem(Base):
+    """One row of a run's data source and, once graded, its one result. ``status``:
+    pending | claimed | passed | failed | errored; a claimed item is held by one loop
+    (``claimed_by``) until ``claimed_until``, and only that holder may record its result."""
+
+    __tablename__ = "eval_items"
+    __table_args__ = (Index("ix_eval_items_run_status", "run_id", "status"),)
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    generations: Mapped[int] = mapped_column(Integer, server_default="0", default=0)  # every attempt, repeats included
+    passes: Mapped[list | None] = mapped_column(JSON)  # per testing criterion: true / false / null (errored)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    row_sealed: Mapped[bytes] = mapped_column(LargeBinary)  # {"item", "sample"?}
+    result_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)  # sample, results, error
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
