@@ -303,6 +303,9 @@ async def _work(ctx: RunContext, evals: EvalStore, worker: str, batch, slots: in
     async def one(idx: int, row: dict[str, Any]) -> bool:
         async with gate:
             outcome = await grade_item(ctx, row)
+        # The generations' usage records are written before the result that used them:
+        # a loop killed after recording a result has left its usage behind too.
+        await ctx.runtime.metering.usage_writer.flush()
         held.discard(idx)
         recorded = await asyncio.to_thread(evals.finish, ctx.run_id, ctx.team_id, idx, worker, outcome)
         if not recorded:  # another loop took it over meanwhile; its tokens were still spent

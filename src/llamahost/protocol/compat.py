@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..types.chat import MAX_TOKENS_LIMIT
 
 # Tools and tool_choice have the same shape on both surfaces.
-from .native import NamedToolChoice, Tool
+from .native import MAX_MODEL_NAME, NamedToolChoice, Tool
 
 
 class _Request(BaseModel):
@@ -112,7 +112,7 @@ class StreamOptions(_Request):
 
 
 class ChatCompletionRequest(_Request):
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)

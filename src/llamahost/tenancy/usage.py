@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, insert, select
+from sqlalchemy.exc import DataError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import InvalidRequest
@@ -134,11 +135,31 @@ class UsageStore:
         skipped, so a replayed journal counts nothing twice) and already encrypted
         stored-content rows, in one transaction."""
         sealed = [self._sealed(row) for row in rows]
+        try:
+            self._insert(sealed, content_rows)
+        except (DataError, IntegrityError) as exc:
+            if len(sealed) + len(content_rows) == 1:
+                raise
+            # A row the database will never take (a constraint it breaks) must not hold
+            # back the rest of its batch, nor be retried forever: each on its own.
+            log.warning("a batch of usage was refused (%s); writing its rows one by one", exc.orig)
+            for row in sealed:
+                self._insert_alone([row], (), f"usage record {row['record_id']}")
+            for content_row in content_rows:
+                self._insert_alone([], [content_row], f"stored request {content_row.get('id')}")
+
+    def _insert(self, sealed: Sequence[dict[str, Any]], content_rows: Sequence[dict[str, Any]]) -> None:
         with self.db.session() as s:
             if sealed:
                 s.execute(self.db.insert_if_absent(UsageRecord, "record_id"), sealed)
             if content_rows:
                 s.execute(insert(StoredRequest), content_rows)
+
+    def _insert_alone(self, sealed: Sequence[dict[str, Any]], content_rows: Sequence[dict[str, Any]], what: str) -> None:
+        try:
+            self._insert(sealed, content_rows)
+        except (DataError, IntegrityError) as exc:
+            log.error("%s refused by the database, dropped: %s", what, exc.orig)
 
     def summary(self, scope: Scope, **filters: Any) -> UsageSummary:
         """Aggregates over a time range; see ``summarize_usage``."""
