@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -191,7 +191,7 @@ async def get_upload(upload_id: str, request: Request) -> dict[str, Any]:
     ),
     response_model_exclude_none=True,
 )
-async def upload_part(upload_id: str, request: Request) -> UploadPartResult:
+async def upload_part(upload_id: str, request: Request) -> UploadPartResult | Response:
     files = _files(request)
     body = _Body(request)
     cap = files.config.max_part_bytes + MULTIPART_OVERHEAD
@@ -202,6 +202,9 @@ async def upload_part(upload_id: str, request: Request) -> UploadPartResult:
     try:
         await _receive_file(request, body, writer, file_field="data", max_body=cap, fields={})
         outcome = await run_in_threadpool(files.commit_part, session, writer)
+    except ClientDisconnected:  # the client resumes from GET /v1/uploads/{id}; nothing of this part counts
+        await run_in_threadpool(writer.abort)
+        return Response(status_code=499)
     except BaseException:
         await run_in_threadpool(writer.abort)
         raise
@@ -336,7 +339,7 @@ async def delete_file(file_id: str, request: Request) -> FileDeleted:
         response=OpenAIFileObject,
     ),
 )
-async def create_file_compat(request: Request) -> OpenAIFileObject:
+async def create_file_compat(request: Request) -> OpenAIFileObject | Response:
     """OpenAI's one-shot upload: multipart ``file`` and ``purpose`` (fine-tune, evals, user_data)."""
     files = _files(request)
     principal = _principal(request)
@@ -363,6 +366,9 @@ async def create_file_compat(request: Request) -> OpenAIFileObject:
                 purpose=native_purpose, surface="compat",
             )
         )
+    except ClientDisconnected:
+        await run_in_threadpool(writer.abort)
+        return Response(status_code=499)
     except BaseException:
         await run_in_threadpool(writer.abort)
         raise
