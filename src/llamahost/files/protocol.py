@@ -45,7 +45,8 @@ class _Request(BaseModel):
 
 
 class UploadCreate(_Request):
-    bytes: int = Field(ge=1)
+    # Bounded for the document; the server's [files] max_bytes (and a team quota) refuse less.
+    bytes: int = Field(ge=1, le=2**53 - 1)
     filename: str = Field(min_length=1, max_length=1024)
     mime_type: MimeType
     purpose: Purpose

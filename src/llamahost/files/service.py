@@ -330,6 +330,12 @@ class FileService:
             row = s.get(StoredFile, file_id)
         if row is None or row.team_id != team_id:
             return
+        with self.db.session() as s:
+            committed = set(s.scalars(select(FilePart.attempt).where(FilePart.file_id == file_id)))
+        try:
+            self.chunks.delete_other_attempts(team_id, file_id, committed)
+        except Exception:  # only space is lost; the file's own chunks are untouched
+            log.exception("could not delete the orphaned chunks of %s", file_id)
         digest = hashlib.sha256()
 
         def hashed() -> Iterator[bytes]:
