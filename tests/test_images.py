@@ -13,9 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from llamahost.chat.images import ImagePolicy, image_tokens, load_images, validate_bytes
-from llamahost.chat.types import ImageInput
-from llamahost.protocol.errors import InvalidRequest
+from llamahost.chat.images import ImagePolicy, load_images, validate_bytes
+from llamahost.types.images import image_tokens
+from llamahost.types.chat import ImageInput
+from llamahost.errors import InvalidRequest
 
 
 def png(width=8, height=8, color=(200, 30, 30)) -> bytes:

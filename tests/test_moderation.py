@@ -9,7 +9,7 @@ import httpx
 import pytest
 from llama_api_client import BadRequestError, LlamaAPIClient, NotFoundError
 
-from llamahost.chat.types import ChatMessage
+from llamahost.types.chat import ChatMessage
 from llamahost.safety.llama_guard import UnparseableVerdict, Verdict, parse_verdict, render_prompt
 from llamahost.safety.taxonomy import CATEGORIES, NAMES
 
@@ -368,10 +368,10 @@ def test_blocked_input_leaves_the_engine_call_count_unchanged(tmp_path):
     # In process, to read the engine's own counter (the real engine and classifier).
     import asyncio
 
-    from llamahost.api.app import build_services
-    from llamahost.chat.types import ChatRequest
+    from llamahost.api.services import build_services
+    from llamahost.types.chat import ChatRequest
     from llamahost.config import load_config
-    from llamahost.protocol.errors import ContentPolicyViolation
+    from llamahost.errors import ContentPolicyViolation
 
     path = tmp_path / "c.toml"
     path.write_text(GUARDED_CONFIG)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from llamahost.chat.toolparse import (
+from llamahost.engines.toolparse import (
     parse_json_calls,
     parse_llama_reply,
     parse_python_start,

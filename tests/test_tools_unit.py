@@ -9,19 +9,19 @@ import json
 import llama_cpp
 import pytest
 
-from llamahost.chat.schema import check_schema
-from llamahost.chat.tools import (
+from llamahost.engines.schema import check_schema
+from llamahost.chat.tools import check_request
+from llamahost.engines.tool_format import (
     LLAMA3_JSON_FORMAT,
     OWN_FORMAT,
     ToolStreamParser,
-    check_request,
     format_for_template,
     render_messages,
 )
-from llamahost.chat.types import ChatMessage, ChatRequest, ToolCall, ToolCallDelta, ToolSpec
+from llamahost.types.chat import ChatMessage, ChatRequest, ToolCall, ToolCallDelta, ToolSpec
 from llamahost.engines.constraint import GrammarCompiler
 from llamahost.engines.llamacpp import bundled_model_path
-from llamahost.protocol.errors import InvalidRequest
+from llamahost.errors import InvalidRequest
 
 WEATHER = ToolSpec(
     "get_weather",

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from llamahost.protocol.errors import InvalidRequest, NotFound
+from llamahost.errors import InvalidRequest, NotFound
 from llamahost.store.crypto import MasterKey
 from llamahost.store.db import Database
 from llamahost.store.keyring import Keyring

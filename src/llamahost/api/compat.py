@@ -8,16 +8,18 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 
 from ..chat.service import ChatStream
-from ..chat.types import ChatMessage, ChatRequest, ChatResult, SamplingParams, TextChunk, ToolCall, ToolSpec
 from ..engines.registry import ModelEntry
+from ..errors import APIError, InvalidRequest
+from ..http_docs import CHAT_ERRORS, error_responses, operation
 from ..protocol import compat as wire
-from ..protocol.errors import APIError, InvalidRequest
+from ..types.chat import ChatMessage, ChatRequest, ChatResult, SamplingParams, TextChunk, ToolCall, ToolSpec
 from .common import authenticate, content_images, content_text, parse_body, serve_chat
+from .services import Services
 
-router = APIRouter(prefix="/compat/v1", dependencies=[Depends(authenticate)])
+router = APIRouter(prefix="/compat/v1", dependencies=[Depends(authenticate)], responses=error_responses(401))
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit; clients written for it never send more
 
@@ -73,9 +75,7 @@ def to_chat_request(body: wire.ChatCompletionRequest) -> ChatRequest:
     if body.logprobs or body.top_logprobs:
         raise InvalidRequest("logprobs are not returned by this server", param="logprobs" if body.logprobs else "top_logprobs")
     defaults = SamplingParams()
-    tool_choice = body.tool_choice
-    if isinstance(tool_choice, wire.NamedToolChoice):
-        tool_choice = tool_choice.function.name
+    tool_choice = body.tool_choice.function.name if isinstance(body.tool_choice, wire.NamedToolChoice) else body.tool_choice
     return ChatRequest(
         model=body.model,
         messages=[_message(i, m) for i, m in enumerate(body.messages)],
@@ -116,7 +116,9 @@ def to_response(result: ChatResult) -> dict:
         model=result.model,
         choices=[
             wire.Choice(
-                message=wire.AssistantOut(content=result.text if result.text or not tool_calls else None, tool_calls=tool_calls or None),
+                message=wire.AssistantOut(
+                    content=result.text if result.text or not tool_calls else None, tool_calls=tool_calls or None
+                ),
                 finish_reason=result.stop_reason,
             )
         ],
@@ -176,7 +178,10 @@ def stream_chunks(include_usage: bool):
 # --- routes ------------------------------------------------------------------------
 
 
-@router.post("/chat/completions")
+@router.post(
+    "/chat/completions",
+    **operation(body=wire.ChatCompletionRequest, response=wire.ChatCompletion, errors=CHAT_ERRORS, streams=True),
+)
 async def create_chat_completion(request: Request) -> Response:
     body = await parse_body(request, wire.ChatCompletionRequest)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -189,11 +194,15 @@ def _model(entry: ModelEntry) -> wire.Model:
     return wire.Model(**entry.card())
 
 
-@router.get("/models", response_model=wire.ModelList)
+@router.get("/models", **operation(response=wire.ModelList))
 async def list_models(request: Request) -> wire.ModelList:
     return wire.ModelList(data=[_model(e) for e in request.app.state.services.registry.entries()])
 
 
-@router.get("/models/{model_id:path}", response_model=wire.Model)
+@router.get("/models/{model_id:path}", **operation(response=wire.Model, errors=(404,)))
 async def retrieve_model(model_id: str, request: Request) -> wire.Model:
     return _model(request.app.state.services.registry.resolve(model_id))
+
+
+def attach(app: FastAPI, services: Services) -> None:
+    app.include_router(router)

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..protocol.errors import APIError, EngineFailure, InvalidRequest, NotFound
+from ..errors import APIError, EngineFailure, InvalidRequest, NotFound
 from ..store.crypto import CryptoError
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"][1:]) or None
-        return error_response(InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param=param))
+        return error_response(InvalidRequest(f"{param}: {first['msg']}" if param else str(first["msg"]), param=param))
 
     @app.exception_handler(CryptoError)
     async def _crypto_error(_request: Request, exc: CryptoError) -> JSONResponse:

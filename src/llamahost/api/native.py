@@ -6,11 +6,15 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..chat.service import ChatStream
-from ..chat.types import (
+from ..engines.registry import ModelEntry
+from ..errors import APIError, InvalidRequest
+from ..http_docs import CHAT_ERRORS, error_responses, operation
+from ..protocol import native as wire
+from ..types.chat import (
     ChatMessage,
     ChatRequest,
     ChatResult,
@@ -20,9 +24,6 @@ from ..chat.types import (
     ToolSpec,
     Usage,
 )
-from ..protocol import native as wire
-from ..protocol.errors import APIError, InvalidRequest
-from ..engines.registry import ModelEntry
 from .common import (
     ClientDisconnected,
     authenticate,
@@ -33,8 +34,9 @@ from .common import (
     serve_chat,
     unless_disconnected,
 )
+from .services import Services
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=error_responses(401))
 
 
 # --- wire -> internal ------------------------------------------------------------
@@ -55,9 +57,7 @@ def _message(index: int, message: wire.Message) -> ChatMessage:
 
 def to_chat_request(body: wire.ChatCompletionRequest) -> ChatRequest:
     defaults = SamplingParams()
-    tool_choice = body.tool_choice
-    if isinstance(tool_choice, wire.NamedToolChoice):
-        tool_choice = tool_choice.function.name
+    tool_choice = body.tool_choice.function.name if isinstance(body.tool_choice, wire.NamedToolChoice) else body.tool_choice
     json_schema = None
     if isinstance(body.response_format, wire.JSONSchemaFormat):
         json_schema = body.response_format.json_schema.schema_
@@ -157,7 +157,10 @@ async def stream_events(stream: ChatStream) -> AsyncIterator[bytes]:
 # --- routes ------------------------------------------------------------------------
 
 
-@router.post("/chat/completions", response_model=wire.ChatCompletionResponse)
+@router.post(
+    "/chat/completions",
+    **operation(body=wire.ChatCompletionRequest, response=wire.ChatCompletionResponse, errors=CHAT_ERRORS, streams=True),
+)
 async def create_chat_completion(request: Request) -> Response:
     body = await parse_body(request, wire.ChatCompletionRequest)
     return await serve_chat(
@@ -168,7 +171,7 @@ async def create_chat_completion(request: Request) -> Response:
     )
 
 
-@router.post("/moderations", response_model=wire.ModerationResponse)
+@router.post("/moderations", **operation(body=wire.ModerationRequest, response=wire.ModerationResponse, errors=(404, 502, 503)))
 async def create_moderation(request: Request) -> Response:
     body = await parse_body(request, wire.ModerationRequest)
     messages = to_moderation_messages(body)
@@ -197,15 +200,19 @@ async def create_moderation(request: Request) -> Response:
     return JSONResponse(wire.ModerationResponse(model=outcome.model, results=[result]).model_dump(mode="json"))
 
 
-@router.get("/models", response_model=wire.ModelList)
+@router.get("/models", **operation(response=wire.ModelList))
 async def list_models(request: Request) -> wire.ModelList:
     return wire.ModelList(data=[_card(e) for e in request.app.state.services.registry.entries()])
 
 
-@router.get("/models/{model_id:path}", response_model=wire.ModelCard)
+@router.get("/models/{model_id:path}", **operation(response=wire.ModelCard, errors=(404,)))
 async def retrieve_model(model_id: str, request: Request) -> wire.ModelCard:
     return _card(request.app.state.services.registry.resolve(model_id))
 
 
 def _card(entry: ModelEntry) -> wire.ModelCard:
     return wire.ModelCard(**entry.card())
+
+
+def attach(app: FastAPI, services: Services) -> None:
+    app.include_router(router)

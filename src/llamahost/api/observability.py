@@ -7,13 +7,15 @@ import re
 import time
 import uuid
 
-from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import observability as obs
-from ..protocol.errors import EngineFailure
+from ..engines.openai_upstream import OpenAIUpstreamEngine
+from ..errors import EngineFailure
 from .errors import error_response
+from .services import Services
 
 access_log = logging.getLogger("llamahost.access")
 log = logging.getLogger(__name__)
@@ -93,3 +95,26 @@ class RequestContext:
                 },
             )
             obs.request_id_var.reset(token)
+
+
+async def health(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    if services.load_error:
+        return JSONResponse({"status": "error", "detail": services.load_error}, status_code=503)
+    if not (services.registry.ready and services.moderation.ready):
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
+    upstreams = {
+        model_id: engine.pool.status()
+        for model_id, engine in services.registry.engines.items()
+        if isinstance(engine, OpenAIUpstreamEngine)
+    }
+    # llamahost itself is up even when an upstream is not: the replicas' state is
+    # reported, not turned into a failing check that would take llamahost out too.
+    return JSONResponse({"status": "ok", "upstreams": upstreams} if upstreams else {"status": "ok"})
+
+
+def attach(app: FastAPI, services: Services) -> None:
+    app.add_api_route("/health", health, methods=["GET"], include_in_schema=False)
+    if services.config.server.metrics:
+        app.include_router(router)
+

@@ -19,27 +19,23 @@ import base64
 import binascii
 import io
 import ipaddress
-import math
 import socket
 import warnings
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 from PIL import Image
 
-from ..protocol.errors import InvalidRequest
-from .types import ChatMessage, ImageInput
+from ..errors import InvalidRequest
+from ..types.chat import ChatMessage, ImageInput
+from ..types.images import LoadedImage
 
 if TYPE_CHECKING:
     from ..config import ImagesConfig
 
 ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "ICO": "image/x-icon"}
-TILE_SIZE = 336
-TOKENS_PER_TILE = 145  # the hosted Llama API's documented cost of one 336x336 tile
-MAX_TILES = 16  # larger images are scaled down to fit this many tiles (as Llama 4 does)
 
 # Pillow warns past Image.MAX_IMAGE_PIXELS (and raises past twice that); our own
 # ``max_pixels`` check, which the config keeps at or below it, refuses such images
@@ -68,30 +64,6 @@ class ImagePolicy:
             max_redirects=config.max_redirects,
             allow_networks=tuple(ipaddress.ip_network(n, strict=False) for n in config.allow_private_networks),
         )
-
-
-@dataclass(frozen=True)
-class LoadedImage:
-    data: bytes
-    mime_type: str
-    width: int
-    height: int
-    frames: int
-    param: str
-
-    @property
-    def tokens(self) -> int:
-        return image_tokens(self.width, self.height)
-
-    @cached_property
-    def data_url(self) -> str:
-        """The validated bytes as a data URL, with the sniffed (not the claimed) type."""
-        return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode()}"
-
-
-def image_tokens(width: int, height: int) -> int:
-    tiles = math.ceil(width / TILE_SIZE) * math.ceil(height / TILE_SIZE)
-    return TOKENS_PER_TILE * max(1, min(tiles, MAX_TILES))
 
 
 def check_count(images: list[ImageInput], policy: ImagePolicy) -> None:
@@ -172,7 +144,7 @@ async def _resolve_checked(host: str, port: int, param: str, policy: ImagePolicy
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
         raise InvalidRequest(f"{param}: cannot resolve image host {host!r}", param=param, code="image_fetch_failed") from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     for address in addresses:
         if _forbidden(address, policy):
             raise InvalidRequest(

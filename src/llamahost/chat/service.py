@@ -14,20 +14,28 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal
 
 from .. import observability as obs
 from ..engines.base import EngineEvent, Finished, TextOut
 from ..engines.registry import ModelEntry, ModelRegistry
-from ..protocol.errors import APIError, EngineFailure, InvalidRequest, NotFound, ServiceUnavailable
+from ..errors import APIError, EngineFailure, InvalidRequest, NotFound, ServiceUnavailable
+from ..types.chat import (
+    ChatEvent,
+    ChatRequest,
+    ChatResult,
+    Outcome,
+    TextChunk,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    new_call_id,
+)
 from .images import ImagePolicy, attach_images
-from .tools import check_request, new_call_id
-from .types import ChatEvent, ChatMessage, ChatRequest, ChatResult, TextChunk, ToolCall, ToolCallDelta, Usage
-
-if TYPE_CHECKING:
-    from ..safety.guardrails import GuardrailCheck, Guardrails
+from .protocols import Guard, Meter, OutputCheck
+from .tools import check_request
 
 log = logging.getLogger("llamahost.requests")
 
@@ -49,36 +57,6 @@ class CompletionRecord:
     duration: float
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How a request ended, for the meter. Tokens are those really processed: a request
-    refused or failed before generation started processed none."""
-
-    status: str  # "ok", "cancelled" (the caller went away), or the APIError type that ended it
-    model: str  # as requested
-    prompt_tokens: int
-    completion_tokens: int
-    stop_reason: str | None
-    latency_ms: float
-    # What the model produced, also when it was cut short (stored content, if kept).
-    text: str = ""
-    tool_calls: tuple[ToolCall, ...] = ()
-
-
-class Meter(Protocol):
-    async def admit(self, model_id: str, prompt_tokens: int, max_tokens: int) -> None:
-        """Called before generating, with the backing model's id and the most tokens the
-        request can use; raising (e.g. a 429) refuses it."""
-
-    def end(self, outcome: Outcome) -> None:
-        """Called exactly once, never blocks: updates what the caller's response reports
-        (rate-limit headers) at once and leaves the rest (settling counters, writing
-        usage) running in the background."""
-
-    def record_check(self, check: GuardrailCheck) -> None:
-        """A guardrail moderation check made for this request."""
-
-
 def status_of(exc: BaseException) -> str:
     if isinstance(exc, APIError):
         return exc.error_type
@@ -95,14 +73,15 @@ class ChatStream:
         self,
         request: ChatRequest,
         entry: ModelEntry,
-        events: AsyncIterator[EngineEvent],
+        events: AsyncGenerator[EngineEvent, None],
         first: EngineEvent,
         *,
         prompt_tokens: int,
         started: float,
         on_finished: list[Callable[[CompletionRecord], None]],
+        user_logging: obs.UserLogging | None = None,
         meter: Meter | None = None,
-        check_output: Callable[[str], Awaitable[object]] | None = None,
+        check_output: OutputCheck | None = None,
     ) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -119,6 +98,7 @@ class ChatStream:
         self._first_output: float | None = None
         self._last_output: float | None = None
         self._on_finished = on_finished
+        self._user_logging = user_logging or obs.UserLogging()
         self._recorded = False
         self._meter = meter
         self._check_output = check_output
@@ -239,9 +219,9 @@ class ChatStream:
         )
         log.log(
             logging.WARNING if status == "error" else logging.INFO,
-            "chat model=%s user=%s status=%s prompt_tokens=%d completion_tokens=%d stop_reason=%s latency_ms=%.0f%s",
+            "chat model=%s%s status=%s prompt_tokens=%d completion_tokens=%d stop_reason=%s latency_ms=%.0f%s",
             self.request.model,
-            self.request.user,
+            self._user_logging.text(self.request.user),
             status,
             prompt_tokens,
             completion_tokens,
@@ -251,7 +231,7 @@ class ChatStream:
             extra={
                 "event": "chat_completion",
                 "model": self.request.model,
-                "user": self.request.user,
+                **self._user_logging.fields(self.request.user),
                 "status": status,
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -278,17 +258,17 @@ class ChatStream:
 
 
 class ChatService:
-    def __init__(
-        self, registry: ModelRegistry, guardrails: "Guardrails | None" = None, images: ImagePolicy | None = None
-    ) -> None:
+    def __init__(self, registry: ModelRegistry, guard: Guard | None = None, images: ImagePolicy | None = None) -> None:
         self.registry = registry
         self.images = images or ImagePolicy()
-        # Set after construction: the moderation behind the guardrails may itself run
-        # a chat model through this service.
-        self.guardrails = guardrails
+        # Set after construction: the moderation behind the guard may itself run a chat
+        # model through this service.
+        self.guard = guard
         # Called with a CompletionRecord when each admitted completion ends (usage
         # records, audit). Hooks run on the event loop: keep them quick.
         self.on_finished: list[Callable[[CompletionRecord], None]] = []
+        # How the request log names end users (``[server] log_users``); set by the server.
+        self.user_logging = obs.UserLogging()
 
     async def start(self, request: ChatRequest, meter: Meter | None = None, *, guarded: bool = True) -> ChatStream:
         """Admit and start a completion. Every error a client can cause is raised here,
@@ -317,7 +297,12 @@ class ChatService:
                 # model never makes the server fetch anything. Engines see the
                 # validated bytes, never the client's URL.
                 request.messages = await attach_images(request.messages, self.images)
-            check_output = await self._guard_input(request, meter) if guarded else None
+            check_output = None
+            if guarded and self.guard is not None:
+                # Before the engine sees anything: a blocked input costs no generation,
+                # and the meter records it as refused.
+                on_check = meter.record_check if meter is not None else None
+                check_output = await self.guard.check_input(request, on_check)
             prepared = await entry.engine.prepare(request)
             max_tokens = self._token_budget(entry, prepared.prompt_tokens, request.max_tokens)
             if meter is not None:
@@ -345,30 +330,13 @@ class ChatService:
             prompt_tokens=prepared.prompt_tokens,
             started=started,
             on_finished=self.on_finished,
+            user_logging=self.user_logging,
             meter=meter,
             check_output=check_output,
         )
 
-    async def _guard_input(
-        self, request: ChatRequest, meter: Meter | None = None
-    ) -> Callable[[str], Awaitable[object]] | None:
-        """Run the input guardrail (before the engine sees anything: a blocked input costs
-        no generation, and the meter records it as refused); return the output check."""
-        guardrails = self.guardrails
-        policy = await guardrails.policy_for(request) if guardrails is not None else None
-        if guardrails is None or policy is None:
-            return None
-        on_check = meter.record_check if meter is not None else None
-        if policy.checks_input:
-            await guardrails.check(request, policy, "input", request.messages, on_check)
-        if not policy.checks_output:
-            return None
-
-        async def check_output(text: str) -> object:
-            reply = ChatMessage(role="assistant", content=text)
-            return await guardrails.check(request, policy, "output", [*request.messages, reply], on_check)
-
-        return check_output
+    def model_ready(self, name: str) -> bool:
+        return self.registry.resolve(name).engine.ready
 
     async def complete(self, request: ChatRequest, meter: Meter | None = None, *, guarded: bool = True) -> ChatResult:
         stream = await self.start(request, meter, guarded=guarded)

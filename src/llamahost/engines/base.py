@@ -14,11 +14,11 @@ call syntax, so surfaces never see an engine's format.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from ..chat.types import ChatMessage, ChatRequest, StopReason, ToolCallDelta
+from ..types.chat import ChatMessage, ChatRequest, StopReason, ToolCallDelta
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Engine(abc.ABC):
         """Render and count the prompt, raising APIError for what the engine cannot serve."""
 
     @abc.abstractmethod
-    def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncIterator[EngineEvent]:
+    def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncGenerator[EngineEvent, None]:
         """Stream the completion. Closing the iterator early cancels the generation."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import threading
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..protocol.errors import InvalidRequest
+from ..errors import InvalidRequest
+
+if TYPE_CHECKING:
+    import llguidance
 
 
 class GrammarCompiler:
@@ -32,7 +36,7 @@ class GrammarCompiler:
         self._vocab = vocab
         self._n_vocab = n_vocab
         self._eog_tokens = eog_tokens
-        self._tokenizer = None
+        self._tokenizer: llguidance.LLTokenizer | None = None
         self._lock = threading.Lock()
 
     def _get_tokenizer(self):

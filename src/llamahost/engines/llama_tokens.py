@@ -20,8 +20,8 @@ import json
 from collections.abc import Sequence
 from typing import Literal
 
-from ..chat.images import TOKENS_PER_TILE
-from ..chat.types import ChatMessage, ToolSpec
+from ..types.chat import ChatMessage, ToolSpec
+from ..types.images import TOKENS_PER_TILE
 
 TokenizerName = Literal["llama3", "llama4"]
 

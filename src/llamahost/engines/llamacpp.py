@@ -21,19 +21,23 @@ import asyncio
 import importlib.resources
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import observability as obs
-from ..chat.tools import ToolFormat, ToolStreamParser, format_for_template, render_messages
-from ..chat.types import ChatRequest
 from ..config import ModelConfig
-from ..protocol.errors import ServiceUnavailable
+from ..errors import ServiceUnavailable
+from ..types.chat import ChatRequest
 from .base import Engine, EngineEvent, Finished, PreparedPrompt
 from .constraint import Constraint, GrammarCompiler
 from .llamacpp_vision import Projector, VisionPrompt, resolve_projector_path, with_markers
 from .scheduler import BatchScheduler, Job
+from .tool_format import ToolFormat, ToolStreamParser, format_for_template, render_messages
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +87,7 @@ class LlamaCppEngine(Engine):
         if self.projector_path is not None:
             self.capabilities = self.default_capabilities = type(self).capabilities | {"vision"}
             self.description += f", vision projector {self.projector_path.name}"
-        self._formatter = None
+        self._formatter: Jinja2ChatFormatter | None = None
         self._tool_format: ToolFormat | None = None
         self._grammars: GrammarCompiler | None = None
         self._in_flight = 0  # generations submitted and not yet ended, running or waiting
@@ -168,7 +172,7 @@ class LlamaCppEngine(Engine):
         prepared = _Prepared(tokens, constraint, fmt.stream_parser(request), vision)
         return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=prepared)
 
-    async def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncIterator[EngineEvent]:
+    async def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncGenerator[EngineEvent, None]:
         scheduler = self._scheduler
         assert scheduler is not None
         parallel = self.config.parallel

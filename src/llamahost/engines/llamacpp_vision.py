@@ -40,8 +40,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..chat.images import LoadedImage
-from ..chat.types import ChatRequest
+from ..types.chat import ChatRequest
+from ..types.images import LoadedImage
 
 # The token stored for positions that hold image embeddings: never a real token id, so
 # the scheduler's prompt-prefix reuse never matches a later prompt's text against them

@@ -20,16 +20,16 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing, suppress
 from typing import Any
 
 import httpx
 
 from .. import observability as obs
-from ..chat.types import ChatMessage, ChatRequest, StopReason
 from ..config import ModelConfig
-from ..protocol.errors import APIError, EngineFailure, InvalidRequest, ServiceUnavailable
+from ..errors import APIError, EngineFailure, InvalidRequest, ServiceUnavailable
+from ..types.chat import ChatMessage, ChatRequest, StopReason
 from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut, ToolCallDelta, openai_message
 from .llama_tokens import LlamaTokenCounter, tokenizer_for
 from .replicas import Replica, ReplicaPool
@@ -162,8 +162,11 @@ class OpenAIUpstreamEngine(Engine):
     capabilities = frozenset({"vision", "tools", "json_schema"})
     default_capabilities = frozenset({"tools", "json_schema"})
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
+        # Injectable so the wire mapping and the JSON/SSE decoding can be unit-tested
+        # against an ``httpx.MockTransport`` in microseconds; None is the real network.
+        self._transport = transport
         self.upstream_model = config.upstream_name
         self.api_key = config.resolved_api_key()
         self.tokenizer_name = tokenizer_for(config.tokenizer, self.upstream_model)
@@ -193,13 +196,16 @@ class OpenAIUpstreamEngine(Engine):
         self._counter = await asyncio.to_thread(LlamaTokenCounter, self.tokenizer_name)
         cfg = self.config
         self._client = httpx.AsyncClient(
+            transport=self._transport,
             # HTTP/2 where the upstream offers it (ALPN over TLS); pooled HTTP/1.1 keep-alive otherwise.
             http2=True,
             # Idle connections are dropped before the 5 s keep-alive timeout of the
             # uvicorn-based servers (vLLM, SGLang, llama_cpp.server): reusing one the
             # server is closing at that moment fails the request for nothing.
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=4.0),
-            timeout=httpx.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout, write=cfg.read_timeout, pool=cfg.connect_timeout),
+            timeout=httpx.Timeout(
+                connect=cfg.connect_timeout, read=cfg.read_timeout, write=cfg.read_timeout, pool=cfg.connect_timeout
+            ),
         )
         self._request_headers = httpx.Headers({**self._client.headers, **self._headers})
         self._health_task = asyncio.create_task(self._health_loop(), name=f"health-{cfg.id}")
@@ -241,7 +247,7 @@ class OpenAIUpstreamEngine(Engine):
             return max_tokens
         return None
 
-    async def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncIterator[EngineEvent]:
+    async def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncGenerator[EngineEvent, None]:
         assert self._client is not None and self._counter is not None
         body = dict(prepared.engine_data)
         budget = self._max_tokens_field(prepared, max_tokens)
@@ -329,7 +335,7 @@ class OpenAIUpstreamEngine(Engine):
 
     async def _attempt(
         self, replica: Replica, payload: bytes, prepared: PreparedPrompt, deadline: float, whole: bool = False
-    ) -> AsyncIterator[EngineEvent]:
+    ) -> AsyncGenerator[EngineEvent, None]:
         """One request to one replica. Raises _Retry while nothing has been yielded."""
         assert self._client is not None and self._counter is not None
         cfg = self.config
@@ -365,22 +371,24 @@ class OpenAIUpstreamEngine(Engine):
                     message = _upstream_error_message(body)
                     raise EngineFailure(f"upstream answered without a choice: {message}", code="upstream_error", status_code=502)
                 choice = choices[0]
-                message = choice.get("message") or {}
+                reply: dict[str, Any] = choice.get("message") or {}
                 pieces: list[str] = []
-                if message.get("content"):
-                    pieces.append(message["content"])
-                    yield TextOut(message["content"])
-                for i, call in enumerate(message.get("tool_calls") or ()):
+                if reply.get("content"):
+                    pieces.append(reply["content"])
+                    yield TextOut(reply["content"])
+                for i, call in enumerate(reply.get("tool_calls") or ()):
                     function = call.get("function") or {}
                     pieces.append(function.get("arguments") or "")
-                    yield ToolCallDelta(index=i, id=call.get("id"), name=function.get("name"), arguments=function.get("arguments") or "")
-                usage = result.get("usage") or {}
-                completion_tokens = usage.get("completion_tokens")
+                    yield ToolCallDelta(
+                        index=i, id=call.get("id"), name=function.get("name"), arguments=function.get("arguments") or ""
+                    )
+                counted: dict[str, Any] = result.get("usage") or {}
+                completion_tokens = counted.get("completion_tokens")
                 if completion_tokens is None:
                     completion_tokens = self._counter.count("".join(pieces))
                 yield Finished(
                     _FINISH_REASONS.get(choice.get("finish_reason") or "stop", "stop"),
-                    int(usage.get("prompt_tokens") or prepared.prompt_tokens),
+                    int(counted.get("prompt_tokens") or prepared.prompt_tokens),
                     int(completion_tokens),
                 )
                 return
@@ -420,7 +428,9 @@ class OpenAIUpstreamEngine(Engine):
                     message = _upstream_error_message(data.encode())
                     if not streamed:
                         raise EngineFailure(f"upstream error: {message}", code="upstream_error", status_code=502)
-                    raise UpstreamBroken(f"upstream error mid-stream: {message}", completion_tokens=self._counter.count("".join(text)))
+                    raise UpstreamBroken(
+                f"upstream error mid-stream: {message}", completion_tokens=self._counter.count("".join(text))
+            )
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 for choice in chunk.get("choices") or ():

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from ..config import Config, ConfigError, ModelConfig
-from ..protocol.errors import NotFound
+from ..errors import NotFound
 from .base import Engine
 from .llamacpp import LlamaCppEngine
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import observability as obs
-from ..chat.stops import StopMatcher
-from ..chat.tools import ToolStreamParser
-from ..chat.types import SamplingParams, ToolCallDelta
-from ..protocol.errors import EngineFailure
+from ..errors import EngineFailure
+from ..types.chat import SamplingParams, ToolCallDelta
 from .base import EngineEvent, Finished, TextOut
 from .constraint import Constraint
+from .stops import StopMatcher
+from .tool_format import ToolStreamParser
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class _Slot:
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1

@@ -7,11 +7,15 @@ naming the field rather than a silently different request.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..chat.types import MAX_TOKENS_LIMIT
+from ..types.chat import MAX_TOKENS_LIMIT
+
+# Model names are stored with each usage record (up to 128 characters, also for an
+# unknown model's 404): a longer name is refused here rather than failing the write.
+MAX_MODEL_NAME = 128
 
 
 class _Request(BaseModel):
@@ -39,7 +43,7 @@ class ImageItem(_Request):
     image_url: ImageURL
 
 
-UserContentItem = Annotated[Union[TextItem, ImageItem], Field(discriminator="type")]
+UserContentItem = Annotated[TextItem | ImageItem, Field(discriminator="type")]
 
 
 # --- messages ------------------------------------------------------------------
@@ -82,7 +86,7 @@ class ToolMessage(_Request):
 
 
 Message = Annotated[
-    Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
 ]
 
 
@@ -126,11 +130,11 @@ class TextFormat(_Request):
     type: Literal["text"]
 
 
-ResponseFormat = Annotated[Union[JSONSchemaFormat, TextFormat], Field(discriminator="type")]
+ResponseFormat = Annotated[JSONSchemaFormat | TextFormat, Field(discriminator="type")]
 
 
 class ChatCompletionRequest(_Request):
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -146,7 +150,7 @@ class ChatCompletionRequest(_Request):
 
 class ModerationRequest(_Request):
     messages: list[Message] = Field(min_length=1)
-    model: str | None = Field(default=None, min_length=1)
+    model: str | None = Field(default=None, min_length=1, max_length=MAX_MODEL_NAME)
 
 
 # --- responses ---------------------------------------------------------------------

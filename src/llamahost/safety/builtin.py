@@ -99,7 +99,7 @@ class Heads:
     meta: dict
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "Heads":
+    def load(cls, path: Path | None = None) -> Heads:
         with np.load(path or weights_path()) as z:
             meta = json.loads(str(z["meta"]))
             if tuple(meta["categories"]) != NAMES:

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from starlette.concurrency import run_in_threadpool
 
-from ..chat.types import ChatMessage, ChatRequest
 from ..config import GuardrailConfig
-from ..protocol.errors import ContentPolicyViolation
+from ..errors import ContentPolicyViolation
+from ..observability import UserLogging
+from ..types.chat import ChatMessage, ChatRequest
+from ..types.moderation import GuardrailCheck, Stage
 from .llama_guard import Verdict
 from .service import ModerationService
 
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llamahost.moderation")
 
-Stage = Literal["input", "output"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class GuardrailPolicy:
     model: str  # moderation model name
 
     @classmethod
-    def from_config(cls, config: GuardrailConfig) -> "GuardrailPolicy":
+    def from_config(cls, config: GuardrailConfig) -> GuardrailPolicy:
         return cls(mode=config.mode, action=config.action, model=config.model)
 
     @property
@@ -55,22 +56,6 @@ class GuardrailPolicy:
         return self.mode == "input+output"
 
 
-@dataclass(frozen=True)
-class GuardrailCheck:
-    """One moderation check, as recorded."""
-
-    team: str | None
-    user: str | None
-    chat_model: str
-    moderation_model: str
-    stage: Stage
-    flagged: bool
-    categories: tuple[str, ...]
-    action: str
-    blocked: bool
-    latency_ms: float
-
-
 class CheckRecorder(Protocol):
     def record(self, check: GuardrailCheck) -> None: ...
 
@@ -78,11 +63,14 @@ class CheckRecorder(Protocol):
 class LogRecorder:
     """Writes each check to the log (the usage record is written by the request's meter)."""
 
+    def __init__(self, user_logging: UserLogging | None = None) -> None:
+        self.user_logging = user_logging or UserLogging()
+
     def record(self, check: GuardrailCheck) -> None:
         log.info(
-            "moderation stage=%s team=%s user=%s chat_model=%s model=%s flagged=%s categories=%s action=%s "
+            "moderation stage=%s team=%s%s chat_model=%s model=%s flagged=%s categories=%s action=%s "
             "blocked=%s latency_ms=%.1f",
-            check.stage, check.team, check.user, check.chat_model, check.moderation_model, check.flagged,
+            check.stage, check.team, self.user_logging.text(check.user), check.chat_model, check.moderation_model, check.flagged,
             ",".join(check.categories) or "-", check.action, check.blocked, check.latency_ms,
         )
 
@@ -105,9 +93,9 @@ class Guardrails:
         when nothing is checked."""
         policy = self.default
         if request.team_id is not None and self.settings is not None:
-            team = self.settings.cached(request.team_id) or await run_in_threadpool(
-                self.settings.effective, request.team_id
-            )
+            team = self.settings.cached(request.team_id)
+            if team is None:
+                team = await run_in_threadpool(self.settings.effective, request.team_id)
             policy = GuardrailPolicy(mode=team.moderation, action=team.moderation_action, model=policy.model)
         return policy if policy.mode != "off" else None
 
@@ -150,3 +138,23 @@ class Guardrails:
                 code="output_flagged",
             )
         return verdict
+
+    async def check_input(
+        self, request: ChatRequest, on_check: Callable[[GuardrailCheck], None] | None = None
+    ) -> Callable[[str], Awaitable[object]] | None:
+        """The chat service's ``Guard``: check the input under the request's policy and
+        return the check its reply must pass (None when replies are not checked)."""
+        policy = await self.policy_for(request)
+        if policy is None:
+            return None
+        if policy.checks_input:
+            await self.check(request, policy, "input", request.messages, on_check)
+        if not policy.checks_output:
+            return None
+
+        async def check_output(text: str) -> object:
+            reply = ChatMessage(role="assistant", content=text)
+            return await self.check(request, policy, "output", [*request.messages, reply], on_check)
+
+        return check_output
+

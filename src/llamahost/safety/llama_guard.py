@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..chat.types import ChatMessage
+from ..types.chat import ChatMessage
 from .taxonomy import BY_CODE, CATEGORIES
 
 _HEADER = (

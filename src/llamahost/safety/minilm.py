@@ -122,7 +122,7 @@ class MiniLMEncoder:
         for i in range(LAYERS):
             p = f"encoder.layer.{i}."
 
-            def t(name: str) -> np.ndarray:
+            def t(name: str, p: str = p) -> np.ndarray:
                 return np.ascontiguousarray(w[p + name + ".weight"].T)
 
             # Q, K and V as one product: one BLAS call instead of three.

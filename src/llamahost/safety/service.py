@@ -11,15 +11,14 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from ..chat.types import ChatMessage, ChatRequest, SamplingParams
 from ..config import Config, ModerationModelConfig
-from ..protocol.errors import APIError, NotFound, ServiceUnavailable
+from ..errors import APIError, NotFound, ServiceUnavailable
+from ..types.chat import ChatMessage, ChatRequest, ChatResult, SamplingParams
 from .llama_guard import UnparseableVerdict, Verdict, conversation_turns, parse_verdict, render_prompt
 
 if TYPE_CHECKING:
-    from ..chat.service import ChatService
     from .builtin import BuiltinClassifier
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ class Moderator(abc.ABC):
 class BuiltinModerator(Moderator):
     """The classifier shipped in the package; CPU work on one dedicated thread."""
 
-    _shared: "BuiltinClassifier | None" = None  # every builtin model shares one encoder
+    _shared: BuiltinClassifier | None = None  # every builtin model shares one encoder
 
     def __init__(self, config: ModerationModelConfig, executor: ThreadPoolExecutor) -> None:
         super().__init__(config)
@@ -95,7 +94,7 @@ class BuiltinModerator(Moderator):
         )
 
 
-def _load_builtin() -> "BuiltinClassifier":
+def _load_builtin() -> BuiltinClassifier:
     from threadpoolctl import threadpool_limits
 
     from .builtin import BuiltinClassifier
@@ -106,10 +105,19 @@ def _load_builtin() -> "BuiltinClassifier":
     return BuiltinClassifier()
 
 
-class LlamaGuardModerator(Moderator):
-    """A configured chat model that is a Llama Guard 3 model, run through ChatService."""
+class ChatModels(Protocol):
+    """The chat models a Llama Guard moderator runs on (the chat service, structurally):
+    safety depends on this shape, never on the chat package, whose guardrails call it."""
 
-    def __init__(self, config: ModerationModelConfig, chat: "ChatService") -> None:
+    def model_ready(self, name: str) -> bool: ...
+
+    async def complete(self, request: ChatRequest, *, guarded: bool) -> ChatResult: ...
+
+
+class LlamaGuardModerator(Moderator):
+    """A configured chat model that is a Llama Guard 3 model, run through the chat service."""
+
+    def __init__(self, config: ModerationModelConfig, chat: ChatModels) -> None:
         super().__init__(config)
         self.chat = chat
         assert config.model is not None
@@ -117,7 +125,7 @@ class LlamaGuardModerator(Moderator):
 
     @property
     def ready(self) -> bool:
-        return self.chat.registry.resolve(self.chat_model).engine.ready
+        return self.chat.model_ready(self.chat_model)
 
     async def classify(self, messages: Sequence[ChatMessage]) -> Verdict:
         # The embedded engine takes the rendered template as is; an upstream engine (an
@@ -145,7 +153,7 @@ class LlamaGuardModerator(Moderator):
 
 
 class ModerationService:
-    def __init__(self, config: Config, chat: "ChatService") -> None:
+    def __init__(self, config: Config, chat: ChatModels) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moderation")
         self._by_name: dict[str, Moderator] = {}
         self.moderators: list[Moderator] = []

@@ -27,6 +27,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..config import ENV_MASTER_KEY, ENV_MASTER_KEY_FILE, env
+
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
@@ -55,7 +57,7 @@ class MasterKey:
         return hashlib.sha256(b"llamahost-master-key-id" + self.key).hexdigest()[:16]
 
     @classmethod
-    def parse(cls, text: str) -> "MasterKey":
+    def parse(cls, text: str) -> MasterKey:
         text = text.strip()
         for decode in (bytes.fromhex, base64.urlsafe_b64decode, base64.b64decode):
             try:
@@ -67,7 +69,7 @@ class MasterKey:
         raise CryptoError("a master key must be 32 bytes, given as 64 hex digits or base64")
 
     @classmethod
-    def generate(cls) -> "MasterKey":
+    def generate(cls) -> MasterKey:
         return cls(secrets.token_bytes(KEY_BYTES))
 
     def encoded(self) -> str:
@@ -76,15 +78,15 @@ class MasterKey:
     @staticmethod
     def key_file(data_dir: Path) -> Path:
         """``LLAMAHOST_MASTER_KEY_FILE``, else ``master.key`` in the data dir."""
-        configured = os.environ.get("LLAMAHOST_MASTER_KEY_FILE")
+        configured = env(ENV_MASTER_KEY_FILE)
         return Path(configured).expanduser() if configured else data_dir / "master.key"
 
     @classmethod
-    def configured(cls, data_dir: Path) -> "MasterKey | None":
+    def configured(cls, data_dir: Path) -> MasterKey | None:
         """``LLAMAHOST_MASTER_KEY``, else the key file if it exists, else None."""
-        env = os.environ.get("LLAMAHOST_MASTER_KEY")
-        if env:
-            return cls.parse(env)
+        value = env(ENV_MASTER_KEY)
+        if value:
+            return cls.parse(value)
         path = cls.key_file(data_dir)
         if path.exists():
             try:
@@ -94,7 +96,7 @@ class MasterKey:
         return None
 
     @classmethod
-    def create_file(cls, path: Path) -> "MasterKey":
+    def create_file(cls, path: Path) -> MasterKey:
         """Generate a master key into ``path`` (mode 0600, never overwriting), loudly."""
         master = cls.generate()
         master.write(path, exclusive=True)
@@ -115,7 +117,7 @@ class MasterKey:
             os.fsync(f.fileno())
 
     @classmethod
-    def load(cls, data_dir: Path) -> "MasterKey":
+    def load(cls, data_dir: Path) -> MasterKey:
         """``LLAMAHOST_MASTER_KEY``, else the key file (created with a loud warning if absent)."""
         return cls.configured(data_dir) or cls.create_file(cls.key_file(data_dir))
 
@@ -142,7 +144,7 @@ class DataKey:
         object.__setattr__(self, "_aead", AESGCM(self.key))
 
     @classmethod
-    def generate(cls, team_id: int, version: int) -> "DataKey":
+    def generate(cls, team_id: int, version: int) -> DataKey:
         return cls(team_id, version, secrets.token_bytes(KEY_BYTES))
 
     def seal(self, plaintext: str | bytes, *context: object) -> bytes:

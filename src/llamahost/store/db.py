@@ -7,18 +7,21 @@ PostgreSQL (or another SQLite file) instead. Both run the same Alembic migration
 from __future__ import annotations
 
 import logging
-import os
-from datetime import UTC, datetime
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.orm import Session, sessionmaker
+
+from ..config import ENV_DATABASE_URL, env
 
 if TYPE_CHECKING:
     from .crypto import MasterKey
@@ -31,7 +34,7 @@ _MIGRATION_LOCK_ID = 0x6C6C6D6867  # "llmhg"
 
 
 def database_url(data_dir: Path) -> str:
-    url = os.environ.get("LLAMAHOST_DATABASE_URL")
+    url = env(ENV_DATABASE_URL)
     if url:
         # SQLAlchemy names the psycopg 3 driver explicitly; accept the plain scheme people paste.
         if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -40,6 +43,16 @@ def database_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'llamahost.db'}"
 
 
+def affected_rows(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE touched (``Session.execute`` is typed as returning a
+    plain ``Result``; for DML it is a ``CursorResult``, which counts them)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+@overload
+def aware_utc(value: datetime) -> datetime: ...
+@overload
+def aware_utc(value: None) -> None: ...
 def aware_utc(value: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes even for timezone=True columns; they were written as UTC."""
     if value is not None and value.tzinfo is None:
@@ -55,7 +68,7 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def migrate(self, master: "MasterKey") -> None:
+    def migrate(self, master: MasterKey) -> None:
         """Upgrade to the newest schema. Migrations that encrypt existing rows use
         ``master`` (see ``store/keyring.py``)."""
         cfg = AlembicConfig()
@@ -89,6 +102,12 @@ class Database:
                 "existing team names, key labels and usage `user` values were encrypted; their old plaintext row "
                 "versions stay in PostgreSQL's files until vacuumed: run VACUUM FULL teams, api_keys, usage_records"
             )
+
+    def insert_if_absent(self, model, *unique: str):
+        """``INSERT ... ON CONFLICT (unique) DO NOTHING`` in this database's dialect: a
+        row replayed after a crash (``tenancy/journal.py``) is stored once."""
+        dialect = {"postgresql": postgresql_dialect, "sqlite": sqlite_dialect}[self.engine.dialect.name]
+        return dialect.insert(model).on_conflict_do_nothing(index_elements=list(unique))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

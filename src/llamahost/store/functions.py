@@ -8,7 +8,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 
-class epoch_seconds(FunctionElement):  # noqa: N801 - named like the SQL functions it stands for
+class epoch_seconds(FunctionElement[int]):  # noqa: N801 - named like the SQL functions it stands for
     """Whole seconds since 1970-01-01 UTC of a UTC timestamp column (floored)."""
 
     type = BigInteger()

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
 
-from ..protocol.errors import NotFound
+from ..errors import NotFound
 from ..store.crypto import CryptoError
-from ..store.db import Database, aware_utc
+from ..store.db import Database, affected_rows, aware_utc
 from ..store.keyring import Keyring, Sealed
 from ..store.models import StoredRequest, Team
 from .scope import Scope, user_filter
@@ -29,19 +29,18 @@ from .settings import SettingsStore
 from .teams import TeamStore
 
 if TYPE_CHECKING:
-    from ..chat.service import Outcome
-    from ..chat.types import ChatMessage, ChatRequest, ToolCall
+    from ..types.chat import ChatMessage, ChatRequest, Outcome, ToolCall
 
 log = logging.getLogger(__name__)
 
 TABLE = "stored_requests"
 
 
-def _call(call: "ToolCall") -> dict[str, Any]:
+def _call(call: ToolCall) -> dict[str, Any]:
     return {"id": call.id, "name": call.name, "arguments": call.arguments}
 
 
-def _message(message: "ChatMessage") -> dict[str, Any]:
+def _message(message: ChatMessage) -> dict[str, Any]:
     doc: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.images:
         doc["images"] = [image.url for image in message.images]
@@ -73,8 +72,8 @@ class PendingContent:
 
 @dataclass
 class ChatContent(PendingContent):
-    request: "ChatRequest | None" = None
-    outcome: "Outcome | None" = None
+    request: ChatRequest | None = None
+    outcome: Outcome | None = None
     request_id: str | None = None  # the HTTP request's x-request-id, to find it in the logs
 
     def documents(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -104,7 +103,7 @@ class ChatContent(PendingContent):
 
 @dataclass
 class ModerationContent(PendingContent):
-    messages: Sequence["ChatMessage"] = ()
+    messages: Sequence[ChatMessage] = ()
     categories: Sequence[str] = field(default_factory=tuple)
     request_id: str | None = None
 
@@ -266,7 +265,7 @@ class ContentStore:
                 days = self.settings.effective(team_id).retention_days
                 where.append(StoredRequest.created_at < now - timedelta(days=days))
             with self.db.session() as s:
-                count = s.execute(delete(StoredRequest).where(*where)).rowcount
+                count = affected_rows(s.execute(delete(StoredRequest).where(*where)))
             if count:
                 purged[self.teams.name(team_id)] = count
         return purged

@@ -28,20 +28,18 @@ from __future__ import annotations
 
 import abc
 import logging
-import os
 import secrets
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from ..config import Config
-from ..protocol.errors import InvalidRequest, NotFound, ServiceUnavailable
+from ..config import ENV_REDIS_PREFIX, ENV_REDIS_URL, Config, env
+from ..errors import InvalidRequest, NotFound, ServiceUnavailable
 from ..store.db import Database, aware_utc
 from ..store.models import RateLimit
 from .scope import Scope
@@ -303,9 +301,9 @@ class RedisLimiter(RateLimiter):
 def build_limiter(config: Config) -> RateLimiter | None:
     if not config.limits.enabled:
         return None
-    url = os.environ.get("LLAMAHOST_REDIS_URL")
+    url = env(ENV_REDIS_URL)
     if url:
-        return RedisLimiter(url, os.environ.get("LLAMAHOST_REDIS_PREFIX", "llamahost:"))
+        return RedisLimiter(url, env(ENV_REDIS_PREFIX) or "llamahost:")
     return MemoryLimiter()
 
 
@@ -337,7 +335,7 @@ class LimitStore:
     """Effective limits for (team, model): the team's row for the model, else the team's
     default row, else the server's ``[limits]``; each of RPM and TPM resolved on its own."""
 
-    def __init__(self, db: Database, defaults: Limits, teams: "TeamStore") -> None:
+    def __init__(self, db: Database, defaults: Limits, teams: TeamStore) -> None:
         self.db = db
         self.defaults = defaults
         self.teams = teams

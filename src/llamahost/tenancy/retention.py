@@ -1,10 +1,10 @@
-"""Retention: stored content older than its team's ``retention_days`` is deleted by a
-background task in every server process (deleting is idempotent, so replicas and
-workers purging the same database do no harm) and by ``llamahost purge``."""
+"""Retention: stored content older than its team's ``retention_days`` is deleted by the
+periodic ``retention.purge`` job (``jobs/retention.py``: one job loop runs it per
+``[content] purge_interval_seconds``, however many servers and workers share the
+database) and at once by ``llamahost purge``."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from starlette.concurrency import run_in_threadpool
@@ -19,13 +19,3 @@ async def purge_once(content: ContentStore) -> dict[str, int]:
     if purged:  # counts only: team names are PII
         log.info("retention: purged %d expired stored requests of %d teams", sum(purged.values()), len(purged))
     return purged
-
-
-async def purge_periodically(content: ContentStore, interval_seconds: float) -> None:
-    """Purge at start, then every ``interval_seconds``; a failed purge is logged and retried next time."""
-    while True:
-        try:
-            await purge_once(content)
-        except Exception:
-            log.exception("retention: the purge of expired content failed; retrying in %.0f s", interval_seconds)
-        await asyncio.sleep(interval_seconds)

@@ -14,19 +14,28 @@ from ``Scope.team_filter``, instead of each caller remembering to filter.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import and_, false, or_
 
-from ..protocol.errors import NotFound, PermissionDenied
+from ..errors import NotFound, PermissionDenied
 
 if TYPE_CHECKING:
     from ..store.keyring import Keyring
-    from .keys import Principal
     from .teams import TeamStore
 
 OPERATOR, ADMIN, MEMBER = "operator", "admin", "member"
 ROLES = (OPERATOR, ADMIN, MEMBER)
+
+
+class Caller(Protocol):
+    """An authenticated key as a scope sees it (``keys.Principal`` has this shape)."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def team_id(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -34,11 +43,11 @@ class Scope:
     team_id: int | None  # None: every team
 
     @classmethod
-    def operator(cls) -> "Scope":
+    def operator(cls) -> Scope:
         return cls(None)
 
     @classmethod
-    def of(cls, principal: "Principal") -> "Scope":
+    def of(cls, principal: Caller) -> Scope:
         return cls(None) if principal.role == OPERATOR else cls(principal.team_id)
 
     @property
@@ -50,14 +59,14 @@ class Scope:
             raise PermissionDenied(f"{what} needs an operator key; a team admin key administers its own team only",
                                    param="authorization")
 
-    def team(self, teams: "TeamStore", name: str, param: str = "team") -> int:
+    def team(self, teams: TeamStore, name: str, param: str = "team") -> int:
         """The id of the team named ``name``, if this scope may see it; else 404."""
         team_id = teams.find(name)
         if team_id is None or (self.team_id is not None and team_id != self.team_id):
             raise NotFound(f"no team named {name!r}", param=param)
         return team_id
 
-    def team_filter(self, teams: "TeamStore", name: str | None) -> int | None:
+    def team_filter(self, teams: TeamStore, name: str | None) -> int | None:
         """For listings: the named team (if visible), else this scope's own team; None
         means every team (operator scope, no name given)."""
         if name is not None:
@@ -65,7 +74,7 @@ class Scope:
         return self.team_id
 
 
-def user_filter(keyring: "Keyring", team_ids: list[int], user: str, team_column, index_column):
+def user_filter(keyring: Keyring, team_ids: list[int], user: str, team_column, index_column):
     """Rows of these teams whose ``user`` is ``user``: its blind index differs per team,
     so it is one (team, index) pair per team."""
     pairs = [and_(team_column == team_id, index_column == keyring.user_index(team_id, user)) for team_id in team_ids]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, select
 
 from ..config import MAX_RETENTION_DAYS, Config
-from ..protocol.errors import InvalidRequest
+from ..errors import InvalidRequest
 from ..store.db import Database, aware_utc
 from ..store.models import TeamSetting
 
@@ -40,7 +40,7 @@ class TeamSettings(BaseModel):
     moderation_action: Literal["flag", "block"]
 
     @classmethod
-    def defaults(cls, config: Config) -> "TeamSettings":
+    def defaults(cls, config: Config) -> TeamSettings:
         return cls(
             store_content=config.content.store_content,
             retention_days=config.content.retention_days,

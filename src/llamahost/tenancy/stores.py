@@ -9,7 +9,7 @@ from ..store.db import Database
 from ..store.keyring import Keyring, open_store
 from .content import ContentStore
 from .keys import KeyStore
-from .limits import LimitStore, Limits
+from .limits import Limits, LimitStore
 from .settings import SettingsStore, TeamSettings
 from .teams import TeamStore
 from .usage import UsageStore

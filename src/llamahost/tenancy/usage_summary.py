@@ -12,18 +12,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from sqlalchemy import case, func, select
+from sqlalchemy import ColumnElement, case, func, select
 
-from ..protocol.errors import InvalidRequest
+from ..errors import InvalidRequest
+from ..store.db import Database
 from ..store.functions import epoch_seconds
-from ..store.keyring import Sealed
-from ..store.models import Team, UsageRecord
+from ..store.keyring import Keyring, Sealed
+from ..store.models import StoredFile, Team, UsageRecord
 from .scope import Scope
-
-if TYPE_CHECKING:
-    from .usage import UsageStore
+from .teams import TeamStore
 
 # The status a usage record gets when a rate limit refused its request (RateLimited.error_type).
 RATE_LIMITED_STATUS = "rate_limit_error"
@@ -31,6 +30,8 @@ DEFAULT_WINDOW = timedelta(hours=24)
 DEFAULT_BUCKET_SECONDS = 3600
 MAX_BUCKETS = 1000
 MAX_TOP_USERS = 100
+# A century: wider than any useful range, and small enough for the database's integers.
+MAX_BUCKET_SECONDS = 100 * 365 * 86400
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -44,6 +45,8 @@ def parse_bucket(value: str, param: str = "bucket") -> int:
         raise InvalidRequest(
             f"{param}: expected a duration such as 60, 5m, 1h or 1d, got {value!r}", param=param
         )
+    if seconds > MAX_BUCKET_SECONDS:
+        raise InvalidRequest(f"{param}: at most {MAX_BUCKET_SECONDS} seconds (100 years), got {value!r}", param=param)
     return seconds
 
 
@@ -60,10 +63,26 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class Storage:
+    files: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
 class Bucket:
     start: datetime  # a multiple of the bucket width since the epoch, UTC
     model: str
     counts: Counts
+
+
+
+class UsageSource(Protocol):
+    """What a summary reads (the usage store has it): declared here so the store can
+    offer summaries without this module importing the store back."""
+
+    db: Database
+    keyring: Keyring
+    teams: TeamStore
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,17 @@ class UsageSummary:
     # of deleted teams, whose users are shredded) are left out.
     users: list[tuple[str, str, Counts]]
     totals: Counts
+    storage: Storage = Storage()  # uploaded files kept now (not a count of requests)
+
+
+def _storage(session, team_id: int | None) -> Storage:
+    """The scope's uploaded files as they are now, whatever the window: storage is held,
+    not spent per request."""
+    query = select(func.count(StoredFile.id), func.coalesce(func.sum(StoredFile.size), 0))
+    if team_id is not None:
+        query = query.where(StoredFile.team_id == team_id)
+    files, size = session.execute(query).one()
+    return Storage(files=int(files), bytes=int(size))
 
 
 def _counts(requests, prompt, completion, rate_limited) -> Counts:
@@ -84,7 +114,7 @@ def _counts(requests, prompt, completion, rate_limited) -> Counts:
 
 
 def summarize_usage(
-    store: "UsageStore",
+    store: UsageSource,
     scope: Scope,
     *,
     team: str | None = None,
@@ -118,7 +148,8 @@ def summarize_usage(
         func.sum(case((UsageRecord.status == RATE_LIMITED_STATUS, 1), else_=0)),
     )
     # Floor division: SQLAlchemy 2 renders `//` as integer division on both dialects.
-    start = (epoch_seconds(UsageRecord.created_at) // bucket_seconds) * bucket_seconds
+    seconds: ColumnElement[int] = epoch_seconds(UsageRecord.created_at)
+    start = (seconds // bucket_seconds) * bucket_seconds
     with store.db.session() as s:
         by_bucket = s.execute(
             select(start.label("start"), UsageRecord.model, *measures)
@@ -134,6 +165,7 @@ def summarize_usage(
         ).all()
         totals = s.execute(select(*measures).where(*conditions)).one()
         users = _top_users(store, s, conditions, measures, top_users) if top_users else []
+        storage = _storage(s, team_id)
     return UsageSummary(
         since=since,
         until=until,
@@ -144,10 +176,11 @@ def summarize_usage(
         models=[(row[0], _counts(*row[1:])) for row in by_model],
         users=users,
         totals=_counts(*totals),
+        storage=storage,
     )
 
 
-def _top_users(store: "UsageStore", session, conditions, measures, top: int) -> list[tuple[str, str, Counts]]:
+def _top_users(store: UsageSource, session, conditions, measures, top: int) -> list[tuple[str, str, Counts]]:
     """The ``top`` end users by requests, ties by name. Names are encrypted, so the
     database ranks by count; every group tied with the last one is decrypted and sorted here."""
     requests = func.count(UsageRecord.id)

@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).parent / "static"
 # The single-page app's routes: each serves index.html, which shows the page named by the path.
-PAGES = ("keys", "playground", "usage")
+PAGES = ("keys", "playground", "usage", "datasets")
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -65,6 +65,7 @@ for _page in PAGES:
     router.add_api_route(f"/dashboard/{_page}", _index, methods=["GET"])
 
 
-def mount(app) -> None:
+def attach(app, services: object) -> None:
+    # The page needs no server-side service: it calls the public APIs with the user's key.
     app.include_router(router)
     app.mount("/dashboard/static", DashboardStatic(directory=STATIC_DIR), name="dashboard-static")

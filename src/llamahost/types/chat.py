@@ -7,11 +7,11 @@ generation logic never sees a wire format.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from .images import LoadedImage
+from .images import LoadedImage
 
 # Upper bound accepted for a token budget field on the wire; the model's context
 # window is the real limit and is checked per request.
@@ -139,3 +139,23 @@ class ToolCallDelta:
 
 
 ChatEvent = TextChunk | ToolCallDelta
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a request ended, for the meter. Tokens are those really processed: a request
+    refused or failed before generation started processed none."""
+
+    status: str  # "ok", "cancelled" (the caller went away), or the APIError type that ended it
+    model: str  # as requested
+    prompt_tokens: int
+    completion_tokens: int
+    stop_reason: str | None
+    latency_ms: float
+    # What the model produced, also when it was cut short (stored content, if kept).
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()

@@ -19,8 +19,7 @@ import ast
 import json
 from dataclasses import dataclass
 
-from .tools import new_call_id
-from .types import ToolCall
+from ..types.chat import ToolCall, new_call_id
 
 PYTHON_TAG = "<|python_tag|>"
 PYTHON_START = "<|python_start|>"

@@ -19,7 +19,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from ..protocol.errors import InvalidRequest
+from ..errors import InvalidRequest
 
 # Keywords that only describe; they never change which documents are valid.
 ANNOTATIONS = frozenset(
