@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,12 @@ def runtime_for(services: Any) -> EvalRuntime:
     if runtime is None:
         runtime = _runtimes[key] = EvalRuntime.build(services)
     return runtime
+
+
+# Claim renewals get a thread of their own: on the shared default pool they queue behind
+# the run's own work (token counting, result writes), and a late renewal loses the
+# claim to another loop, which then generates the item again.
+_renewals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-claims")
 
 
 class ItemFailed(Exception):
@@ -317,7 +324,9 @@ async def _work(ctx: RunContext, evals: EvalStore, worker: str, batch, slots: in
         while True:
             await asyncio.sleep(lease / 3)
             try:
-                await asyncio.to_thread(evals.renew, ctx.run_id, worker, sorted(held), lease)
+                await asyncio.get_running_loop().run_in_executor(
+                    _renewals, evals.renew, ctx.run_id, worker, sorted(held), lease
+                )
             except Exception:  # the claims may lapse; another loop then redoes those items
                 log.exception("eval run %s: renewing item claims failed", ctx.run_id)
 
