@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from llamahost.config import load_config
+from llamahost.errors import NotFound
 from llamahost.evals.store import EvalStore, ItemResult
 from llamahost.tenancy.stores import open_stores
 
@@ -84,5 +85,5 @@ def test_a_lost_claim_records_nothing(store):
         raw = s.execute(text("SELECT row_sealed, result_sealed FROM eval_items")).one()
     assert b"answer-42" not in bytes(raw.result_sealed) and b"item" not in bytes(raw.row_sealed)
     evals.delete_team(team)
-    with pytest.raises(Exception):
+    with pytest.raises(NotFound):
         evals.get_run(team, ev.id, run.id)
