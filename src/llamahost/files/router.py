@@ -33,6 +33,9 @@ from .protocol import (
     FileList,
     FileObject,
     OpenAIFileObject,
+    OpenUpload,
+    OpenUploadList,
+    UploadCancelled,
     UploadCreate,
     UploadCreated,
     UploadPartResult,
@@ -172,6 +175,27 @@ async def create_upload(request: Request) -> UploadCreated:
     return UploadCreated(
         id=session.id, bytes=session.bytes, filename=session.filename, mime_type=session.mime_type, purpose=session.purpose
     )
+
+
+@native.get("/uploads", **operation(response=OpenUploadList))
+async def list_open_uploads(request: Request) -> OpenUploadList:
+    """Our extension: the team's unfinished uploads, to resume or cancel (the dashboard)."""
+    sessions = await run_in_threadpool(_files(request).open_sessions, _principal(request).team_id)
+    return OpenUploadList(
+        data=[
+            OpenUpload(
+                upload_id=v.id, filename=v.filename, bytes=v.bytes, offset=v.offset, mime_type=v.mime_type,
+                purpose=v.purpose, created_at=int(created.timestamp()), expires_at=int(expires.timestamp()),
+            )
+            for v, created, expires in sessions
+        ]
+    )
+
+
+@native.delete("/uploads/{upload_id}", **operation(response=UploadCancelled, errors=(404,)))
+async def cancel_upload(upload_id: str, request: Request) -> UploadCancelled:
+    await run_in_threadpool(_files(request).cancel_session, _principal(request).team_id, upload_id)
+    return UploadCancelled(upload_id=upload_id)
 
 
 @native.get("/uploads/{upload_id}", **operation(response=UploadPartResult, errors=(404,)), response_model_exclude_none=True)
