@@ -1,6 +1,6 @@
 """Tool and schema logic below the HTTP layer: request checks, the grammars (compiled by
-llguidance against the bundled model's real vocabulary), the streaming call parser and
-prompt rendering."""
+llguidance against the bundled model's real vocabulary, read by llama-cpp-python, which
+the test extra installs), the streaming call parser and prompt rendering."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from llamahost.engines.tool_format import (
     render_messages,
 )
 from llamahost.types.chat import ChatMessage, ChatRequest, ToolCall, ToolCallDelta, ToolSpec
-from llamahost.engines.constraint import GrammarCompiler
+from llamahost.engines.grammar import check_grammar
 from llamahost.engines.llamacpp import bundled_model_path
 from llamahost.errors import InvalidRequest
 
@@ -136,18 +136,28 @@ def test_history_tool_call_ids_must_match_an_earlier_call():
 
 @pytest.fixture(scope="module")
 def compiler():
+    import warnings
+
+    import llguidance.llamacpp
+
     llm = llama_cpp.Llama(model_path=str(bundled_model_path()), vocab_only=True, verbose=False)
     vocab = llm._model.vocab
     n_vocab = llm.n_vocab()
     eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
-    yield GrammarCompiler(vocab, n_vocab, eog), llm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(vocab, n_vocab=n_vocab, eos_token=eog)
+    yield tokenizer, llm
 
 
 def accepts(compiler, req: ChatRequest, text: str, fmt=OWN_FORMAT) -> bool:
-    grammars, llm = compiler
+    from llguidance import LLMatcher
+
+    tokenizer, llm = compiler
     check_request(req)
-    constraint = grammars.compile(fmt.grammar(req), "tools")
-    matcher = constraint._matcher
+    grammar = fmt.grammar(req)
+    check_grammar(grammar, "tools")
+    matcher = LLMatcher(tokenizer, LLMatcher.grammar_from_lark(grammar), log_level=0)
     tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
     return matcher.try_consume_tokens(tokens) == len(tokens) and matcher.is_accepting()
 
@@ -191,12 +201,11 @@ def test_llama3_json_grammar(compiler):
     assert not accepts(compiler, request(tools=[WEATHER], tool_choice="required"), '{"name": "x", "parameters": {}}', LLAMA3_JSON_FORMAT)
 
 
-def test_schema_llguidance_cannot_enforce_is_a_400(compiler):
-    grammars, _ = compiler
+def test_schema_llguidance_cannot_enforce_is_a_400():
     req = request(json_schema={"type": "string", "pattern": "(?=a)b"})
     check_request(req)
     with pytest.raises(InvalidRequest) as info:
-        grammars.compile(OWN_FORMAT.grammar(req), "response_format")
+        check_grammar(OWN_FORMAT.grammar(req), "response_format")
     assert info.value.param == "response_format" and "look-around" in info.value.message
 
 
