@@ -155,6 +155,7 @@ class _Prepared:
     prompt: Any  # token ids, or a prompt string with image markers and the images
     grammar: str | None
     parser: ToolStreamParser | None
+    rendered: str = ""  # the prompt as text
 
 
 @dataclass
@@ -273,7 +274,7 @@ class LlamaCppEngine(Engine):
         if request.raw_prompt is not None:
             # A caller-rendered prompt (e.g. the Llama Guard template): no chat template, no grammar.
             tokens = await server.tokenize(request.raw_prompt, add_special=True)
-            return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=_Prepared(tokens, None, None))
+            return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=_Prepared(tokens, None, None, request.raw_prompt))
         assert self._template is not None and self._tool_format is not None
         if request.adapter is not None and request.adapter not in server.adapter_ids:
             available = ", ".join(server.adapter_ids) or "none"
@@ -298,9 +299,11 @@ class LlamaCppEngine(Engine):
             count = len(text_tokens) + len(images) * self._image_tokens
         else:
             messages, tools = render_messages(request, fmt)
-            prompt = await server.tokenize(self._render(messages, tools), add_special=False)
+            rendered = self._render(messages, tools)
+            prompt = await server.tokenize(rendered, add_special=False)
             count = len(prompt)
-        return PreparedPrompt(request=request, prompt_tokens=count, engine_data=_Prepared(prompt, grammar, fmt.stream_parser(request)))
+        prepared = _Prepared(prompt, grammar, fmt.stream_parser(request), rendered)
+        return PreparedPrompt(request=request, prompt_tokens=count, engine_data=prepared)
 
     def _render(self, messages: list[dict[str, Any]], tools: list[dict] | None) -> str:
         assert self._template is not None

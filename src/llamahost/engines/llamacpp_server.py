@@ -103,7 +103,9 @@ class EmbeddedServer:
             params.lora_adapters = [xlc.CommonAdapterLoraInfo(str(path), 0.0) for _, path in s.lora_adapters]
         if s.ngram_draft_max > 0:
             params.speculative.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
-            params.speculative.draft.n_max = s.ngram_draft_max
+            # Drafts come from an earlier occurrence of the last 12 tokens (llama.cpp's
+            # default lookup size) in the prompt or the reply so far.
+            params.speculative.ngram_simple.size_m = s.ngram_draft_max
         self._socket_dir = tempfile.mkdtemp(prefix="llamahost-llamacpp-")  # mode 0700
         socket_path = os.path.join(self._socket_dir, "server.sock")
         key = secrets.token_urlsafe(32)
