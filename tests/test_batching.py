@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 
 import httpx
 import pytest
 from jsonschema import validate
 from llama_api_client import AsyncLlamaAPIClient
+
 from test_load import ENDLESS as ENDLESS_BUNDLED
+from test_load import metric, stopped_early, wait_until
 
 MODEL = "batched"
 PROMPTS = [
@@ -114,8 +117,9 @@ async def test_a_cancelled_stream_frees_its_slot(server_factory):
     # Two slots, both taken by endless generations: a third request waits. Cancelling
     # one of them must let the third start at once, while the other keeps streaming.
     server = server_factory(config=f'[[models]]\nid = "{MODEL}"\nparallel = 2\ncontext_window = 4096\n')
+    users = [f"endless-{n}-{uuid.uuid4().hex[:8]}" for n in range(2)]
     async with httpx.AsyncClient(base_url=server.url, headers=server.headers(), timeout=120) as client:
-        streams = [client.stream("POST", "/v1/chat/completions", json=ENDLESS) for _ in range(2)]
+        streams = [client.stream("POST", "/v1/chat/completions", json={**ENDLESS, "user": u}) for u in users]
         responses = [await s.__aenter__() for s in streams]
         assert all(r.status_code == 200 for r in responses)
         lines = [r.aiter_lines() for r in responses]
@@ -123,17 +127,21 @@ async def test_a_cancelled_stream_frees_its_slot(server_factory):
             for _ in range(3):
                 await anext(it)
         waiting = asyncio.create_task(asyncio.to_thread(_first_token_seconds, server))
-        await asyncio.sleep(1.0)
+        await wait_until(lambda: metric(server, "llamahost_queue_depth", MODEL) == 1)
         assert not waiting.done(), "the third request ran although both slots were busy"
         await streams[0].__aexit__(None, None, None)  # the client goes away
-        seconds = await asyncio.wait_for(waiting, 30)
-        assert seconds < 30
+        await asyncio.wait_for(waiting, 300)  # a deadline against a hang, not a speed check
         # The surviving stream is still generating.
         for _ in range(3):
             assert (await anext(lines[1])) is not None
         await streams[1].__aexit__(None, None, None)
-    metrics = httpx.get(server.url + "/metrics", timeout=10).text
-    assert 'llamahost_queue_depth{model="batched"} 0.0' in metrics
+    # Neither endless generation can end before its 4,000 tokens, and both advance one
+    # token per batch step: had the cancelled one kept its slot, the third request could
+    # only have started as the survivor ended too. The survivor was cut off far earlier.
+    survivor = await asyncio.to_thread(stopped_early, server, users[1])
+    assert survivor["completion_tokens"] < ENDLESS["max_completion_tokens"] // 2, survivor
+    stopped_early(server, users[0])
+    assert metric(server, "llamahost_queue_depth", MODEL) == 0
 
 
 def _reused_tokens(server) -> float:

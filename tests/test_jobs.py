@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from conftest import llamahost_env, run_cli
-from llamahost.config import load_config
+from llamahost.config import ConfigError, load_config
 from llamahost.errors import InvalidRequest, NotFound
 from llamahost.jobs.kinds import JobContext, JobKinds
 from llamahost.jobs.loop import JobLoop
@@ -79,10 +79,25 @@ def stores(request, tmp_path, local_env, monkeypatch):
     opened.db.close()
 
 
+def test_jobs_config_is_strict(tmp_path) -> None:
+    for text, named in [
+        ("[jobs]\nlease_seconds = 0\n", "jobs.lease_seconds"),
+        ("[jobs]\nconcurrency = 100\n", "jobs.concurrency"),
+        ("[jobs]\nrun_in_servers = false\n", "jobs.run_in_servers"),
+    ]:
+        path = tmp_path / "llamahost.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=named):
+            load_config(path, data_dir=tmp_path)
+    path.write_text("[jobs]\nrun_in_server = false\nlease_seconds = 5\n")
+    jobs = load_config(path, data_dir=tmp_path).jobs
+    assert (jobs.run_in_server, jobs.lease_seconds, jobs.concurrency, jobs.keep_finished_days) == (False, 5, 1, 7)
+
+
 # --- the queue and the loop, in this process -----------------------------------------------
 
 
-def _loop(stores, kinds: JobKinds, lease: float = 1.5) -> JobLoop:
+def _loop(stores, kinds: JobKinds, lease: float) -> JobLoop:
     return JobLoop(JobQueue(stores.db, stores.teams, kinds), kinds, stores, poll_interval=0.05, lease_seconds=lease,
                    concurrency=2)
 
@@ -128,10 +143,23 @@ def test_attempts_timeout_and_cancel(stores) -> None:
             raise
         return {}
 
+    pid_file = stores.config.data_dir / "child.pid"
+
+    async def unstorable(ctx: JobContext) -> dict:
+        return {"when": datetime.now(UTC)}  # not JSON
+
+    async def child(ctx: JobContext) -> dict:
+        # Heavy work (torch) runs in a child process of the loop, stopped with the job.
+        script = f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(3600)"
+        await ctx.run_process([sys.executable, "-c", script])
+        return {}
+
+    kinds.register_kind("test.child", child, timeout=60, max_attempts=1)
     kinds.register_kind("test.flaky", flaky, timeout=30, max_attempts=3, retry_delay=0)
+    kinds.register_kind("test.unstorable", unstorable, timeout=30, max_attempts=1)
     kinds.register_kind("test.slow", slow, timeout=0.3, max_attempts=2, retry_delay=0)
     kinds.register_kind("test.stoppable", stoppable, timeout=60, max_attempts=3)
-    loop = _loop(stores, kinds, lease=0.9)
+    loop = _loop(stores, kinds, lease=3.0)  # cancel requests are seen within lease / 3
     queue = loop.queue
     team_id, _ = stores.keys.ensure_team("jobs-team")
     other_id, _ = stores.keys.ensure_team("other-team")
@@ -150,11 +178,14 @@ def test_attempts_timeout_and_cancel(stores) -> None:
             second = queue.enqueue("test.flaky", {"name": "second", "succeed_on": 2})
             never = queue.enqueue("test.flaky", {"name": "never", "succeed_on": 99}, team_id=team_id)
             timing_out = queue.enqueue("test.slow")
+            unstored = queue.enqueue("test.unstorable")
             done = await _until(lambda: _finished(queue, second), "the flaky job to succeed")
             assert (done.status, done.attempts, done.result, done.error) == ("succeeded", 2, {"attempt": 2}, None)
             failed = await _until(lambda: _finished(queue, never), "the failing job to use up its attempts")
             assert (failed.status, failed.attempts, failed.max_attempts) == ("failed", 3, 3)
             assert failed.error == "RuntimeError: attempt 3 failed" and failed.finished_at is not None
+            bad = await _until(lambda: _finished(queue, unstored), "the job with a non-JSON result to fail")
+            assert bad.status == "failed" and bad.error.startswith("the result is not a JSON object")
             timed_out = await _until(lambda: _finished(queue, timing_out), "the slow job to time out")
             assert (timed_out.status, timed_out.attempts, timed_out.error) == ("failed", 2, "timed out after 0.3 s")
 
@@ -165,10 +196,20 @@ def test_attempts_timeout_and_cancel(stores) -> None:
             assert requested.status == "running" and requested.cancel_requested
             cancelled = await _until(lambda: _finished(queue, stopping), "the running job to be cancelled")
             assert (cancelled.status, cancelled.attempts) == ("cancelled", 1) and observed == ["cancelled"]
+            # A job's child process is stopped when the job is cancelled.
+            with_child = queue.enqueue("test.child")
+            pid = int(await _until(lambda: pid_file.exists() and pid_file.read_text(), "the child process to start"))
+            queue.cancel(Scope.operator(), with_child)
+            assert (await _until(lambda: _finished(queue, with_child), "the job to be cancelled")).status == "cancelled"
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
             with pytest.raises(InvalidRequest, match="already succeeded"):
                 queue.cancel(Scope.operator(), second)
-            with pytest.raises(NotFound):
-                queue.get(Scope.operator(), "job_unknown")
+            for unknown in ("job_unknown", "job_\x00", "job_" + "0" * 24):  # (PostgreSQL refuses NUL characters)
+                with pytest.raises(NotFound):
+                    queue.get(Scope.operator(), unknown)
+            with pytest.raises(InvalidRequest):
+                queue.list(Scope.operator(), kind="test\x00")
         finally:
             stop.set()
             await running
@@ -178,7 +219,33 @@ def test_attempts_timeout_and_cancel(stores) -> None:
     # A team admin's listing holds its own team's jobs only; the operator's holds all.
     assert {j.id for j in queue.list(Scope(team_id))} == {j.id for j in queue.list(Scope.operator()) if j.team_id}
     assert all(j.team_id == team_id for j in queue.list(Scope(team_id)))
-    assert [j.status for j in queue.list(Scope.operator(), status="failed")] == ["failed", "failed"]
+    assert [j.status for j in queue.list(Scope.operator(), status="failed")] == ["failed"] * 3
+
+
+def test_a_stopping_loop_hands_its_running_job_back(stores) -> None:
+    kinds = JobKinds()
+    started = asyncio.Event()
+
+    async def long(ctx: JobContext) -> dict:
+        started.set()
+        await asyncio.sleep(3600)
+        return {}
+
+    kinds.register_kind("test.long", long, timeout=7200)
+    loop = _loop(stores, kinds, lease=30.0)
+    job_id = loop.queue.enqueue("test.long")
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(loop.run(stop))
+        await asyncio.wait_for(started.wait(), DEADLINE)
+        stop.set()  # as SIGTERM does for `llamahost jobs work`, and the end of `llamahost serve`
+        await asyncio.wait_for(running, DEADLINE)
+
+    asyncio.run(scenario())
+    # Back in the queue at once (not after its 30 s lease), the interrupted attempt not counted.
+    job = loop.queue.get(Scope.operator(), job_id)
+    assert (job.status, job.attempts, job.worker_id, job.leased_until) == ("queued", 0, None, None)
 
 
 def test_periodic_jobs_are_scheduled_once_per_interval(stores) -> None:
@@ -237,7 +304,9 @@ def test_worker_processes_share_postgresql(pg_env, tmp_path, local_env, monkeypa
     kinds.register_kind("test.mark", unused, timeout=30, max_attempts=1)
     kinds.register_kind("test.stall_first", unused, timeout=3600, max_attempts=2)
     queue = JobQueue(stores.db, stores.teams, kinds)
-    lease = 1.5
+    # Short, for the test's speed, yet long enough that a loaded machine never stalls a
+    # live worker past it (which would hand a job to the other worker: not what is tested).
+    lease = 3.0
     workers = [_start_worker(pg_env, data_dir, traces, lease) for _ in range(2)]
     try:
         wait_for(lambda: len(list(traces.glob("ready-*"))) == 2, "both workers to start")
@@ -309,7 +378,7 @@ def test_retention_runs_as_a_job_of_llamahost_jobs_work(tmp_path, local_env) -> 
         purges = queue.list(Scope.operator(), kind="retention.purge")
         purged = [j for j in purges if j.result == {"stored_requests": 1, "teams": 1}]
         assert len(purged) == 1 and (purged[0].status, purged[0].team_id, purged[0].attempts) == ("succeeded", None, 1)
-        table = run_cli(data_dir, "jobs", "list", "--status", "succeeded").stdout.splitlines()
+        table = run_cli(data_dir, "jobs", "list", "--status", "succeeded", "--limit", "1000").stdout.splitlines()
         assert table[0].split() == ["ID", "KIND", "STATUS", "TEAM", "TRIES", "CREATED", "STARTED", "FINISHED", "ERROR"]
         row = next(line for line in table if line.startswith(purged[0].id)).split()
         assert row[1:5] == ["retention.purge", "succeeded", "-", "1/3"]
@@ -372,11 +441,15 @@ def test_server_runs_the_loop_and_the_admin_api_shows_jobs(server_factory, local
     for key, path, method in [
         (other_admin, f"/{job_id}", "GET"), (other_admin, f"/{job_id}/cancel", "POST"),
         (operator, "/job_unknown", "GET"), (operator, "/job_unknown/cancel", "POST"),
+        (operator, "/job_%00", "GET"), (operator, "/job_" + "0" * 24, "GET"),
         (team_admin, f"/{purges[0]['id']}", "GET"),
     ]:
         reply = httpx.request(method, url + path, headers=server.headers(key), timeout=30)
         assert reply.status_code == 404 and reply.json()["error"]["type"] == "not_found_error", reply.text
-    for params, field in [({"limit": 0}, "limit"), ({"status": "done"}, "status"), ({"team": "nobody"}, "team")]:
+    for params, field in [
+        ({"limit": 0}, "limit"), ({"limit": 1001}, "limit"), ({"status": "done"}, "status"), ({"team": "nobody"}, "team"),
+        ({"kind": "Retention\x00"}, "kind"), ({"kind": "k" * 65}, "kind"),
+    ]:
         reply = httpx.get(url, params=params, headers=server.headers(operator), timeout=30)
         assert reply.status_code in (400, 404) and reply.json()["error"]["param"] == field, reply.text
 

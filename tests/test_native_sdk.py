@@ -141,9 +141,14 @@ def test_bad_input_is_bad_request(client):
     assert info.value.body["error"]["param"] == "temperature"
 
 
-def test_user_field_is_accepted_and_logged(client, server):
+def test_user_field_is_accepted_and_logged_hashed(client, server):
+    # The default [server] log_users = "hashed": the log names the user by a keyed hash
+    # that the operator can look up, never by the value sent.
     client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=4, user="user_12345")
-    assert "user=user_12345" in server.log()
+    label = server.cli("log-user", "user_12345").stdout.strip()
+    assert label.startswith("h:") and label != server.cli("log-user", "user_54321").stdout.strip()
+    log = server.log()
+    assert f"user={label}" in log and "user_12345" not in log
 
 
 @pytest.mark.anyio

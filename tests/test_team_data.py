@@ -170,7 +170,7 @@ def test_settings_retention_flags_and_deletion(server_factory):
     assert len(stored()) == 2  # (reading flushes what the server has queued)
     deleted = httpx.delete(f"{server.url}/admin/v1/teams/{team}", headers=server.headers(operator), timeout=30)
     assert deleted.status_code == 200, deleted.text
-    assert deleted.json() == {"team": team, "deleted": True, "api_keys": 2, "stored_requests": 2, "data_keys": 1}
+    assert deleted.json() == {"team": team, "deleted": True, "api_keys": 2, "stored_requests": 2, "data_keys": 1, "files": 0}
     assert httpx.get(f"{server.url}/v1/models", headers=server.headers(key), timeout=30).status_code == 401
     with sqlite3.connect(server.data_dir / "llamahost.db") as db:
         (team_id,) = db.execute("SELECT team_id FROM usage_records WHERE key_id = ? LIMIT 1", (key.split("_")[1],)).fetchone()

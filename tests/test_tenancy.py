@@ -9,7 +9,9 @@ import uuid
 
 import httpx
 import pytest
+
 from ratelimit_helpers import RATE_HEADERS, assert_exact_burst, burst, chat, chat_body, new_team
+from test_load import ENDLESS
 
 
 def make_key(server, team: str, *args: str) -> str:
@@ -71,7 +73,8 @@ async def test_tpm_refuses_a_huge_prompt_before_generating_and_settles_to_real_t
     records = json.loads(server.cli("usage", "--team", team, "--json").stdout)
     huge_record = next(r for r in records["data"] if r["user"] == "huge-prompt")
     assert huge_record["status"] == "rate_limit_error" and huge_record["total_tokens"] == 0
-    assert "user=huge-prompt" not in server.log()  # never generated
+    label = server.cli("log-user", "huge-prompt").stdout.strip()  # how the log names it (hashed)
+    assert f"user={label}" not in server.log()  # never generated
 
 
 def test_keys_are_never_stored_in_plaintext(server):
@@ -253,14 +256,14 @@ async def test_a_disconnected_request_still_leaves_a_usage_record(server):
     team = new_team()
     key = make_key(server, team)
     user = f"gone-{uuid.uuid4().hex[:8]}"
-    body = chat_body("Tell me an extremely long story.", max_tokens=4000, temperature=2.0, top_p=1.0, user=user)
+    body = {**ENDLESS, "user": user}  # cannot end before its budget, whatever is sampled
     async with httpx.AsyncClient(base_url=server.url, timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
         async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
             assert r.status_code == 200
             async for line in r.aiter_lines():
                 if '"progress"' in line:
                     break  # leaving the block drops the connection mid-stream
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 120  # a generous deadline for a loaded machine; it returns at once when done
     while time.monotonic() < deadline:
         records = json.loads(server.cli("usage", "--user", user, "--json").stdout)["data"]
         if records:

@@ -41,7 +41,13 @@ ENV_REDIS_URL = "LLAMAHOST_REDIS_URL"  # shared rate-limit counters for replicas
 ENV_REDIS_PREFIX = "LLAMAHOST_REDIS_PREFIX"  # key prefix in that Redis (default "llamahost:")
 ENV_MASTER_KEY = "LLAMAHOST_MASTER_KEY"  # the master key itself (required with PostgreSQL)
 ENV_MASTER_KEY_FILE = "LLAMAHOST_MASTER_KEY_FILE"  # where the master key file is (default: data dir)
+ENV_SERVER_URL = "LLAMAHOST_URL"  # the server client commands (`llamahost evals run`) talk to
+ENV_API_KEY = "LLAMA_API_KEY"  # the key client commands call the server with (as the Llama SDK reads it)
 ENV_WORKER_CONFIG = "LLAMAHOST_WORKER_CONFIG"  # internal: the parent's config, handed to `--workers` processes
+ENV_S3_ENDPOINT_URL = "LLAMAHOST_S3_ENDPOINT_URL"  # [files.s3] endpoint_url, overriding the file
+ENV_S3_BUCKET = "LLAMAHOST_S3_BUCKET"  # [files.s3] bucket, overriding the file
+ENV_S3_ACCESS_KEY_ID = "LLAMAHOST_S3_ACCESS_KEY_ID"  # the object store's credentials (else boto3's own chain)
+ENV_S3_SECRET_ACCESS_KEY = "LLAMAHOST_S3_SECRET_ACCESS_KEY"
 
 
 def env(name: str) -> str | None:
@@ -190,6 +196,9 @@ class ServerConfig(_Strict):
     tls_key: Path | None = None
     # "json": one JSON object per log line (request logs carry request_id, model, status...).
     log_format: Literal["text", "json"] = "text"
+    # The end user's `user` value in request logs: "hashed" (a keyed hash, stable for
+    # this deployment), "plain" (as sent) or "off" (left out). Team names are logged as they are.
+    log_users: Literal["plain", "hashed", "off"] = "hashed"
     # Processes serving the same port (`--workers` wins).
     workers: int = Field(default=1, ge=1, le=256)
     # Serve GET /metrics (Prometheus text format), unauthenticated like /health.
@@ -292,6 +301,55 @@ class GuardrailConfig(_Strict):
     model: str = DEFAULT_MODERATION_MODEL  # a moderation model name
 
 
+GiB = 1024 * 1024 * 1024
+
+
+class S3Config(_Strict):
+    """An S3-compatible object store for file chunks (``[files] backend = "s3"``). The
+    credentials are not configuration: LLAMAHOST_S3_ACCESS_KEY_ID and
+    LLAMAHOST_S3_SECRET_ACCESS_KEY, else boto3's own chain (AWS_* variables, an
+    instance role...)."""
+
+    bucket: str | None = None
+    endpoint_url: str | None = None  # unset: AWS S3 itself
+    region: str | None = None
+    prefix: str = "llamahost/files/"
+
+    def resolved(self) -> S3Config:
+        """This section with the environment's overrides applied."""
+        return self.model_copy(
+            update={
+                "bucket": env(ENV_S3_BUCKET) or self.bucket,
+                "endpoint_url": env(ENV_S3_ENDPOINT_URL) or self.endpoint_url,
+            }
+        )
+
+    @staticmethod
+    def credentials() -> tuple[str | None, str | None]:
+        return env(ENV_S3_ACCESS_KEY_ID), env(ENV_S3_SECRET_ACCESS_KEY)
+
+
+class FilesConfig(_Strict):
+    """Uploads and files (``/v1/uploads``, ``/v1/files``)."""
+
+    # Where the sealed chunks of files live: the server's database, or an S3-compatible store.
+    backend: Literal["database", "s3"] = "database"
+    max_bytes: int = Field(default=GiB, ge=1)  # the largest file (the hosted API's limit)
+    # The largest upload part (a multipart body); the JSON body cap does not apply to parts.
+    max_part_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    session_ttl_hours: float = Field(default=24.0, gt=0)  # unfinished uploads idle this long are purged
+    retention_days: int | None = Field(default=None, ge=1, le=MAX_RETENTION_DAYS)  # unset: kept until deleted
+    team_quota_bytes: int | None = Field(default=None, ge=0)  # per team, all its files; unset: none
+    purge_interval_seconds: float = Field(default=3600.0, gt=0)
+    s3: S3Config = Field(default_factory=S3Config)
+
+    @model_validator(mode="after")
+    def _s3_bucket(self) -> FilesConfig:
+        if self.backend == "s3" and not (self.s3.bucket or env(ENV_S3_BUCKET)):
+            raise ValueError('backend "s3" needs [files.s3] bucket (or LLAMAHOST_S3_BUCKET)')
+        return self
+
+
 class JobsConfig(_Strict):
     """The job loop (``jobs/``): whether ``llamahost serve`` runs one, and how loops claim."""
 
@@ -309,6 +367,26 @@ class JobsConfig(_Strict):
     keep_finished_days: int = Field(default=7, ge=1, le=3650)
 
 
+class EvalsConfig(_Strict):
+    """Eval runs (``evals/``): how they share the job loops and the models with live traffic."""
+
+    # Generations (and judge calls) one run has in flight at once, over all its loops: a
+    # run does not starve live traffic of the model's slots.
+    max_concurrency: int = Field(default=2, ge=1, le=256)
+    # Jobs each run is split into: up to this many job loops work on one run's items
+    # (each with max_concurrency / jobs_per_run of the run's slots, at least one).
+    jobs_per_run: int = Field(default=2, ge=1, le=64)
+    # Items a loop claims at once.
+    batch_size: int = Field(default=8, ge=1, le=1000)
+    # A claimed item whose loop stops renewing it (killed) goes back to the pool after this long.
+    item_lease_seconds: float = Field(default=60.0, ge=1, le=3600)
+    # A generation refused with 429 waits for its Retry-After and tries again, this many
+    # times; then the item errors.
+    rate_limit_retries: int = Field(default=5, ge=0, le=100)
+    # Rows one run may have.
+    max_items: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -317,7 +395,9 @@ class Config(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
     moderation_models: list[ModerationModelConfig] = Field(default_factory=list)
     moderation: GuardrailConfig = Field(default_factory=GuardrailConfig)
+    files: FilesConfig = Field(default_factory=FilesConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
+    evals: EvalsConfig = Field(default_factory=EvalsConfig)
 
     @model_validator(mode="after")
     def _default_models_and_unique_names(self) -> Config:

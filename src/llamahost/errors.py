@@ -53,6 +53,23 @@ class NotFound(APIError):
     error_type = "not_found_error"
 
 
+class Conflict(APIError):
+    """The request raced the resource's state (an upload part at a stale offset);
+    ``details`` (the state to resume from) are added to the error object."""
+
+    status_code = 409
+    error_type = "conflict_error"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.details = details or {}
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["error"].update(self.details)
+        return body
+
+
 class PayloadTooLarge(APIError):
     status_code = 413
 

@@ -15,8 +15,11 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,6 +36,34 @@ from prometheus_client import (
 request_id_var: ContextVar[str | None] = ContextVar("llamahost_request_id", default=None)
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+@dataclass(frozen=True)
+class UserLogging:
+    """How request logs name the end user a request's ``user`` field names
+    (``[server] log_users``): ``plain`` as sent; ``hashed`` as ``h:`` and a keyed hash
+    (the key is the deployment's, ``Keyring.log_user_hash``: the same user gets the same
+    label on every process and every day, so one user's requests can still be followed,
+    and ``llamahost log-user USER`` tells which label is whose); ``off``: not at all.
+    Team names are logged as they are."""
+
+    mode: Literal["plain", "hashed", "off"] = "off"
+    hash_user: Callable[[str], str] | None = None
+
+    def label(self, user: str | None) -> str | None:
+        if user is None or self.mode == "plain":
+            return user
+        if self.mode == "hashed" and self.hash_user is not None:
+            return "h:" + self.hash_user(user)
+        return None
+
+    def text(self, user: str | None) -> str:
+        """The `` user=...`` part of a text log line ("" when off)."""
+        return "" if self.mode == "off" else f" user={self.label(user)}"
+
+    def fields(self, user: str | None) -> dict[str, str | None]:
+        """The ``user`` field of a JSON log line (none when off)."""
+        return {} if self.mode == "off" else {"user": self.label(user)}
 
 REQUESTS = Counter(
     "llamahost_chat_requests",

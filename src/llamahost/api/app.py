@@ -15,6 +15,8 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..config import ENV_WORKER_CONFIG, Config
+from ..evals import router as evals
+from ..files import router as files
 from ..observability import process_exiting
 from ..web import dashboard
 from . import admin, admin_teams, compat, jobs, native, observability, team
@@ -25,7 +27,7 @@ from .services import Services, build_services, load_models
 log = logging.getLogger("llamahost")
 
 # Every feature slice, in the order their routes are matched.
-SLICES = (native, compat, admin, admin_teams, jobs, team, dashboard, observability)
+SLICES = (native, compat, files, evals, admin, admin_teams, jobs, team, dashboard, observability)
 
 
 def create_app(config: Config, services: Services | None = None) -> FastAPI:
@@ -37,6 +39,8 @@ def create_app(config: Config, services: Services | None = None) -> FastAPI:
             log.info("serving %s", line)
         limiter = services.metering.limiter
         log.info("rate limits: %s", f"{limiter.name} counters" if limiter else "off")
+        # Before serving: usage records a killed process journalled are stored first.
+        await services.metering.start()
         loading = asyncio.create_task(load_models(services))
         try:
             yield

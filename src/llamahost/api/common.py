@@ -1,24 +1,24 @@
-"""What every HTTP surface shares: request body parsing into a wire model,
-authentication, metered chat calls (rate limits, usage, ``x-ratelimit-*`` headers),
-and racing work against the client going away."""
+"""What every HTTP surface of ``api/`` shares: metered chat calls (rate limits, usage,
+``x-ratelimit-*`` headers), admin checks, the body size cap, and racing work against
+the client going away. Authentication and body parsing live in ``http_common`` (below
+``api/``, for the feature slices too) and are re-exported here."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import observability as obs
 from ..chat.service import ChatStream
-from ..errors import APIError, InvalidRequest, PayloadTooLarge, PermissionDenied, UnsupportedMediaType
+from ..errors import APIError, PayloadTooLarge, PermissionDenied
+
+# Re-exported: the api routers import them from here.
+from ..http_common import ClientDisconnected, authenticate, is_streamed_multipart, parse_body  # noqa: F401
 from ..tenancy.content import ModerationContent
 from ..tenancy.keys import Principal
 from ..tenancy.metering import Meter
@@ -26,22 +26,6 @@ from ..tenancy.scope import ADMIN, OPERATOR
 from ..tenancy.usage import new_record_id
 from ..types.chat import ChatRequest, ChatResult, ImageInput
 from .errors import error_response
-
-M = TypeVar("M", bound=BaseModel)
-
-
-class ClientDisconnected(Exception):
-    pass
-
-
-async def authenticate(request: Request) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    key = token.strip() if scheme.lower() == "bearer" else None
-    keys = request.app.state.services.keys
-    principal = await run_in_threadpool(keys.authenticate, key)
-    request.state.principal = principal
-    return principal
 
 
 async def require_admin(request: Request) -> Principal:
@@ -113,79 +97,6 @@ async def complete_chat(request: Request, chat_request: ChatRequest) -> tuple[Ch
     return result, meter.headers()
 
 
-def _is_json_content_type(value: str) -> bool:
-    media_type = value.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or media_type.endswith("+json")
-
-
-async def parse_body(request: Request, model: type[M]) -> M:
-    """Parse a JSON body strictly into ``model``; every failure is a 4xx naming the field."""
-    content_type = request.headers.get("content-type")
-    if content_type is not None and not _is_json_content_type(content_type):
-        raise UnsupportedMediaType(
-            f"request body must be application/json, got {content_type.split(';', 1)[0]!r}", param="content-type"
-        )
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}", param="body", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("request body must be a JSON object", param="body")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise _validation_error(exc, data) from None
-
-
-def _validation_error(exc: ValidationError, data: Any) -> InvalidRequest:
-    # A union reports one error per member; the deepest is the most specific
-    # ("messages[0].content[0].type" rather than "messages[0].content").
-    errors = exc.errors(include_url=False)
-    error = max(errors, key=lambda e: len(param_from_loc(data, e["loc"])))
-    param = param_from_loc(data, error["loc"])
-    kind = error["type"]
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        discriminator = str(error.get("ctx", {}).get("discriminator", "")).strip("'")
-        param = f"{param}.{discriminator}" if param else discriminator
-    if kind == "extra_forbidden":
-        message = f"unknown field {param!r}"
-    elif kind == "missing":
-        message = f"{param}: field required"
-    else:
-        message = f"{param}: {error['msg']}" if param else error["msg"]
-    return InvalidRequest(message, param=param or None)
-
-
-def param_from_loc(data: Any, loc: tuple) -> str:
-    """Turn a pydantic error location into a JSON path like ``messages[0].content``.
-
-    Pydantic puts union member names and discriminator tags into ``loc``; walking the
-    input alongside the location keeps only the segments that exist in the request.
-    """
-    parts: list[str] = []
-    node = data
-    for segment in loc:
-        if isinstance(segment, int) and isinstance(node, list) and 0 <= segment < len(node):
-            parts.append(f"[{segment}]")
-            node = node[segment]
-        elif isinstance(segment, str) and isinstance(node, dict) and segment in (node.get("role"), node.get("type")):
-            continue  # a discriminated union's tag, not a field
-        elif isinstance(segment, str) and isinstance(node, dict) and segment in node:
-            parts.append(f".{segment}" if parts else segment)
-            node = node[segment]
-        elif isinstance(segment, str) and isinstance(node, dict) and not _looks_like_type_label(segment):
-            # A missing or unknown field: name it, then stop walking.
-            parts.append(f".{segment}" if parts else segment)
-            node = None
-    return "".join(parts)
-
-
-def _looks_like_type_label(segment: str) -> bool:
-    # Union member labels such as "str", "list[TextItem]", "TextItem", "function-after[...]".
-    return segment in {"str", "int", "float", "bool", "dict", "list", "none"} or "[" in segment or segment[:1].isupper()
-
-
 async def _wait_for_disconnect(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -221,14 +132,16 @@ async def unless_disconnected(request: Request, coro):
 
 class BodySizeLimit:
     """Refuse request bodies over ``limit`` bytes with 413, whether or not they
-    declare a Content-Length (chunked uploads are counted as they arrive)."""
+    declare a Content-Length (chunked uploads are counted as they arrive). Multipart
+    routes that stream their bodies under their own cap (file uploads,
+    ``http_common.streamed_multipart``) are left to it."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or is_streamed_multipart(scope):
             await self.app(scope, receive, send)
             return
         too_large = PayloadTooLarge(f"request body exceeds the limit of {self.limit} bytes", param="body")

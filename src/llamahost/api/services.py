@@ -12,9 +12,14 @@ from ..chat.images import ImagePolicy
 from ..chat.service import ChatService
 from ..config import Config
 from ..engines.registry import ModelRegistry
+from ..evals import runner as eval_runs
+from ..evals.service import EvalService, open_evals
+from ..files import expiry as upload_expiry
+from ..files.service import FileService, open_files
 from ..jobs import retention as retention_jobs
 from ..jobs.service import Jobs, open_jobs
-from ..safety.guardrails import Guardrails
+from ..observability import UserLogging
+from ..safety.guardrails import Guardrails, LogRecorder
 from ..safety.service import ModerationService
 from ..tenancy.limits import build_limiter
 from ..tenancy.metering import Metering
@@ -22,9 +27,11 @@ from ..tenancy.stores import Stores, open_stores
 
 log = logging.getLogger("llamahost")
 
+# Under the data dir: the usage journal of each server process (tenancy/journal.py).
+JOURNAL_DIR = "usage-journal"
 # Every job kind's registration, ``register(kinds, config)``: a feature with background
 # work (uploads expiry, fine-tuning, evals) adds its own here.
-JOB_KINDS = (retention_jobs.register,)
+JOB_KINDS = (retention_jobs.register, upload_expiry.register, eval_runs.register)
 
 
 @dataclass
@@ -33,7 +40,9 @@ class Services(Stores):
     chat: ChatService
     metering: Metering
     moderation: ModerationService
+    files: FileService
     jobs: Jobs
+    evals: EvalService
     load_error: str | None = None
 
 
@@ -41,15 +50,27 @@ def build_services(config: Config) -> Services:
     stores = open_stores(config)
     registry = ModelRegistry(config)
     chat = ChatService(registry, images=ImagePolicy.from_config(config.images))
+    chat.user_logging = UserLogging(config.server.log_users, stores.keyring.log_user_hash)
     moderation = ModerationService(config, chat)
-    chat.guard = Guardrails(config.moderation, moderation, settings=stores.settings)
+    chat.guard = Guardrails(
+        config.moderation, moderation, recorder=LogRecorder(chat.user_logging), settings=stores.settings
+    )
+    files = open_files(config, stores.db, stores.keyring)
+    stores.teams.on_delete.append(files.delete_team)
+    jobs = open_jobs(stores, JOB_KINDS)
+    evals = open_evals(stores, registry, jobs.queue, files)
+    stores.teams.on_delete.append(evals.delete_team)
     return Services(
         **vars(stores),
         registry=registry,
         chat=chat,
-        metering=Metering(build_limiter(config), stores.limits, stores.usage, stores.content),
+        metering=Metering(
+            build_limiter(config), stores.limits, stores.usage, stores.content, journal_dir=config.data_dir / JOURNAL_DIR
+        ),
         moderation=moderation,
-        jobs=open_jobs(stores, JOB_KINDS),
+        files=files,
+        jobs=jobs,
+        evals=evals,
     )
 
 

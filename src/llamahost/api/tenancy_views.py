@@ -78,6 +78,7 @@ async def usage_summary(
         models=[wire.ModelUsage(model=m, **_counts(c)) for m, c in summary.models],
         users=[wire.EndUserUsage(user=u, team=t, **_counts(c)) for u, t, c in summary.users],
         totals=wire.UsageCounts(**_counts(summary.totals)),
+        storage=wire.StorageUsage(files=summary.storage.files, bytes=summary.storage.bytes),
     )
 
 

@@ -79,6 +79,7 @@ class ChatStream:
         prompt_tokens: int,
         started: float,
         on_finished: list[Callable[[CompletionRecord], None]],
+        user_logging: obs.UserLogging | None = None,
         meter: Meter | None = None,
         check_output: OutputCheck | None = None,
     ) -> None:
@@ -97,6 +98,7 @@ class ChatStream:
         self._first_output: float | None = None
         self._last_output: float | None = None
         self._on_finished = on_finished
+        self._user_logging = user_logging or obs.UserLogging()
         self._recorded = False
         self._meter = meter
         self._check_output = check_output
@@ -217,9 +219,9 @@ class ChatStream:
         )
         log.log(
             logging.WARNING if status == "error" else logging.INFO,
-            "chat model=%s user=%s status=%s prompt_tokens=%d completion_tokens=%d stop_reason=%s latency_ms=%.0f%s",
+            "chat model=%s%s status=%s prompt_tokens=%d completion_tokens=%d stop_reason=%s latency_ms=%.0f%s",
             self.request.model,
-            self.request.user,
+            self._user_logging.text(self.request.user),
             status,
             prompt_tokens,
             completion_tokens,
@@ -229,7 +231,7 @@ class ChatStream:
             extra={
                 "event": "chat_completion",
                 "model": self.request.model,
-                "user": self.request.user,
+                **self._user_logging.fields(self.request.user),
                 "status": status,
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -265,6 +267,8 @@ class ChatService:
         # Called with a CompletionRecord when each admitted completion ends (usage
         # records, audit). Hooks run on the event loop: keep them quick.
         self.on_finished: list[Callable[[CompletionRecord], None]] = []
+        # How the request log names end users (``[server] log_users``); set by the server.
+        self.user_logging = obs.UserLogging()
 
     async def start(self, request: ChatRequest, meter: Meter | None = None, *, guarded: bool = True) -> ChatStream:
         """Admit and start a completion. Every error a client can cause is raised here,
@@ -326,6 +330,7 @@ class ChatService:
             prompt_tokens=prepared.prompt_tokens,
             started=started,
             on_finished=self.on_finished,
+            user_logging=self.user_logging,
             meter=meter,
             check_output=check_output,
         )

@@ -10,9 +10,9 @@ from .. import __version__
 from ..config import ConfigError
 from ..errors import APIError
 from ..store.crypto import CryptoError
-from . import content, jobs, keys, limits, serve, teams, usage
+from . import content, evals, jobs, keys, limits, serve, teams, usage
 
-GROUPS = (serve, keys, teams, limits, usage, content, jobs)
+GROUPS = (serve, keys, teams, limits, usage, content, jobs, evals)
 
 
 def _parser() -> argparse.ArgumentParser:

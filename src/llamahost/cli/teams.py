@@ -34,7 +34,7 @@ def register(commands) -> None:
         help="guardrails: what a flagged message does (flag: record it; block: refuse it)",
     )
     team_delete = teams.add_parser(
-        "delete", help="delete a team: its keys, limits, settings, stored content; shreds its data keys"
+        "delete", help="delete a team: its keys, limits, settings, stored content, files, evals; shreds its data keys"
     )
     add_common(team_delete)
     team_delete.add_argument("name")
@@ -93,14 +93,20 @@ def _set(args: argparse.Namespace) -> int:
 def _delete(args: argparse.Namespace) -> int:
     if not args.yes:
         print(
-            f"llamahost: deleting team {args.name!r} removes its keys, limits, settings and stored content and "
+            f"llamahost: deleting team {args.name!r} removes its keys, limits, settings, stored content, files and evals and "
             "shreds its data keys (its content can never be read again); add --yes to do it",
             file=sys.stderr,
         )
         return 2
-    deleted = open_stores(args).teams.delete(args.name)
+    from ..evals.store import EvalStore
+    from ..files.service import open_files
+
+    stores = open_stores(args)
+    stores.teams.on_delete.append(open_files(stores.config, stores.db, stores.keyring).delete_team)
+    stores.teams.on_delete.append(EvalStore(stores.db, stores.keyring).delete_team)
+    deleted = stores.teams.delete(args.name)
     print(
         f"deleted team {deleted.team}: {deleted.api_keys} API keys, {deleted.stored_requests} stored requests, "
-        f"{deleted.data_keys} data keys shredded (usage records stay, without their users)"
+        f"{deleted.files} files, {deleted.data_keys} data keys shredded (usage records stay, without their users)"
     )
     return 0

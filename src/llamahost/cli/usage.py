@@ -1,10 +1,12 @@
-"""``llamahost usage``: usage records and their totals."""
+"""``llamahost usage``: usage records and their totals; ``llamahost log-user``: how the
+request log names an end user."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from ..observability import UserLogging
 from ..tenancy.scope import Scope
 from ..tenancy.usage import parse_time
 from .common import add_common, fmt_time, open_stores
@@ -21,6 +23,20 @@ def register(commands) -> None:
     usage.add_argument("--limit", type=int, default=50, help="records listed, newest kept (totals count all)")
     usage.add_argument("--json", action="store_true", help="print JSON: {data: [...], totals: {...}}")
     usage.set_defaults(handler=run)
+
+    log_user = commands.add_parser(
+        "log-user", help="how request logs name an end user (with [server] log_users = \"hashed\")"
+    )
+    add_common(log_user)
+    log_user.add_argument("user", help="the requests' `user` value, exactly as sent")
+    log_user.set_defaults(handler=run_log_user)
+
+
+def run_log_user(args: argparse.Namespace) -> int:
+    """Prints the label to grep the logs for: the deployment's keyed hash of the value."""
+    stores = open_stores(args)
+    print(UserLogging("hashed", stores.keyring.log_user_hash).label(args.user))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-KIND_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+KIND_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 
 
 class JobCancelled(Exception):
@@ -104,7 +104,7 @@ class JobKinds:
         retry_delay: float = 10.0,
         every: float | None = None,
     ) -> JobKind:
-        if not KIND_NAME.match(name):
+        if not KIND_NAME.fullmatch(name):
             raise ValueError(f"job kind {name!r}: lower-case letters, digits, '.', '_' or '-', at most 64")
         if name in self._kinds:
             raise ValueError(f"job kind {name!r} is registered twice")

@@ -10,6 +10,7 @@ thread with its own event loop: one per server, not one per ``--workers`` proces
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -115,7 +116,7 @@ class JobLoop:
         kind = self.kinds[job.kind]
         ctx = JobContext(job.id, job.kind, job.payload, job.team_id, job.attempts, self.services)
         log.info("job %s (%s) attempt %d/%d started", job.id, job.kind, job.attempts, kind.max_attempts)
-        handler: asyncio.Task[dict[str, Any] | None] = asyncio.create_task(kind.handler(ctx))
+        handler: asyncio.Task[dict[str, Any] | None] = asyncio.create_task(kind.handler(ctx), name=f"job {job.id}'s handler")
         deadline = time.monotonic() + kind.timeout
         outcome: Callable[[], bool] | None = None
         try:
@@ -167,6 +168,12 @@ class JobLoop:
             message = f"{type(error).__name__}: {error}"
             return partial(queue.fail, job.id, worker, message, kind.retry_delay)
         result = handler.result()
+        try:
+            if result is not None and not isinstance(result, dict):
+                raise TypeError(f"a job handler returns a dict or None, not {type(result).__name__}")
+            json.dumps(result)
+        except (TypeError, ValueError) as exc:  # a bug of the kind: a failed attempt, not a lost lease
+            return partial(queue.fail, job.id, worker, f"the result is not a JSON object: {exc}", kind.retry_delay)
         log.info("job %s (%s) succeeded", job.id, job.kind)
         return partial(queue.succeed, job.id, worker, result)
 
@@ -178,12 +185,19 @@ class JobLoop:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+CANCEL_GRACE_SECONDS = 10.0
+
+
 async def _cancel(task: asyncio.Task) -> None:
+    """Cancel a handler and give it a moment to clean up; its end is recorded by the caller,
+    whatever it was. A handler that swallows the cancellation is left behind rather than
+    holding the loop (or its stop) forever."""
     task.cancel()
-    try:
-        await task
-    except BaseException:  # noqa: BLE001 - the handler's end is recorded by the caller, whatever it was
-        pass
+    await asyncio.wait({task}, timeout=CANCEL_GRACE_SECONDS)
+    if not task.done():
+        log.warning("%s ignored its cancellation for %.0f s; leaving it behind", task.get_name(), CANCEL_GRACE_SECONDS)
+    elif not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as "never retrieved"
 
 
 class LoopThread:
@@ -199,7 +213,7 @@ class LoopThread:
 
     def start(self) -> None:
         self._thread.start()
-        self._ready.wait()
+        self._ready.wait(30)
 
     def _main(self) -> None:
         async def main() -> None:

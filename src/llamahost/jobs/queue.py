@@ -23,22 +23,22 @@ whole queue:
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import JSON as SAJSON
 from sqlalchemy import and_, delete, exists, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import CursorResult, Result
 
 from ..errors import InvalidRequest, NotFound
-from ..store.db import Database, aware_utc
+from ..store.db import Database, affected_rows, aware_utc
 from ..store.models import Job
 from ..tenancy.scope import Scope
 from ..tenancy.teams import TeamStore
-from .kinds import JobKinds
+from .kinds import KIND_NAME, JobKinds
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
@@ -47,12 +47,11 @@ FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 MAX_ERROR_CHARS = 2000
 
 
+JOB_ID = re.compile(r"job_[0-9a-f]{24}")
+
+
 def new_job_id() -> str:
     return "job_" + secrets.token_hex(12)
-
-
-def _rowcount(result: Result[Any]) -> int:
-    return cast(CursorResult[Any], result).rowcount
 
 
 def _update():
@@ -206,7 +205,7 @@ class JobQueue:
     def _write(self, *statements: Any) -> int:
         """Run the statements in one transaction; the rows they changed."""
         with self.db.session() as s:
-            return sum(_rowcount(s.execute(statement)) for statement in statements)
+            return sum(affected_rows(s.execute(statement)) for statement in statements)
 
     def _held(self, job_id: str, worker_id: str) -> Any:
         """An update of a job this worker runs: no effect once another loop has taken it."""
@@ -266,6 +265,10 @@ class JobQueue:
     # --- operators and team admins ------------------------------------------------------
 
     def _scoped(self, scope: Scope, job_id: str) -> list:
+        if not JOB_ID.fullmatch(job_id):
+            # Not one of ours: answered before the database sees it (PostgreSQL refuses NUL
+            # characters with an error, not an empty result).
+            raise NotFound(f"no job {job_id[:64]!r}", param="id")
         conditions = [Job.id == job_id]
         if not scope.is_operator:
             conditions.append(Job.team_id == scope.team_id)
@@ -299,6 +302,8 @@ class JobQueue:
                 raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
             conditions.append(Job.status == status)
         if kind is not None:
+            if not KIND_NAME.fullmatch(kind):
+                raise InvalidRequest("kind: not a job kind name (lower-case letters, digits, '.', '_', '-')", param="kind")
             conditions.append(Job.kind == kind)
         with self.db.session() as s:
             rows = s.scalars(

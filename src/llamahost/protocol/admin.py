@@ -127,6 +127,7 @@ class TeamDeleted(BaseModel):
     api_keys: int
     stored_requests: int
     data_keys: int  # crypto-shredded: what they encrypted can never be read again
+    files: int = 0  # uploaded files removed
 
 
 class DataKeyRotated(BaseModel):
@@ -176,6 +177,11 @@ class EndUserUsage(UsageCounts):
     team: str  # `user` is a team's own id for its end user: the same value in two teams is two users
 
 
+class StorageUsage(BaseModel):
+    files: int  # uploaded files kept now (/v1/files), whatever the window
+    bytes: int
+
+
 class UsageSummary(BaseModel):
     since: datetime
     until: datetime
@@ -184,6 +190,7 @@ class UsageSummary(BaseModel):
     models: list[ModelUsage]
     users: list[EndUserUsage]  # top end users by requests
     totals: UsageCounts
+    storage: StorageUsage
 
 
 class EffectiveLimit(BaseModel):

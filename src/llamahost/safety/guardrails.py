@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..config import GuardrailConfig
 from ..errors import ContentPolicyViolation
+from ..observability import UserLogging
 from ..types.chat import ChatMessage, ChatRequest
 from ..types.moderation import GuardrailCheck, Stage
 from .llama_guard import Verdict
@@ -62,11 +63,14 @@ class CheckRecorder(Protocol):
 class LogRecorder:
     """Writes each check to the log (the usage record is written by the request's meter)."""
 
+    def __init__(self, user_logging: UserLogging | None = None) -> None:
+        self.user_logging = user_logging or UserLogging()
+
     def record(self, check: GuardrailCheck) -> None:
         log.info(
-            "moderation stage=%s team=%s user=%s chat_model=%s model=%s flagged=%s categories=%s action=%s "
+            "moderation stage=%s team=%s%s chat_model=%s model=%s flagged=%s categories=%s action=%s "
             "blocked=%s latency_ms=%.1f",
-            check.stage, check.team, check.user, check.chat_model, check.moderation_model, check.flagged,
+            check.stage, check.team, self.user_logging.text(check.user), check.chat_model, check.moderation_model, check.flagged,
             ",".join(check.categories) or "-", check.action, check.blocked, check.latency_ms,
         )
 
@@ -89,9 +93,9 @@ class Guardrails:
         when nothing is checked."""
         policy = self.default
         if request.team_id is not None and self.settings is not None:
-            team = self.settings.cached(request.team_id) or await run_in_threadpool(
-                self.settings.effective, request.team_id
-            )
+            team = self.settings.cached(request.team_id)
+            if team is None:
+                team = await run_in_threadpool(self.settings.effective, request.team_id)
             policy = GuardrailPolicy(mode=team.moderation, action=team.moderation_action, model=policy.model)
         return policy if policy.mode != "off" else None
 

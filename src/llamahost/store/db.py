@@ -11,12 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import ENV_DATABASE_URL, env
@@ -39,6 +41,12 @@ def database_url(data_dir: Path) -> str:
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         return url
     return f"sqlite:///{data_dir / 'llamahost.db'}"
+
+
+def affected_rows(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE touched (``Session.execute`` is typed as returning a
+    plain ``Result``; for DML it is a ``CursorResult``, which counts them)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 @overload
@@ -94,6 +102,12 @@ class Database:
                 "existing team names, key labels and usage `user` values were encrypted; their old plaintext row "
                 "versions stay in PostgreSQL's files until vacuumed: run VACUUM FULL teams, api_keys, usage_records"
             )
+
+    def insert_if_absent(self, model, *unique: str):
+        """``INSERT ... ON CONFLICT (unique) DO NOTHING`` in this database's dialect: a
+        row replayed after a crash (``tenancy/journal.py``) is stored once."""
+        dialect = {"postgresql": postgresql_dialect, "sqlite": sqlite_dialect}[self.engine.dialect.name]
+        return dialect.insert(model).on_conflict_do_nothing(index_elements=list(unique))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

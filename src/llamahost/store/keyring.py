@@ -10,6 +10,10 @@ this process has unwrapped of them.
   from the team's first data key: one end user's records in two teams cannot be linked,
   and shredding the team's keys shreds the index too.
 - The master key only wraps keys: rotating it rewrites the wrapped keys, never content.
+- Two more per-deployment keys are derived from the index key (so they outlive a master
+  rotation): the usage journal's key (``journal_key``: the end user's ``user`` value
+  is written encrypted to the crash journal, ``tenancy/journal.py``) and the key of the
+  request log's hashed ``user`` value (``log_user_hash``, ``[server] log_users``).
 
 Unwrapped keys are cached for ``KEY_CACHE_SECONDS``, then their row is read again: a
 team deleted by another process is forgotten (its keys shredded in memory too) within
@@ -30,7 +34,7 @@ from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.orm import Session
 
 from .crypto import CryptoError, DataKey, MasterKey, blind_index, key_version, open_sealed, subkey
-from .db import Database, database_url
+from .db import Database, affected_rows, database_url
 from .models import EncryptionKey
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,8 @@ class Keyring:
         self.db = db
         self.master = master
         self._team_name_key = subkey(index_key, "team-name")
+        self.journal_key = DataKey(INDEX_TEAM_ID, 0, subkey(index_key, "usage-journal"))
+        self._log_user_key = subkey(index_key, "log-user")
         self._user_keys: dict[int, tuple[DataKey, bytes]] = {}
         self._keys: dict[tuple[int, int], tuple[float, DataKey]] = {}
         self._active: dict[int, tuple[float, int]] = {}
@@ -117,6 +123,11 @@ class Keyring:
         if cached is None or cached[0] is not first:
             cached = self._user_keys[team_id] = (first, user_index_key(first))
         return blind_index(cached[1], user)
+
+    def log_user_hash(self, user: str) -> str:
+        """The request log's name for an end user: stable for this deployment (an operator
+        can follow one user's requests), says nothing about the value without the key."""
+        return blind_index(self._log_user_key, user, length=16)
 
     # --- data keys --------------------------------------------------------------------
 
@@ -207,7 +218,7 @@ class Keyring:
     def shred(self, session: Session, team_id: int) -> int:
         """Delete every data key of the team (in ``session``'s transaction): whatever they
         sealed can never be opened again, wherever copies of it are."""
-        deleted = session.execute(delete(EncryptionKey).where(EncryptionKey.team_id == team_id)).rowcount
+        deleted = affected_rows(session.execute(delete(EncryptionKey).where(EncryptionKey.team_id == team_id)))
         with self._lock:
             for cached in [k for k in self._keys if k[0] == team_id]:
                 del self._keys[cached]
@@ -285,7 +296,7 @@ def _has_keys(db: Database) -> bool:
     if not inspect(db.engine).has_table("encryption_keys"):
         return False
     with db.session() as s:
-        return s.scalar(select(func.count(EncryptionKey.id))) > 0
+        return (s.scalar(select(func.count(EncryptionKey.id))) or 0) > 0
 
 
 def open_store(data_dir: Path) -> tuple[Database, Keyring]:

@@ -21,7 +21,7 @@ from sqlalchemy import delete, select
 
 from ..errors import NotFound
 from ..store.crypto import CryptoError
-from ..store.db import Database, aware_utc
+from ..store.db import Database, affected_rows, aware_utc
 from ..store.keyring import Keyring, Sealed
 from ..store.models import StoredRequest, Team
 from .scope import Scope, user_filter
@@ -265,7 +265,7 @@ class ContentStore:
                 days = self.settings.effective(team_id).retention_days
                 where.append(StoredRequest.created_at < now - timedelta(days=days))
             with self.db.session() as s:
-                count = s.execute(delete(StoredRequest).where(*where)).rowcount
+                count = affected_rows(s.execute(delete(StoredRequest).where(*where)))
             if count:
                 purged[self.teams.name(team_id)] = count
         return purged

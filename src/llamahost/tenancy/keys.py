@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import BindParameter, bindparam, func, select, update
 
 from ..errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from ..store.db import Database
@@ -40,7 +40,7 @@ _LAST_USED_RESOLUTION = timedelta(seconds=60)
 AUTH_CACHE_SECONDS = 1.0
 _AUTH_CACHE_MAX = 100_000
 
-_KEY_ID_PARAM = bindparam("key_id")
+_KEY_ID_PARAM: BindParameter[int] = bindparam("key_id")
 _AUTH_QUERY = select(
     ApiKey.id, ApiKey.secret_hash, ApiKey.team_id, ApiKey.role, ApiKey.revoked_at, ApiKey.expires_at,
     ApiKey.last_used_at,

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +26,7 @@ from .. import observability as obs
 from ..errors import RateLimited
 from ..types.chat import ChatRequest, Outcome
 from .content import ChatContent, ContentStore
+from .journal import UsageJournal
 from .keys import Principal
 from .limits import Decision, Limits, LimitStore, RateLimiter, RateState
 from .usage import UsageStore, UsageWriter, new_record_id
@@ -39,27 +41,46 @@ class Metering:
     """Per process: the limiter, the limits and usage stores, and end-of-request work in flight."""
 
     def __init__(
-        self, limiter: RateLimiter | None, limits: LimitStore, usage: UsageStore, content: ContentStore | None = None
+        self,
+        limiter: RateLimiter | None,
+        limits: LimitStore,
+        usage: UsageStore,
+        content: ContentStore | None = None,
+        journal_dir: Path | None = None,
     ) -> None:
         self.limiter = limiter
         self.limits = limits
         self.usage = usage
         self.usage_writer = UsageWriter(usage, content)
+        self._journal_dir = journal_dir
         # End-of-request work runs as tasks of its own so a cancelled request cannot
         # interrupt it; they are kept here until done (asyncio holds tasks weakly).
         self._pending: set[asyncio.Task] = set()
 
     def meter(
-        self, principal: Principal, user: str | None, request: ChatRequest | None = None, surface: str = "native"
+        self,
+        principal: Principal,
+        user: str | None,
+        request: ChatRequest | None = None,
+        surface: str = "native",
+        kind: str = "chat",
     ) -> Meter:
-        """``request``: the chat request whose content is kept (if the team keeps content)."""
-        return Meter(self, principal, user, request, surface)
+        """``request``: the chat request whose content is kept (if the team keeps content);
+        ``kind``: the usage record's kind (``eval`` for an eval run's generations)."""
+        return Meter(self, principal, user, request, surface, kind)
 
     def _spawn(self, work: Awaitable[None]) -> asyncio.Task:
         task = asyncio.ensure_future(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return task
+
+    async def start(self) -> None:
+        """Open this process's usage journal (in the serving process, not in a parent
+        that only forks workers) and replay what dead processes left in theirs."""
+        if self._journal_dir is not None and self.usage_writer.journal is None:
+            self.usage_writer.journal = UsageJournal(self._journal_dir, self.usage.keyring.journal_key)
+        await self.usage_writer.start()
 
     async def drain(self) -> None:
         """Wait for end-of-request work (settlements, usage records) at shutdown."""
@@ -69,6 +90,7 @@ class Metering:
 
     async def close(self) -> None:
         await self.drain()
+        await self.usage_writer.close()
         if self.limiter is not None:
             await self.limiter.close()
 
@@ -81,8 +103,10 @@ class Meter:
         user: str | None,
         request: ChatRequest | None = None,
         surface: str = "native",
+        kind: str = "chat",
     ) -> None:
         self._metering = metering
+        self.kind = kind
         self.principal = principal
         self.user = user
         self._request = request
@@ -102,9 +126,9 @@ class Meter:
             return
         began = time.perf_counter()
         team_id = self.principal.team_id
-        limits = metering.limits.cached(team_id, model_id) or await run_in_threadpool(
-            metering.limits.effective, team_id, model_id
-        )
+        limits = metering.limits.cached(team_id, model_id)
+        if limits is None:
+            limits = await run_in_threadpool(metering.limits.effective, team_id, model_id)
         self._key, self._limits = f"{team_id}:{model_id}", limits
         tokens = prompt_tokens + max_tokens
         decision = await metering.limiter.acquire(self._key, limits, tokens)
@@ -182,7 +206,7 @@ class Meter:
                 team_id=self.principal.team_id,
                 key_id=self.principal.key_id,
                 user=self.user,
-                kind="chat",
+                kind=self.kind,
                 surface=self._surface,
                 model=outcome.model,
                 status=outcome.status,
@@ -199,6 +223,7 @@ class Meter:
             latency_ms=outcome.latency_ms,
             status=outcome.status,
             stop_reason=outcome.stop_reason,
+            kind=self.kind,
         )
 
     def record_check(self, check: GuardrailCheck) -> None:

@@ -5,12 +5,15 @@ deleted by another process must stop showing its name).
 
 Deleting a team removes its API keys, limits, settings and stored content and
 crypto-shreds its data keys; the row stays as a tombstone without a name, because
-usage records (metadata, kept for accounting) point at it.
+usage records (metadata, kept for accounting) point at it. What features above this
+layer keep for a team (uploaded files) is removed by the hooks they add to
+``TeamStore.on_delete``, run once the keys are shredded.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,7 +21,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import InvalidRequest, NotFound
-from ..store.db import Database, aware_utc
+from ..store.db import Database, affected_rows, aware_utc
 from ..store.keyring import Keyring, Sealed, seal_with
 from ..store.models import ApiKey, RateLimit, StoredRequest, Team, TeamSetting
 
@@ -40,6 +43,7 @@ class TeamDeletion:
     api_keys: int
     stored_requests: int
     data_keys: int
+    files: int = 0  # uploaded files (the files slice's hook)
 
 
 def deleted_name(team_id: int) -> str:
@@ -51,6 +55,9 @@ class TeamStore:
         self.db = db
         self.keyring = keyring
         self._names: dict[int, tuple[float, str | None]] = {}  # None: deleted
+        # Run with the team id after a deletion; each returns what it removed by kind
+        # ({"files": 3}). Features above tenancy (files) register here.
+        self.on_delete: list[Callable[[int], dict[str, int]]] = []
 
     @staticmethod
     def clean(name: str, param: str = "team") -> str:
@@ -130,8 +137,8 @@ class TeamStore:
         """Delete the team's keys, limits, settings and content, and shred its data keys."""
         team_id = self.require(name)
         with self.db.session() as s:
-            stored = s.execute(delete(StoredRequest).where(StoredRequest.team_id == team_id)).rowcount
-            api_keys = s.execute(delete(ApiKey).where(ApiKey.team_id == team_id)).rowcount
+            stored = affected_rows(s.execute(delete(StoredRequest).where(StoredRequest.team_id == team_id)))
+            api_keys = affected_rows(s.execute(delete(ApiKey).where(ApiKey.team_id == team_id)))
             s.execute(delete(RateLimit).where(RateLimit.team_id == team_id))
             s.execute(delete(TeamSetting).where(TeamSetting.team_id == team_id))
             data_keys = self.keyring.shred(s, team_id)
@@ -141,4 +148,7 @@ class TeamStore:
                 .values(deleted_at=datetime.now(UTC), name_index=None, name_sealed=None)
             )
         self._names[team_id] = (time.monotonic() + NAME_CACHE_SECONDS, None)
-        return TeamDeletion(name.strip(), api_keys, stored, data_keys)
+        removed: dict[str, int] = {}
+        for hook in self.on_delete:
+            removed.update(hook(team_id))
+        return TeamDeletion(name.strip(), api_keys, stored, data_keys, files=removed.get("files", 0))

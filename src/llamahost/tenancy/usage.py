@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, insert, select
@@ -25,6 +26,7 @@ from ..store.crypto import CryptoError
 from ..store.db import Database, aware_utc
 from ..store.keyring import Keyring, Sealed
 from ..store.models import StoredRequest, UsageRecord
+from .journal import UsageJournal
 from .scope import Scope, user_filter
 from .teams import TeamStore
 from .usage_summary import UsageSummary, summarize_usage
@@ -36,10 +38,15 @@ log = logging.getLogger(__name__)
 
 # Usage records are written in batches, off the request path: one INSERT of many rows
 # costs about what one row costs, and a request does not wait for the database. A
-# record reaches the database within FLUSH_SECONDS; shutdown writes what is pending.
+# record reaches the database within FLUSH_SECONDS; shutdown writes what is pending;
+# the journal (tenancy/journal.py) keeps it across a crash meanwhile.
 FLUSH_SECONDS = 0.05
-# Rows kept for a retry while the database refuses writes; beyond it the oldest go
-# (and the loss is logged) rather than the process growing without bound.
+# How often refused batches and dead processes' journals are replayed.
+RETRY_SECONDS = 2.0
+# Stored content (and usage rows the journal could not take) kept in memory for a
+# retry while the database refuses writes; beyond it the oldest go (and the loss is
+# logged) rather than the process growing without bound. Journalled usage rows wait
+# on disk instead.
 MAX_PENDING = 100_000
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -120,12 +127,13 @@ class UsageStore:
         return row
 
     def write_rows(self, rows: list[dict[str, Any]], content_rows: Sequence[dict[str, Any]] = ()) -> None:
-        """Insert usage rows (``user`` encrypted here) and already encrypted stored-content
-        rows, in one transaction."""
+        """Insert usage rows (``user`` encrypted here; a record id already stored is
+        skipped, so a replayed journal counts nothing twice) and already encrypted
+        stored-content rows, in one transaction."""
         sealed = [self._sealed(row) for row in rows]
         with self.db.session() as s:
             if sealed:
-                s.execute(insert(UsageRecord), sealed)
+                s.execute(self.db.insert_if_absent(UsageRecord, "record_id"), sealed)
             if content_rows:
                 s.execute(insert(StoredRequest), content_rows)
 
@@ -226,24 +234,43 @@ def usage_row(
 
 class UsageWriter:
     """Queues usage records and stored content in the event loop and writes them in
-    batches from a thread (where the encryption happens too)."""
+    batches from a thread (where the encryption happens too).
 
-    def __init__(self, store: UsageStore, content: ContentStore | None = None) -> None:
+    With a journal (``tenancy/journal.py``; every server has one), a record is
+    journalled the moment it is queued, which is before its response's last byte: a
+    ``kill -9`` cannot lose it. A batch the database refuses leaves memory and waits in
+    its journal segment, replayed every ``RETRY_SECONDS`` until the database takes it."""
+
+    def __init__(self, store: UsageStore, content: ContentStore | None = None, journal: UsageJournal | None = None) -> None:
         self.store = store
         self.content = content
-        self._pending: list[dict] = []
+        self.journal = journal
+        self._pending: list[dict] = []  # the records of the journal's open segment
+        self._unjournalled: list[dict] = []  # no journal, or it failed (a full disk): memory only
         self._pending_content: list[PendingContent] = []
+        self._backlog: list[Path] = []  # this process's segments the database refused
         self._flusher: asyncio.Task | None = None
+        self._maintainer: asyncio.Task | None = None
         self._wake = asyncio.Event()
 
     def record(self, *, content: PendingContent | None = None, **fields) -> None:
         """Queue one usage record (fields as ``usage_row``) and, if given, the
-        call's content under the same record id; never blocks."""
+        call's content under the same record id; never blocks (one ``write()`` to the
+        page cache)."""
         if content is not None:
             fields["record_id"] = content.record_id
             self._queue_content(content)
-        self._pending.append(usage_row(**fields))
-        self._bound(self._pending, "usage records")
+        row = usage_row(**fields)
+        if self.journal is None:
+            self._unjournalled.append(row)
+        else:
+            try:
+                self.journal.append(row)
+                self._pending.append(row)
+            except OSError as exc:
+                log.error("usage journal: %s; the record is kept in memory only until it is written", exc)
+                self._unjournalled.append(row)
+        self._bound(self._unjournalled, "usage records")
         self._schedule()
 
     def _queue_content(self, content: PendingContent) -> None:
@@ -270,24 +297,68 @@ class UsageWriter:
         self._wake.clear()
         await self._write_pending()
 
-    def _write(self, rows: list[dict], contents: list[PendingContent]) -> None:
+    def _write(self, rows: list[dict], contents: list[PendingContent], segment: Path | None) -> None:
         content_rows = self.content.rows(contents) if self.content is not None and contents else []
         self.store.write_rows(rows, content_rows)
+        if segment is not None:
+            segment.unlink(missing_ok=True)  # committed: its journal copy has served
 
     async def _write_pending(self) -> None:
-        while self._pending or self._pending_content:
-            rows, self._pending = self._pending, []
+        while self._pending or self._unjournalled or self._pending_content:
+            # Cut on the loop, with the swap: the segment holds exactly these rows.
+            segment = self.journal.cut() if self.journal is not None else None
+            journalled, self._pending = self._pending, []
+            unjournalled, self._unjournalled = self._unjournalled, []
             contents, self._pending_content = self._pending_content, []
             try:
-                await run_in_threadpool(self._write, rows, contents)
+                await run_in_threadpool(self._write, journalled + unjournalled, contents, segment)
             except Exception:
                 log.exception(
-                    "could not write %d usage records and %d stored requests; they are kept for the next attempt",
-                    len(rows), len(contents),
+                    "could not write %d usage records and %d stored requests; %d wait in the journal for the "
+                    "next attempt, %d in memory",
+                    len(journalled) + len(unjournalled), len(contents), len(journalled), len(unjournalled),
                 )
-                self._pending[:0] = rows
+                if segment is not None:
+                    self._backlog.append(segment)
+                else:
+                    self._unjournalled[:0] = journalled
+                self._unjournalled[:0] = unjournalled
                 self._pending_content[:0] = contents
                 return
+
+    async def _replay_backlog(self) -> None:
+        if self.journal is None or not self._backlog:
+            return
+        try:
+            replayed = await run_in_threadpool(self.journal.replay, list(self._backlog), self.store.write_rows)
+            log.info("usage journal: %d records the database had refused are written now", replayed)
+        except Exception as exc:
+            log.warning("usage journal: %d segments still wait for the database: %s", len(self._backlog), exc)
+        finally:
+            self._backlog = [path for path in self._backlog if path.exists()]
+
+    async def recover(self) -> int:
+        """Replay the journals of processes that died before writing their records
+        (at start, then every ``RETRY_SECONDS``); returns how many were replayed."""
+        if self.journal is None:
+            return 0
+        try:
+            return await run_in_threadpool(self.journal.recover, self.store.write_rows)
+        except Exception as exc:
+            log.warning("usage journal: the records of a dead process wait for the database: %s", exc)
+            return 0
+
+    async def start(self) -> None:
+        """Recover what dead processes left, then keep retrying in the background."""
+        await self.recover()
+        if self.journal is not None and self._maintainer is None:
+            self._maintainer = asyncio.ensure_future(self._maintain())
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(RETRY_SECONDS)
+            await self._replay_backlog()
+            await self.recover()
 
     async def flush(self) -> None:
         """Write everything queued so far (read-your-writes for queries; shutdown)."""
@@ -296,3 +367,15 @@ class UsageWriter:
             self._wake.set()
             await asyncio.shield(flusher)
         await self._write_pending()
+        await self._replay_backlog()
+
+    async def close(self) -> None:
+        """Write what is queued; the journal goes if everything is written, else it stays
+        for the next process to replay."""
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            self._maintainer = None
+        await self.flush()
+        if self.journal is not None:
+            self.journal.close(clean=not (self._pending or self._unjournalled or self._backlog))
+            self.journal = None

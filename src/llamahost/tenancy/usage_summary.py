@@ -20,7 +20,7 @@ from ..errors import InvalidRequest
 from ..store.db import Database
 from ..store.functions import epoch_seconds
 from ..store.keyring import Keyring, Sealed
-from ..store.models import Team, UsageRecord
+from ..store.models import StoredFile, Team, UsageRecord
 from .scope import Scope
 from .teams import TeamStore
 
@@ -59,6 +59,12 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class Storage:
+    files: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
 class Bucket:
     start: datetime  # a multiple of the bucket width since the epoch, UTC
     model: str
@@ -86,6 +92,17 @@ class UsageSummary:
     # of deleted teams, whose users are shredded) are left out.
     users: list[tuple[str, str, Counts]]
     totals: Counts
+    storage: Storage = Storage()  # uploaded files kept now (not a count of requests)
+
+
+def _storage(session, team_id: int | None) -> Storage:
+    """The scope's uploaded files as they are now, whatever the window: storage is held,
+    not spent per request."""
+    query = select(func.count(StoredFile.id), func.coalesce(func.sum(StoredFile.size), 0))
+    if team_id is not None:
+        query = query.where(StoredFile.team_id == team_id)
+    files, size = session.execute(query).one()
+    return Storage(files=int(files), bytes=int(size))
 
 
 def _counts(requests, prompt, completion, rate_limited) -> Counts:
@@ -144,6 +161,7 @@ def summarize_usage(
         ).all()
         totals = s.execute(select(*measures).where(*conditions)).one()
         users = _top_users(store, s, conditions, measures, top_users) if top_users else []
+        storage = _storage(s, team_id)
     return UsageSummary(
         since=since,
         until=until,
@@ -154,6 +172,7 @@ def summarize_usage(
         models=[(row[0], _counts(*row[1:])) for row in by_model],
         users=users,
         totals=_counts(*totals),
+        storage=storage,
     )
 
 

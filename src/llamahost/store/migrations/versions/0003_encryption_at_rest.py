@@ -33,6 +33,7 @@ _BATCH = 5000
 
 def upgrade() -> None:
     config = op.get_context().config
+    assert config is not None, "run through llamahost's migrator, which passes the master key"
     master = config.attributes["master_key"]
     now = datetime.now(UTC)
     _create_tables()

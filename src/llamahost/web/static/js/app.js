@@ -1,4 +1,4 @@
-// The llamahost dashboard: sign in with an API key, then API keys, Playground and Usage.
+// The llamahost dashboard: sign in with an API key, then API keys, Playground, Usage and Datasets.
 //
 // Stack: Preact + htm from one vendored ES module (vendor/README.md), plain ES modules,
 // no build step. Why: components and state without a toolchain to install or keep
@@ -6,6 +6,7 @@
 // Content-Security-Policy that allows this origin only. Charts are inline SVG (charts.js).
 import { html, render, useEffect, useState } from "../vendor/preact-htm.js";
 import { api, ApiError, storedKey } from "./api.js";
+import { DatasetsPage } from "./pages/datasets.js";
 import { KeysPage } from "./pages/keys.js";
 import { PlaygroundPage } from "./pages/playground.js";
 import { UsagePage } from "./pages/usage.js";
@@ -16,6 +17,7 @@ const PAGES = [
   { path: "keys", title: "API keys", component: KeysPage },
   { path: "playground", title: "Playground", component: PlaygroundPage },
   { path: "usage", title: "Usage", component: UsagePage },
+  { path: "datasets", title: "Datasets", component: DatasetsPage },
 ];
 
 function pageFromLocation() {
