@@ -82,7 +82,8 @@ def build_llama_server() -> Path:
     sdists = list(SCRATCH.glob(f"xllamacpp-{want}.tar.gz"))
     if not sdists:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(SCRATCH), f"xllamacpp=={want}"],
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(SCRATCH),
+             f"xllamacpp=={want}"],
             check=True,
         )
         sdists = list(SCRATCH.glob(f"xllamacpp-{want}.tar.gz"))
@@ -210,7 +211,7 @@ def main() -> None:
             print(f"{name:<14} {n:>7} {tps:9.1f} {p95 * 1000:8.0f}ms")
     print("\nllamahost / llama-server, per run pair: min / median / max")
     for n in levels:
-        pairs = list(zip(runs["llamahost"][n], runs["llama-server"][n]))
+        pairs = list(zip(runs["llamahost"][n], runs["llama-server"][n], strict=True))
         tput = sorted(a[0] / b[0] for a, b in pairs)
         ttft = sorted(a[1] / b[1] for a, b in pairs)
         target = 1.05 if n >= 8 else 1.0

@@ -97,7 +97,8 @@ async def test_llama_cpp_listener_needs_the_engines_key(engine):
     assert stat.S_IMODE(os.stat(socket_dir).st_mode) == 0o700  # only this user can even connect
     socket_path = str(socket_dir / "server.sock")
     async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=socket_path), base_url="http://x") as client:
-        for method, path in [("GET", "/props"), ("GET", "/slots"), ("GET", "/lora-adapters"), ("POST", "/completion"), ("POST", "/tokenize")]:
+        paths = [("GET", "/props"), ("GET", "/slots"), ("GET", "/lora-adapters"), ("POST", "/completion"), ("POST", "/tokenize")]
+        for method, path in paths:
             response = await client.request(method, path, json={"prompt": "hi", "content": "hi"})
             assert response.status_code == 401, (path, response.text)
         wrong = await client.get("/props", headers={"Authorization": "Bearer guess"})

@@ -9,8 +9,10 @@ import json
 import llama_cpp
 import pytest
 
-from llamahost.engines.schema import check_schema
 from llamahost.chat.tools import check_request
+from llamahost.engines.grammar import check_grammar
+from llamahost.engines.llamacpp import bundled_model_path
+from llamahost.engines.schema import check_schema
 from llamahost.engines.tool_format import (
     LLAMA3_JSON_FORMAT,
     OWN_FORMAT,
@@ -18,10 +20,8 @@ from llamahost.engines.tool_format import (
     format_for_template,
     render_messages,
 )
-from llamahost.types.chat import ChatMessage, ChatRequest, ToolCall, ToolCallDelta, ToolSpec
-from llamahost.engines.grammar import check_grammar
-from llamahost.engines.llamacpp import bundled_model_path
 from llamahost.errors import InvalidRequest
+from llamahost.types.chat import ChatMessage, ChatRequest, ToolCall, ToolCallDelta, ToolSpec
 
 WEATHER = ToolSpec(
     "get_weather",

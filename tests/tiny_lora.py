@@ -25,8 +25,10 @@ def write_tiny_lora(path: Path, rank: int = 8, seed: int = 0, scale: float = 0.5
     for layer in range(N_LAYERS):
         for name in ("attn_q", "attn_output"):
             # numpy shapes are ggml's reversed: A is (rank, n_in), B is (n_out, rank).
-            writer.add_tensor(f"blk.{layer}.{name}.weight.lora_a", (rng.standard_normal((rank, N_EMBD)) * scale).astype(np.float32))
-            writer.add_tensor(f"blk.{layer}.{name}.weight.lora_b", (rng.standard_normal((N_EMBD, rank)) * scale).astype(np.float32))
+            a = rng.standard_normal((rank, N_EMBD)) * scale
+            b = rng.standard_normal((N_EMBD, rank)) * scale
+            writer.add_tensor(f"blk.{layer}.{name}.weight.lora_a", a.astype(np.float32))
+            writer.add_tensor(f"blk.{layer}.{name}.weight.lora_b", b.astype(np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -41,7 +41,7 @@ from PIL import Image
 from .. import observability as obs
 from ..config import ModelConfig
 from ..errors import EngineFailure, InvalidRequest, ServiceUnavailable
-from ..types.chat import ChatRequest, SamplingParams, ToolCallDelta
+from ..types.chat import ChatRequest, SamplingParams, StopReason, ToolCallDelta
 from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut
 from .chat_template import ChatTemplate
 from .grammar import check_grammar
@@ -197,7 +197,9 @@ class LlamaCppEngine(Engine):
         # One thread per slot generates; waiting requests hold no thread (they wait on
         # the semaphore), but the pool is sized for the queue too so a burst never waits
         # for a thread where it waits for a slot.
-        self._pool = ThreadPoolExecutor(max_workers=config.parallel + config.max_queue, thread_name_prefix=f"llamacpp-{config.id}")
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.parallel + config.max_queue, thread_name_prefix=f"llamacpp-{config.id}"
+        )
         self._slots = asyncio.Semaphore(config.parallel)
         self._in_flight = 0  # generations admitted and not yet ended, running or waiting
         self._ready = False
@@ -240,17 +242,18 @@ class LlamaCppEngine(Engine):
         """Serve one constrained request before saying ready: llama.cpp builds LLGuidance's
         view of the vocabulary on the first grammar (seconds), and the first images
         through the projector tell how many positions an image takes."""
+        greedy = sampling_fields(SamplingParams(temperature=0.0))
         prompt = self._server.tokenize_sync("Hi", add_special=True)
-        body = {"prompt": prompt, "max_tokens": 1, "grammar": '%llguidance {}\nstart: "ok"\n', **sampling_fields(SamplingParams(temperature=0.0))}
-        self._blocking_complete(body)
+        self._blocking_complete({"prompt": prompt, "max_tokens": 1, "grammar": '%llguidance {}\nstart: "ok"\n', **greedy})
         if self.projector_path is not None:
             marker = self._server.media_marker
             text = self._server.tokenize_sync("Hi", add_special=False)
             payload = _image_payload(_probe_image())
             usage = self._blocking_complete(
-                {"prompt": {"prompt_string": marker + "Hi", "multimodal_data": [payload]}, "max_tokens": 1, **sampling_fields(SamplingParams(temperature=0.0))}
+                {"prompt": {"prompt_string": marker + "Hi", "multimodal_data": [payload]}, "max_tokens": 1, **greedy}
             )
-            self._image_tokens = max(1, usage.get("prompt_tokens", 0) - len(text) - len(self._server.tokenize_sync("", add_special=True)))
+            specials = len(self._server.tokenize_sync("", add_special=True))
+            self._image_tokens = max(1, usage.get("prompt_tokens", 0) - len(text) - specials)
 
     def _blocking_complete(self, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -274,11 +277,14 @@ class LlamaCppEngine(Engine):
         if request.raw_prompt is not None:
             # A caller-rendered prompt (e.g. the Llama Guard template): no chat template, no grammar.
             tokens = await server.tokenize(request.raw_prompt, add_special=True)
-            return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=_Prepared(tokens, None, None, request.raw_prompt))
+            prepared = _Prepared(tokens, None, None, request.raw_prompt)
+            return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=prepared)
         assert self._template is not None and self._tool_format is not None
         if request.adapter is not None and request.adapter not in server.adapter_ids:
             available = ", ".join(server.adapter_ids) or "none"
-            raise InvalidRequest(f"model {self.config.id!r} has no LoRA adapter {request.adapter!r} (loaded: {available})", param="model")
+            raise InvalidRequest(
+                f"model {self.config.id!r} has no LoRA adapter {request.adapter!r} (loaded: {available})", param="model"
+            )
         fmt = self._tool_format
         grammar = fmt.grammar(request)
         if grammar is not None:
@@ -402,7 +408,7 @@ class LlamaCppEngine(Engine):
                     if out:
                         job.emit(TextOut(out))
 
-        def finish(stop_reason: str, usage: dict[str, Any]) -> None:
+        def finish(stop_reason: StopReason, usage: dict[str, Any]) -> None:
             route("", final=True)
             held = "" if stops.stopped else stops.flush()
             if held:
@@ -410,7 +416,8 @@ class LlamaCppEngine(Engine):
             cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
             if cached:
                 self._reused_tokens.inc(cached)
-            job.emit(Finished(stop_reason, usage.get("prompt_tokens", job.prompt_tokens), usage.get("completion_tokens", state["tokens"])))
+            prompt_tokens = usage.get("prompt_tokens", job.prompt_tokens)
+            job.emit(Finished(stop_reason, prompt_tokens, usage.get("completion_tokens", state["tokens"])))
             state["done"] = True
 
         def on_chunk(chunk: dict[str, Any]) -> bool:

@@ -71,7 +71,7 @@ class EmbeddedServer:
 
     def start(self) -> None:
         """Load the model (blocking; returns once llama.cpp can serve a request)."""
-        import xllamacpp
+        import xllamacpp  # type: ignore[import-untyped]
 
         s = self.settings
         params = xllamacpp.CommonParams()
@@ -97,10 +97,8 @@ class EmbeddedServer:
             params.mmproj.path = str(s.projector_path)
             params.mmproj_use_gpu = False
         if s.lora_adapters:
-            import xllamacpp as xlc
-
             params.lora_init_without_apply = True  # every adapter at scale 0 unless a request asks
-            params.lora_adapters = [xlc.CommonAdapterLoraInfo(str(path), 0.0) for _, path in s.lora_adapters]
+            params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(path), 0.0) for _, path in s.lora_adapters]
         if s.ngram_draft_max > 0:
             params.speculative.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
             # Drafts come from an earlier occurrence of the last 12 tokens (llama.cpp's
