@@ -16,6 +16,7 @@ from llamahost.engines.schema import check_schema
 from llamahost.engines.tool_format import (
     LLAMA3_JSON_FORMAT,
     OWN_FORMAT,
+    RepeatedCallCutter,
     ToolStreamParser,
     format_for_template,
     render_messages,
@@ -304,3 +305,53 @@ def test_llama3_format_hands_tools_to_the_template():
     assert tools[0]["function"]["name"] == "get_weather"
     assert messages[1]["tool_calls"][0]["function"]["arguments"] == {"location": "Oslo"}
     assert messages[2] == {"role": "tool", "content": "sunny", "tool_call_id": "c1"}
+
+
+# --- a repeated call ends the list --------------------------------------------------------
+
+
+def assemble(pieces) -> list[tuple[str, str]]:
+    calls: dict[int, list[str]] = {}
+    for piece in pieces:
+        if isinstance(piece, ToolCallDelta):
+            call = calls.setdefault(piece.index, [piece.name or "", ""])
+            call[1] += piece.arguments
+    return [(name, arguments) for name, arguments in (calls[i] for i in sorted(calls))]
+
+
+def cut(reply: str, size: int) -> tuple[list, RepeatedCallCutter]:
+    parser, cutter = ToolStreamParser(OWN_FORMAT, decided=True), RepeatedCallCutter()
+    pieces: list = []
+    for i in range(0, len(reply), size):
+        if cutter.repeated:
+            break  # the engine stops generating here
+        pieces += cutter.feed(parser.feed(reply[i : i + size]))
+    if not cutter.repeated:
+        pieces += cutter.feed(parser.finish()) + cutter.finish()
+    return pieces, cutter
+
+
+OSLO = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+BERGEN = '{"name": "get_weather", "arguments": {"city": "Bergen"}}'
+CLOCK = '{"name": "get_time", "arguments": {}}'
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1000])
+def test_a_repeated_call_ends_the_list_of_calls(size):
+    pieces, cutter = cut(f"<tool_call>[{OSLO}, {BERGEN}, {OSLO}, {CLOCK}]</tool_call>", size)
+    assert cutter.repeated
+    assert assemble(pieces) == [("get_weather", '{"city": "Oslo"}'), ("get_weather", '{"city": "Bergen"}')]
+    # Nothing of the repeat, nor of what followed it, went out.
+    assert max(p.index for p in pieces if isinstance(p, ToolCallDelta)) == 1
+    # The repeat as the last call: cut when the reply ends.
+    pieces, cutter = cut(f"<tool_call>[{CLOCK}, {CLOCK}]</tool_call>", size)
+    assert cutter.repeated and assemble(pieces) == [("get_time", "{}")]
+
+
+@pytest.mark.parametrize("size", [1, 5, 1000])
+def test_distinct_calls_stream_with_their_deltas_unchanged(size):
+    reply = f"<tool_call>[{OSLO}, {CLOCK}, {BERGEN}]</tool_call>"
+    pieces, cutter = cut(reply, size)
+    parser = ToolStreamParser(OWN_FORMAT, decided=True)
+    plain = [p for i in range(0, len(reply), size) for p in parser.feed(reply[i : i + size])] + parser.finish()
+    assert not cutter.repeated and pieces == plain and len(assemble(pieces)) == 3

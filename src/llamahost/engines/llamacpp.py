@@ -47,7 +47,7 @@ from .chat_template import ChatTemplate
 from .grammar import check_grammar
 from .llamacpp_server import EmbeddedServer, ServerSettings
 from .stops import StopMatcher
-from .tool_format import ToolFormat, ToolStreamParser, format_for_template, render_messages
+from .tool_format import RepeatedCallCutter, ToolFormat, ToolStreamParser, format_for_template, render_messages
 
 log = logging.getLogger(__name__)
 
@@ -394,12 +394,17 @@ class LlamaCppEngine(Engine):
     def _run(self, job: _Job) -> None:
         """On a pool thread: one llama.cpp completion, its chunks turned into events."""
         stops = StopMatcher(job.stops)
+        repeats = RepeatedCallCutter()
         state = {"tokens": 0, "done": False}
 
         def route(text: str, final: bool = False) -> None:
-            # Text through the tool-call parser (if any), then stop sequences, which
-            # apply to text only, never inside a tool call.
-            pieces = job.parser.feed(text) + (job.parser.finish() if final else []) if job.parser else [text]
+            # Text through the tool-call parser (if any), the cut at a repeated call, then
+            # stop sequences, which apply to text only, never inside a tool call.
+            pieces: list[str | ToolCallDelta] = [text]
+            if job.parser is not None:
+                pieces = repeats.feed(job.parser.feed(text) + (job.parser.finish() if final else []))
+                if final:
+                    pieces += repeats.finish()
             for piece in pieces:
                 if isinstance(piece, ToolCallDelta):
                     job.emit(piece)
@@ -435,7 +440,7 @@ class LlamaCppEngine(Engine):
                 if reason is None:
                     state["tokens"] += 1  # one chunk per generated token
                 route(choice.get("text") or "")
-                if stops.stopped:
+                if stops.stopped or repeats.repeated:
                     finish("stop", {})
                     return True
                 if reason is not None:
