@@ -243,19 +243,17 @@ class LlamaCppEngine(Engine):
         view of the vocabulary on the first grammar (seconds), and the first images
         through the projector tell how many positions an image takes."""
         greedy = sampling_fields(SamplingParams(temperature=0.0))
-        prompt = self._server.tokenize_sync("Hi", add_special=True)
-        self._blocking_complete({"prompt": prompt, "max_tokens": 1, "grammar": '%llguidance {}\nstart: "ok"\n', **greedy})
+        self._blocking_complete({"prompt": "Hi", "max_tokens": 1, "grammar": '%llguidance {}\nstart: "ok"\n', **greedy})
         if self.projector_path is not None:
             marker = self._server.media_marker
-            text = self._server.tokenize_sync("Hi", add_special=False)
+            text = self._server.tokenize_sync("Hi", add_special=True)
             payload = _image_payload(_probe_image())
             usage = self._blocking_complete(
-                {"prompt": {"prompt_string": marker + "Hi", "multimodal_data": [payload]}, "max_tokens": 1, **greedy}
+                {"prompt": {"prompt_string": marker + "Hi", "multimodal_data": [payload]}, "max_tokens": 1, **greedy}, native=True
             )
-            specials = len(self._server.tokenize_sync("", add_special=True))
-            self._image_tokens = max(1, usage.get("prompt_tokens", 0) - len(text) - specials)
+            self._image_tokens = max(1, (usage.get("prompt_tokens") or 0) - len(text))
 
-    def _blocking_complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _blocking_complete(self, body: dict[str, Any], native: bool = False) -> dict[str, Any]:
         result: dict[str, Any] = {}
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
@@ -265,7 +263,8 @@ class LlamaCppEngine(Engine):
             result.update(chunk.get("usage") or {})
             return False
 
-        self._server.complete({**body, "stream_options": {"include_usage": True}}, on_chunk)
+        complete = self._server.complete_native if native else self._server.complete
+        complete({**body, "stream_options": {"include_usage": True}}, on_chunk)
         if "error" in result:
             raise RuntimeError(f"llama.cpp refused the warm-up request: {result['error'].get('message')}")
         return result
@@ -303,6 +302,14 @@ class LlamaCppEngine(Engine):
             # for fixed-size projectors, llama.cpp's own count is reported at the end.
             text_tokens = await server.tokenize(rendered.replace(marker, ""), add_special=True)
             count = len(text_tokens) + len(images) * self._image_tokens
+        elif self.projector_path is not None:
+            # With a projector loaded, llama.cpp takes text prompts as text only.
+            messages, tools = render_messages(request, fmt)
+            rendered = self._render(messages, tools)
+            if self._strip_bos and rendered.startswith(self._strip_bos):
+                rendered = rendered[len(self._strip_bos) :]
+            prompt = rendered
+            count = len(await server.tokenize(rendered, add_special=True))
         else:
             messages, tools = render_messages(request, fmt)
             rendered = self._render(messages, tools)
@@ -453,8 +460,11 @@ class LlamaCppEngine(Engine):
                 state["done"] = True
                 return True
 
+        # Images go over llama.cpp's native endpoint: the in-process one takes text only
+        # when a projector is loaded.
+        complete = self._server.complete_native if isinstance(job.body["prompt"], dict) else self._server.complete
         try:
-            self._server.complete(job.body, on_chunk)
+            complete(job.body, on_chunk)
         except Exception as exc:
             log.exception("llama.cpp completion failed")
             job.emit(EngineFailure(f"generation failed: {exc}"))

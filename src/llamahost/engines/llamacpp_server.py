@@ -173,6 +173,35 @@ class EmbeddedServer:
 
     # --- generation ------------------------------------------------------------------------
 
+    def complete_native(self, body: dict[str, Any], on_chunk: Callable[[dict[str, Any]], bool]) -> None:
+        """``complete`` over the listener's native ``/completion`` endpoint, the one that
+        takes a prompt with images (``{"prompt_string", "multimodal_data"}``) when a
+        projector is loaded; chunks arrive in ``complete``'s shape. Returning True from
+        ``on_chunk`` closes the connection, which llama.cpp takes as a cancel."""
+        assert self._sync_http is not None
+        no_read_timeout = httpx.Timeout(60, read=None)  # a long prompt with images is silent while it is read
+        with self._sync_http.stream("POST", "/completion", json={**body, "stream": True}, timeout=no_read_timeout) as r:
+            if r.status_code != 200:
+                on_chunk({"error": {"code": r.status_code, "message": r.read().decode(errors="replace")}})
+                return
+            for line in r.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = json.loads(line[len("data: ") :])
+                if "error" in data:
+                    on_chunk(data)
+                    return
+                chunk: dict[str, Any] = {"choices": [{"text": data.get("content") or "", "finish_reason": None}]}
+                if data.get("stop"):
+                    chunk["choices"][0]["finish_reason"] = "length" if data.get("stop_type") == "limit" else "stop"
+                    chunk["usage"] = {
+                        "prompt_tokens": data.get("tokens_evaluated"),
+                        "completion_tokens": data.get("tokens_predicted"),
+                        "prompt_tokens_details": {"cached_tokens": (data.get("timings") or {}).get("cache_n", 0)},
+                    }
+                if on_chunk(chunk):
+                    return
+
     def complete(self, body: dict[str, Any], on_chunk: Callable[[dict[str, Any]], bool]) -> None:
         """Run one streamed completion on the calling thread. ``on_chunk`` gets each chunk
         (or the error object) and returns True to stop the sequence at once."""
