@@ -91,6 +91,10 @@ class EmbeddedServer:
         params.cpuparams.n_threads = s.threads
         params.cpuparams_batch.n_threads = s.threads
         params.cache_prompt = s.prefix_cache
+        # No host-memory prompt cache beside the slots' own: memory stays what `parallel`
+        # x `context_window` says (llama.cpp's default would keep up to 8 GiB of old
+        # prompts' state).
+        params.cache_ram_mib = 0
         params.warmup = True
         params.verbosity = -1  # llamahost logs requests itself
         params.endpoint_metrics = False
