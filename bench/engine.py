@@ -5,7 +5,8 @@ llamahost's engine is llama.cpp's own server run in-process (xllamacpp). The pee
 the newest llama-server: built natively (-march=native) from the llama.cpp vendored in
 the xllamacpp source distribution of the installed version, into bench/.scratch (first
 run: several minutes of compiling). Both get the same slots, context per slot, batch
-and micro-batch sizes, KV layout (one cache per slot), threads, and the same explicit
+and micro-batch sizes, KV layout (one cache per slot, no host-memory prompt cache),
+threads and OpenMP wait policy, and the same explicit
 sampler settings in every request (llamahost sets every sampler; llama-server is sent
 the same values), so the difference is llamahost's own overhead against the build.
 
@@ -187,8 +188,11 @@ def main() -> None:
     peer = Server(
         "llama-server", [str(llama_server), "-m", gguf, "--port", str(port), "-np", str(PARALLEL),
                          "-c", str(PARALLEL * CONTEXT_PER_SLOT), "--no-kv-unified", "-b", str(BATCH_SIZE),
-                         "-ub", str(MICRO_BATCH_SIZE), "-t", str(args.threads), "-tb", str(args.threads), "--no-webui"],
-        f"http://127.0.0.1:{port}", "/v1/chat/completions", {}, PEER_SAMPLING)
+                         "-ub", str(MICRO_BATCH_SIZE), "-t", str(args.threads), "-tb", str(args.threads), "--no-webui",
+                         "--cache-ram", "0"],
+        # llamahost's engine runs OpenMP's workers passively (README, Load): the same here.
+        f"http://127.0.0.1:{port}", "/v1/chat/completions", {}, PEER_SAMPLING,
+        {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")})
 
     # runs[name][clients] = [(tokens/s, TTFT p95), ...]
     runs: dict[str, dict[int, list[tuple[float, float]]]] = {s.name: {n: [] for n in levels} for s in (ours, peer)}
