@@ -55,6 +55,7 @@ def chat(**fields):
         (chat(messages=[{"role": "user", "content": [{"type": "video", "url": "x"}]}]), "messages[0].content[0].type"),
         (chat(messages=[{"role": "tool", "content": "42"}]), "messages[0].tool_call_id"),
         (chat(model=7), "model"),
+        (chat(model="m" * 129), "model"),  # longer than a usage record stores
         (chat(surprise=True), "surprise"),
         ({"messages": OK_MESSAGES}, "model"),
         ({"model": MODEL}, "messages"),

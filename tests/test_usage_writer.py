@@ -162,3 +162,20 @@ def test_a_dead_process_journal_is_replayed_once_and_a_live_one_is_left_alone(tm
     assert totals.requests == 5  # the two already written are not counted twice
     assert sorted(e.user for e in entries) == [f"u{n}" for n in range(5)]  # users decrypted from the journal
     assert _journal_files(directory) == []
+
+
+def test_a_row_the_database_never_takes_does_not_hold_back_its_batch(tmp_path, monkeypatch):
+    stores, team_id = _stores(tmp_path, monkeypatch)
+
+    async def run() -> None:
+        writer = UsageWriter(stores.usage, journal=UsageJournal(tmp_path / "usage-journal", stores.keyring.journal_key))
+        writer.record(**_fields(team_id, 1))
+        writer.record(**{**_fields(team_id, 2), "team_id": 999_999})  # no such team: a foreign key it breaks
+        writer.record(**_fields(team_id, 3))
+        await writer.flush()
+        assert writer._backlog == []  # nothing waits for a retry that could never succeed
+        await writer.close()
+
+    asyncio.run(run())
+    entries, _ = stores.usage.query(Scope.operator(), limit=10)
+    assert sorted(e.user for e in entries) == ["u1", "u3"]

@@ -212,6 +212,40 @@ class FileService:
             row.mime_type, row.purpose, row.received, row.chunks, row.completed_at is not None,
         )
 
+    def open_sessions(self, team_id: int) -> list[tuple[SessionView, datetime, datetime]]:
+        """The team's unfinished uploads, newest first, with when each started and when it
+        expires unless a part arrives."""
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(UploadSession)
+                .where(UploadSession.team_id == team_id, UploadSession.completed_at.is_(None))
+                .order_by(UploadSession.created_at.desc(), UploadSession.id.desc())
+                .limit(1000)
+            ).all()
+        ttl = timedelta(hours=self.config.session_ttl_hours)
+        return [
+            (
+                SessionView(
+                    row.id, row.file_id, row.team_id, row.size,
+                    self.keyring.open(team_id, row.filename_sealed, filename_place(row.file_id)),
+                    row.mime_type, row.purpose, row.received, row.chunks, False,
+                ),
+                aware_utc(row.created_at),
+                aware_utc(row.updated_at) + ttl,
+            )
+            for row in rows
+        ]
+
+    def cancel_session(self, team_id: int, upload_id: str) -> None:
+        """Drop an unfinished upload and its stored parts (a completed one's file stays)."""
+        session = self.session(team_id, upload_id)
+        with self.db.session() as s:
+            s.execute(delete(UploadSession).where(UploadSession.id == upload_id))
+            if not session.completed:
+                s.execute(delete(FilePart).where(FilePart.file_id == session.file_id))
+        if not session.completed:
+            self.chunks.delete_file(team_id, session.file_id)
+
     def begin_part(self, team_id: int, upload_id: str, offset: int | None) -> tuple[SessionView, PartWriter]:
         session = self.session(team_id, upload_id)
         if session.completed:
@@ -330,6 +364,12 @@ class FileService:
             row = s.get(StoredFile, file_id)
         if row is None or row.team_id != team_id:
             return
+        with self.db.session() as s:
+            committed = set(s.scalars(select(FilePart.attempt).where(FilePart.file_id == file_id)))
+        try:
+            self.chunks.delete_other_attempts(team_id, file_id, committed)
+        except Exception:  # only space is lost; the file's own chunks are untouched
+            log.exception("could not delete the orphaned chunks of %s", file_id)
         digest = hashlib.sha256()
 
         def hashed() -> Iterator[bytes]:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..types.chat import MAX_TOKENS_LIMIT
 
 # Tools and tool_choice have the same shape on both surfaces.
-from .native import NamedToolChoice, Tool
+from .native import MAX_MODEL_NAME, NamedToolChoice, Tool
 
 
 class _Request(BaseModel):
@@ -112,14 +112,14 @@ class StreamOptions(_Request):
 
 
 class ChatCompletionRequest(_Request):
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI's range (int64)
     n: int | None = Field(default=None, ge=1, le=128)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)

@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..types.chat import MAX_TOKENS_LIMIT
 
+# Model names are stored with each usage record (up to 128 characters, also for an
+# unknown model's 404): a longer name is refused here rather than failing the write.
+MAX_MODEL_NAME = 128
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -130,7 +134,7 @@ ResponseFormat = Annotated[JSONSchemaFormat | TextFormat, Field(discriminator="t
 
 
 class ChatCompletionRequest(_Request):
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -146,7 +150,7 @@ class ChatCompletionRequest(_Request):
 
 class ModerationRequest(_Request):
     messages: list[Message] = Field(min_length=1)
-    model: str | None = Field(default=None, min_length=1)
+    model: str | None = Field(default=None, min_length=1, max_length=MAX_MODEL_NAME)
 
 
 # --- responses ---------------------------------------------------------------------

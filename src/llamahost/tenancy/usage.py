@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, insert, select
+from sqlalchemy.exc import DataError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import InvalidRequest
@@ -56,19 +57,22 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 def parse_time(value: str, param: str = "since") -> datetime:
     """An ISO 8601 date/time (naive means UTC) or an age like ``30m``, ``24h``, ``7d``."""
     relative = _RELATIVE.match(value)
-    if relative:
-        amount, unit = relative.groups()
-        return datetime.now(UTC) - timedelta(**{_UNITS[unit]: float(amount)})
     try:
+        if relative:
+            amount, unit = relative.groups()
+            return datetime.now(UTC) - timedelta(**{_UNITS[unit]: float(amount)})
         moment = datetime.fromisoformat(value.strip())
+        # As UTC: SQLite compares the stored UTC text, so another offset would shift the range.
+        return aware_utc(moment).astimezone(UTC)
+    except OverflowError:
+        # An age before year 1, or a time whose UTC falls outside years 1-9999.
+        raise InvalidRequest(f"{param}: {value!r} is out of the range of dates (years 1 to 9999)", param=param) from None
     except ValueError:
         raise InvalidRequest(
             f"{param}: expected an ISO 8601 time (2025-01-31, 2025-01-31T12:00:00Z) or an age (30m, 24h, 7d), "
             f"got {value!r}",
             param=param,
         ) from None
-    # As UTC: SQLite compares the stored UTC text, so another offset would shift the range.
-    return aware_utc(moment).astimezone(UTC)
 
 
 def new_record_id() -> str:
@@ -131,11 +135,31 @@ class UsageStore:
         skipped, so a replayed journal counts nothing twice) and already encrypted
         stored-content rows, in one transaction."""
         sealed = [self._sealed(row) for row in rows]
+        try:
+            self._insert(sealed, content_rows)
+        except (DataError, IntegrityError) as exc:
+            if len(sealed) + len(content_rows) == 1:
+                raise
+            # A row the database will never take (a constraint it breaks) must not hold
+            # back the rest of its batch, nor be retried forever: each on its own.
+            log.warning("a batch of usage was refused (%s); writing its rows one by one", exc.orig)
+            for row in sealed:
+                self._insert_alone([row], (), f"usage record {row['record_id']}")
+            for content_row in content_rows:
+                self._insert_alone([], [content_row], f"stored request {content_row.get('id')}")
+
+    def _insert(self, sealed: Sequence[dict[str, Any]], content_rows: Sequence[dict[str, Any]]) -> None:
         with self.db.session() as s:
             if sealed:
                 s.execute(self.db.insert_if_absent(UsageRecord, "record_id"), sealed)
             if content_rows:
                 s.execute(insert(StoredRequest), content_rows)
+
+    def _insert_alone(self, sealed: Sequence[dict[str, Any]], content_rows: Sequence[dict[str, Any]], what: str) -> None:
+        try:
+            self._insert(sealed, content_rows)
+        except (DataError, IntegrityError) as exc:
+            log.error("%s refused by the database, dropped: %s", what, exc.orig)
 
     def summary(self, scope: Scope, **filters: Any) -> UsageSummary:
         """Aggregates over a time range; see ``summarize_usage``."""
