@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -288,7 +288,7 @@ async def list_files(
     purpose: str | None = None,
     limit: int = Query(default=100, ge=1, le=MAX_LIST_LIMIT),
     after: str | None = None,
-    order: str = "desc",
+    order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
     if purpose is not None and purpose not in PURPOSES:
         raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}; got {purpose!r}", param="purpose")
@@ -301,7 +301,7 @@ async def list_files_compat(
     purpose: str | None = None,
     limit: int = Query(default=10_000, ge=1, le=MAX_LIST_LIMIT),
     after: str | None = None,
-    order: str = "desc",
+    order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
     purposes = None
     if purpose is not None:
