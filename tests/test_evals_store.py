@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from llamahost.config import load_config
+from llamahost.errors import NotFound
 from llamahost.evals.store import EvalStore, ItemResult
 from llamahost.tenancy.stores import open_stores
 
@@ -84,5 +85,21 @@ def test_a_lost_claim_records_nothing(store):
         raw = s.execute(text("SELECT row_sealed, result_sealed FROM eval_items")).one()
     assert b"answer-42" not in bytes(raw.result_sealed) and b"item" not in bytes(raw.row_sealed)
     evals.delete_team(team)
-    with pytest.raises(Exception):
+    with pytest.raises(NotFound):
         evals.get_run(team, ev.id, run.id)
+
+
+def test_purge_deletes_finished_runs_past_the_teams_retention(store):
+    from datetime import UTC, datetime, timedelta
+
+    evals, team, _ = store
+    ev = evals.create_eval(team, {"name": "e"})
+    done = evals.create_run(team, ev.id, None, {}, [{"item": {}}])
+    evals.set_run_status(done.id, "completed", only_from=("queued",))
+    running = evals.create_run(team, ev.id, None, {}, [{"item": {}}])
+    assert evals.purge(lambda team_id: 30) == 0  # both younger than 30 days
+    later = datetime.now(UTC) + timedelta(days=31)
+    assert evals.purge(lambda team_id: 30, now=later) == 1  # a queued run is kept while it may still run
+    with pytest.raises(NotFound):
+        evals.get_run(team, ev.id, done.id)
+    assert evals.get_run(team, ev.id, running.id).status == "queued"

@@ -99,6 +99,14 @@ class ModelConfig(_Strict):
     # The vision projector GGUF ("mmproj") that goes with `path`: image input through
     # llama.cpp's multimodal library (mtmd).
     mmproj: str | None = None
+    # LoRA adapters (name = GGUF path) loaded with the model at scale 0; a request that
+    # names one (ChatRequest.adapter) runs with it at scale 1. Slots running different
+    # adapters do not batch together.
+    lora_adapters: dict[str, str] = Field(default_factory=dict)
+    # n-gram self-speculative decoding (no draft model): up to this many tokens drafted
+    # from the prompt and reply so far, checked in one batch. Pays where replies repeat
+    # their input (JSON, code, edits); 0 turns it off.
+    ngram_speculation: int = Field(default=0, ge=0, le=64)
 
     # --- engine = "openai" ---
     # Base URLs of the upstream's OpenAI API, e.g. "http://10.0.0.5:8000/v1".
@@ -150,7 +158,7 @@ class ModelConfig(_Strict):
                 raise ValueError(f"model {self.id!r}: a replica is listed twice")
             if self.api_key and self.api_key_env:
                 raise ValueError(f"model {self.id!r}: give api_key or api_key_env, not both")
-            for key in ("path", "threads", "parallel", "prefix_cache", "max_queue", "mmproj"):
+            for key in ("path", "threads", "parallel", "prefix_cache", "max_queue", "mmproj", "lora_adapters", "ngram_speculation"):
                 if key in self.model_fields_set:
                     raise ValueError(f"model {self.id!r}: {key} is a llamacpp key; this model is engine \"openai\"")
         else:

@@ -169,6 +169,25 @@ class EvalStore:
             s.execute(delete(EvalRun).where(EvalRun.eval_id == eval_id).execution_options(synchronize_session=False))
             s.execute(delete(Eval).where(Eval.id == eval_id).execution_options(synchronize_session=False))
 
+    def purge(self, retention_days, now: datetime | None = None) -> int:
+        """Delete finished runs (with their output items) older than their team's
+        retention (``retention_days(team_id)``); returns the runs deleted."""
+        now = now or _now()
+        with self.db.session() as s:
+            teams = list(s.scalars(select(EvalRun.team_id).distinct()))
+        deleted = 0
+        for team_id in teams:
+            cutoff = now - timedelta(days=retention_days(team_id))
+            with self.db.session() as s:
+                old = select(EvalRun.id).where(
+                    EvalRun.team_id == team_id, EvalRun.created_at < cutoff, EvalRun.status.not_in(RUN_ACTIVE)
+                )
+                s.execute(delete(EvalItem).where(EvalItem.run_id.in_(old)).execution_options(synchronize_session=False))
+                deleted += affected_rows(s.execute(
+                    delete(EvalRun).where(EvalRun.id.in_(old.scalar_subquery())).execution_options(synchronize_session=False)
+                ))
+        return deleted
+
     def delete_team(self, team_id: int) -> dict[str, int]:
         """A ``TeamStore.on_delete`` hook: the team's evals, runs and output items."""
         with self.db.session() as s:
