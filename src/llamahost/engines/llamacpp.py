@@ -39,7 +39,7 @@ from typing import Any
 from PIL import Image
 
 from .. import observability as obs
-from ..config import ModelConfig
+from ..config import ModelConfig, ModelSampling
 from ..errors import EngineFailure, InvalidRequest, ServiceUnavailable
 from ..types.chat import ChatRequest, SamplingParams, StopReason, ToolCallDelta
 from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut
@@ -123,10 +123,11 @@ def _image_payload(data: bytes) -> str:
     return base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def sampling_fields(s: SamplingParams) -> dict[str, Any]:
-    """Every llama.cpp sampling field, set: what the Llama API's parameters say, and
-    nothing of llama.cpp's own defaults."""
-    return {
+def sampling_fields(s: SamplingParams, model: ModelSampling | None = None) -> dict[str, Any]:
+    """Every llama.cpp sampling field, set: what the Llama API's parameters say and the
+    model's own defaults (``ModelSampling``), nothing of llama.cpp's defaults."""
+    dry = model is not None and model.dry_multiplier > 0
+    fields = {
         "temperature": s.temperature,
         "top_k": s.top_k,
         "top_p": s.top_p,
@@ -148,6 +149,16 @@ def sampling_fields(s: SamplingParams) -> dict[str, Any]:
         "ignore_eos": False,
         "logit_bias": [],
     }
+    if dry:
+        assert model is not None
+        fields["samplers"] = ["penalties", "dry", *SAMPLERS[1:]]
+        fields.update(
+            dry_multiplier=model.dry_multiplier,
+            dry_base=model.dry_base,
+            dry_allowed_length=model.dry_allowed_length,
+            dry_penalty_last_n=model.dry_penalty_last_n,
+        )
+    return fields
 
 
 @dataclass
@@ -388,7 +399,7 @@ class LlamaCppEngine(Engine):
             "max_tokens": max_tokens,
             "cache_prompt": self.config.prefix_cache,
             "stream_options": {"include_usage": True},
-            **sampling_fields(request.sampling),
+            **sampling_fields(request.sampling, self.config.sampling),
         }
         if data.grammar is not None:
             body["grammar"] = data.grammar
