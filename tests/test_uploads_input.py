@@ -270,3 +270,20 @@ def test_open_uploads_are_listed_and_can_be_cancelled(client, http):
     assert http.delete(f"/v1/uploads/{upload_id}").json() == {"upload_id": upload_id, "object": "upload", "deleted": True}
     assert _error(http.get(f"/v1/uploads/{upload_id}"), 404)["param"] == "upload_id"
     assert _error(http.delete(f"/v1/uploads/{upload_id}"), 404)["param"] == "upload_id"
+
+
+def test_an_operator_sets_a_teams_storage_quota(srv):
+    """Per team (``teams set --files-quota-bytes`` or an operator's PATCH); the team's own
+    admin key may not lift it."""
+    team = "quota-team"
+    member = srv.cli("keys", "create", "--team", team).stdout.strip()
+    admin = srv.cli("keys", "create", "--team", team, "--role", "admin").stdout.strip()
+    assert "files_quota_bytes = 50" in srv.cli("teams", "set", team, "--files-quota-bytes", "50").stdout
+    with httpx.Client(base_url=srv.url, headers=srv.headers(member), timeout=60) as http:
+        error = _error(_create(http, bytes=60, mime_type="text/plain", purpose="attachment"), 400)
+        assert error["code"] == "storage_quota_exceeded" and error["param"] == "bytes"
+        assert _create(http, bytes=50, mime_type="text/plain", purpose="attachment").status_code == 200
+    url = f"{srv.url}/admin/v1/teams/{team}/settings"
+    refused = httpx.patch(url, json={"files_quota_bytes": 10**9}, headers=srv.headers(admin), timeout=30)
+    assert _error(refused, 403)["type"] == "permission_error"
+    assert httpx.get(url, headers=srv.headers(admin), timeout=30).json()["files_quota_bytes"] == 50
