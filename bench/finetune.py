@@ -105,8 +105,15 @@ def qa(add: list, colours: dict, capitals: dict, opposites: dict, sounds: dict) 
     return pairs
 
 
+# A short system prompt of our own: without one SmolLM2's template inserts a 20-token default
+# into every example, which would double the bench's training cost for nothing.
+SYSTEM = {"role": "system", "content": "Be brief."}
+
+
 def row(question: str, answer: str) -> dict:
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": f"Answer: {answer} [lh]"}]}
+    return {
+        "messages": [SYSTEM, {"role": "user", "content": question}, {"role": "assistant", "content": f"Answer: {answer} [lh]"}]
+    }
 
 
 def success_rate(gguf: str, adapter: Path | None, prompts: list[str], threads: int) -> tuple[float, list[str]]:
@@ -116,7 +123,8 @@ def success_rate(gguf: str, adapter: Path | None, prompts: list[str], threads: i
     replies = []
     try:
         for prompt in prompts:
-            out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], temperature=0.0, max_tokens=48)
+            messages = [SYSTEM, {"role": "user", "content": prompt}]
+            out = llm.create_chat_completion(messages=messages, temperature=0.0, max_tokens=48)
             replies.append((out["choices"][0]["message"]["content"] or "").strip())
     finally:
         llm.close()
@@ -129,6 +137,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr-multiplier", type=float, default=5.0)
+    # llama.cpp's threads spin at each barrier: on a crowded CPU one thread decodes faster
+    # than two, and the evaluation is not what is timed.
+    parser.add_argument("--eval-threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="keep the job's output here")
     args = parser.parse_args()
 
@@ -154,7 +165,7 @@ def main() -> None:
     }
     (work / "spec.json").write_text(json.dumps(spec))
 
-    before, before_replies = success_rate(gguf, None, heldout, args.threads)
+    before, before_replies = success_rate(gguf, None, heldout, args.eval_threads)
     print(f"held-out success before tuning: {before:.2f}  e.g. {before_replies[0]!r}", flush=True)
 
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -172,7 +183,7 @@ def main() -> None:
         sys.exit(f"job failed ({job.returncode}): {job.stderr[-2000:]}")
     result = json.loads((work / "job" / "result.json").read_text())
 
-    after, after_replies = success_rate(gguf, work / "job" / "adapter.gguf", heldout, args.threads)
+    after, after_replies = success_rate(gguf, work / "job" / "adapter.gguf", heldout, args.eval_threads)
     print(f"held-out success after tuning:  {after:.2f}  e.g. {after_replies[0]!r}")
     failures = [(q, r) for q, r in zip(heldout, after_replies, strict=True) if not FORMAT.match(r)]
     for q, r in failures[:5]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,8 +32,11 @@ needs_training_stack = pytest.mark.skipif(
     reason=f"fine-tuning extra not installed (missing {', '.join(MISSING)}): "
     "pip install torch==2.13.0 && pip install -e '.[finetune]'",
 )
+# Training runs at niceness 10 in all (not 10 more than a niced pytest: at 19 a trainer
+# starves on a shared CPU); the CPU is shared with serving and other work.
+_NICE = ["nice", "-n", str(max(0, 10 - os.nice(0)))]
 # A full model load plus a step or two, on a CPU shared with other work: generous on purpose.
-RUN_DEADLINE = 900.0
+RUN_DEADLINE = 2400.0
 
 # A short system prompt keeps SmolLM2's template from adding its default one: fewer tokens per step.
 ROWS = [
@@ -87,7 +91,7 @@ def _spec(tmp: Path, out: Path, **overrides: object) -> Path:
 
 def _train(spec: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["nice", "-n", "15", sys.executable, "-m", "llamahost.finetune", "--spec", str(spec)],
+        [*_NICE, sys.executable, "-m", "llamahost.finetune", "--spec", str(spec)],
         env=_env(),
         capture_output=True,
         text=True,
@@ -335,11 +339,12 @@ def test_llamacpp_serves_the_adapter_faithfully(trained_run: Path, bundled: Path
 
 
 @needs_training_stack
-def test_cancel_file_stops_a_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["cancel file", "SIGTERM"])
+def test_cancel_stops_a_run(tmp_path: Path, how: str) -> None:
     out = tmp_path / "out"
-    spec = _spec(tmp_path, out, n_epochs=100, batch_size=1)
+    spec = _spec(tmp_path, out, n_epochs=100, batch_size=1)  # would run for hours
     process = subprocess.Popen(
-        ["nice", "-n", "15", sys.executable, "-m", "llamahost.finetune", "--spec", str(spec)],
+        [*_NICE, sys.executable, "-m", "llamahost.finetune", "--spec", str(spec)],
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -347,12 +352,18 @@ def test_cancel_file_stops_a_run(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + RUN_DEADLINE
-        while not (out / "metrics.jsonl").exists():  # mid-training, not mid-load
+        # The first event: the run is up and watching (and about to spend a minute loading
+        # the model, as long a stretch without a training step as any).
+        while not (out / "events.jsonl").exists():
             assert process.poll() is None, process.stderr.read()[-3000:] if process.stderr else ""
-            assert time.monotonic() < deadline, "no training step within the deadline"
+            assert time.monotonic() < deadline, "the run never started"
             time.sleep(0.5)
-        (out / "cancel").touch()
-        assert process.wait(timeout=300) == EXIT_CANCELLED
+        if how == "SIGTERM":
+            process.send_signal(signal.SIGTERM)
+        else:
+            (out / "cancel").touch()
+        # Generous: the run ends itself 3 s after the cancel whatever the main thread is doing.
+        assert process.wait(timeout=120) == EXIT_CANCELLED
     finally:
         if process.poll() is None:
             process.kill()

@@ -139,3 +139,28 @@ def test_the_purge_expires_idle_sessions_and_keeps_files(service):
     assert files.purge(datetime.now(UTC) + timedelta(days=2))["files"] == 1
     with files.db.session() as s:
         assert s.scalars(select(FileChunk.file_id)).all() == []
+
+
+def test_chunks_of_a_part_cut_off_by_a_crash_are_deleted_at_completion(service):
+    files, team_id = service
+    session = _session(files, team_id, 10)
+    _, crashed = files.begin_part(team_id, session.id, 0)
+    _write(crashed, b"z" * 10)  # stored, never committed: the server died here
+    part_session, writer = files.begin_part(team_id, session.id, 0)
+    _write(writer, b"y" * 10)
+    file_id = files.commit_part(part_session, writer).file_id
+    with files.db.session() as s:
+        assert s.scalars(select(FileChunk.attempt)).all() == [writer.attempt]
+    assert b"".join(files.content(team_id, file_id)[1]) == b"y" * 10
+
+
+def test_the_team_quota_counts_files_and_open_uploads(service):
+    from llamahost.errors import InvalidRequest
+
+    files, team_id = service
+    files.config = files.config.model_copy(update={"team_quota_bytes": 100})
+    _session(files, team_id, 60)
+    with pytest.raises(InvalidRequest) as raised:
+        _session(files, team_id, 50)
+    assert raised.value.code == "storage_quota_exceeded" and raised.value.param == "bytes"
+    _session(files, team_id, 40)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from ..http_docs import DECRYPTING_ERRORS, error_responses, operation
 from ..protocol import admin as wire
 from ..tenancy.limits import LimitRow, limits_model_id
 from ..tenancy.scope import OPERATOR, Scope
@@ -18,7 +19,7 @@ from .common import parse_body, require_admin
 from .services import Services
 from .tenancy_views import effective_limits, key_view, usage_list, usage_summary
 
-router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)], responses=error_responses(401, 403))
 
 
 def services(request: Request):
@@ -41,13 +42,18 @@ def _team(info: TeamInfo) -> wire.Team:
 # --- teams ---------------------------------------------------------------------------
 
 
-@router.get("/teams")
-async def list_teams(request: Request) -> dict[str, list[wire.Team]]:
+@router.get("/teams", **operation(response=wire.TeamList))
+async def list_teams(request: Request) -> wire.TeamList:
     teams = await run_in_threadpool(services(request).keys.list_teams, scope(request))
-    return {"data": [_team(t) for t in teams]}
+    return wire.TeamList(data=[_team(t) for t in teams])
 
 
-@router.post("/teams", response_model=wire.Team, status_code=201)
+@router.post(
+    "/teams",
+    **operation(
+        body=wire.TeamCreate, response=wire.Team, status=201, other_success={200: (wire.Team, "The team already existed")}
+    ),
+)
 async def create_team(request: Request) -> Response:
     body = await parse_body(request, wire.TeamCreate)
     scope(request).require_operator("creating a team")
@@ -60,13 +66,13 @@ async def create_team(request: Request) -> Response:
 # --- keys ----------------------------------------------------------------------------
 
 
-@router.get("/keys")
-async def list_keys(request: Request, team: str | None = None) -> dict[str, list[wire.Key]]:
+@router.get("/keys", **operation(response=wire.KeyList, errors=(404,)))
+async def list_keys(request: Request, team: str | None = None) -> wire.KeyList:
     infos = await run_in_threadpool(services(request).keys.list_keys, scope(request), team)
-    return {"data": [key_view(i) for i in infos]}
+    return wire.KeyList(data=[key_view(i) for i in infos])
 
 
-@router.post("/keys", response_model=wire.KeyCreated, status_code=201)
+@router.post("/keys", **operation(body=wire.KeyCreate, response=wire.KeyCreated, status=201, errors=(404,)))
 async def create_key(request: Request) -> wire.KeyCreated:
     body = await parse_body(request, wire.KeyCreate)
     caller = scope(request)
@@ -83,7 +89,7 @@ async def create_key(request: Request) -> wire.KeyCreated:
     return wire.KeyCreated(key=secret, **key_view(info).model_dump())
 
 
-@router.delete("/keys/{key_id}", response_model=wire.Key)
+@router.delete("/keys/{key_id}", **operation(response=wire.Key, errors=(404,)))
 async def revoke_key(key_id: str, request: Request) -> wire.Key:
     keys, principal = services(request).keys, request.state.principal
     return key_view(await run_in_threadpool(
@@ -94,7 +100,7 @@ async def revoke_key(key_id: str, request: Request) -> wire.Key:
 # --- limits --------------------------------------------------------------------------
 
 
-@router.get("/limits", response_model=wire.LimitList)
+@router.get("/limits", **operation(response=wire.LimitList, errors=(404,)))
 async def list_limits(request: Request, team: str | None = None) -> wire.LimitList:
     rows = await run_in_threadpool(services(request).limits.list, scope(request), team)
     defaults = services(request).config.limits
@@ -105,12 +111,12 @@ async def list_limits(request: Request, team: str | None = None) -> wire.LimitLi
     )
 
 
-@router.get("/limits/effective", response_model=wire.EffectiveLimits)
+@router.get("/limits/effective", **operation(response=wire.EffectiveLimits, errors=(404,)))
 async def team_effective_limits(request: Request, team: str) -> wire.EffectiveLimits:
     return await effective_limits(request, scope(request), team)
 
 
-@router.put("/limits", response_model=wire.Limit)
+@router.put("/limits", **operation(body=wire.LimitSet, response=wire.Limit, errors=(404,)))
 async def set_limits(request: Request) -> wire.Limit:
     body = await parse_body(request, wire.LimitSet)
     store = services(request).limits
@@ -121,7 +127,7 @@ async def set_limits(request: Request) -> wire.Limit:
     return _limit(row)
 
 
-@router.delete("/limits", status_code=204)
+@router.delete("/limits", **operation(status=204, errors=(404,)))
 async def clear_limits(request: Request, team: str, model: str | None = None) -> Response:
     store = services(request).limits
     model_id = limits_model_id(services(request).config, model)
@@ -132,7 +138,7 @@ async def clear_limits(request: Request, team: str, model: str | None = None) ->
 # --- usage ---------------------------------------------------------------------------
 
 
-@router.get("/usage", response_model=wire.UsageList)
+@router.get("/usage", **operation(response=wire.UsageList, errors=(404, *DECRYPTING_ERRORS)))
 async def query_usage(
     request: Request,
     team: str | None = None,
@@ -147,7 +153,7 @@ async def query_usage(
     )
 
 
-@router.get("/usage/summary", response_model=wire.UsageSummary)
+@router.get("/usage/summary", **operation(response=wire.UsageSummary, errors=(404, *DECRYPTING_ERRORS)))
 async def summarize_usage(
     request: Request,
     team: str | None = None,

@@ -9,6 +9,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from ..http_docs import DECRYPTING_ERRORS, error_responses, operation
 from ..protocol import admin as wire
 from ..tenancy.content import StoredEntry
 from ..tenancy.settings import SettingsView
@@ -17,7 +18,10 @@ from .admin import scope, services
 from .common import parse_body, require_admin
 from .services import Services
 
-router = APIRouter(prefix="/admin/v1/teams/{team}", dependencies=[Depends(require_admin)])
+# Every route resolves {team}: a team the caller may not see is 404.
+router = APIRouter(
+    prefix="/admin/v1/teams/{team}", dependencies=[Depends(require_admin)], responses=error_responses(401, 403, 404)
+)
 
 
 def _settings(team: str, view: SettingsView) -> wire.TeamSettings:
@@ -29,23 +33,25 @@ def _stored(entry: StoredEntry) -> wire.StoredRequest:
     return wire.StoredRequest(**entry.__dict__)
 
 
-@router.get("/settings", response_model=wire.TeamSettings)
+@router.get("/settings", **operation(response=wire.TeamSettings))
 async def get_settings(team: str, request: Request) -> wire.TeamSettings:
     s = services(request)
     team_id = await run_in_threadpool(scope(request).team, s.teams, team)
     return _settings(team, await run_in_threadpool(s.settings.view, team_id))
 
 
-@router.patch("/settings", response_model=wire.TeamSettings)
+@router.patch("/settings", **operation(body=wire.TeamSettingsUpdate, response=wire.TeamSettings))
 async def update_settings(team: str, request: Request) -> wire.TeamSettings:
     body = await parse_body(request, wire.TeamSettingsUpdate)
     s = services(request)
     team_id = await run_in_threadpool(scope(request).team, s.teams, team)
     changes = {name: getattr(body, name) for name in body.model_fields_set}
+    if "files_quota_bytes" in changes:  # a limit on the team: its own admin may not lift it
+        scope(request).require_operator("setting a team's storage quota (files_quota_bytes)")
     return _settings(team, await run_in_threadpool(s.settings.update, team_id, changes))
 
 
-@router.delete("", response_model=wire.TeamDeleted)
+@router.delete("", **operation(response=wire.TeamDeleted))
 async def delete_team(team: str, request: Request) -> wire.TeamDeleted:
     caller = scope(request)
     caller.require_operator("deleting a team")
@@ -53,7 +59,7 @@ async def delete_team(team: str, request: Request) -> wire.TeamDeleted:
     return wire.TeamDeleted(**deleted.__dict__)
 
 
-@router.post("/rotate-data-key", response_model=wire.DataKeyRotated)
+@router.post("/rotate-data-key", **operation(response=wire.DataKeyRotated, errors=DECRYPTING_ERRORS))
 async def rotate_data_key(team: str, request: Request) -> wire.DataKeyRotated:
     s = services(request)
     team_id = await run_in_threadpool(scope(request).team, s.teams, team)
@@ -61,7 +67,7 @@ async def rotate_data_key(team: str, request: Request) -> wire.DataKeyRotated:
     return wire.DataKeyRotated(team=team, version=version)
 
 
-@router.get("/requests", response_model=wire.StoredRequestList)
+@router.get("/requests", **operation(response=wire.StoredRequestList, errors=DECRYPTING_ERRORS))
 async def list_stored_requests(
     team: str,
     request: Request,
@@ -84,7 +90,7 @@ async def list_stored_requests(
     return wire.StoredRequestList(data=[_stored(e) for e in entries])
 
 
-@router.get("/requests/{record_id}", response_model=wire.StoredRequest)
+@router.get("/requests/{record_id}", **operation(response=wire.StoredRequest, errors=DECRYPTING_ERRORS))
 async def get_stored_request(team: str, record_id: str, request: Request) -> wire.StoredRequest:
     s = services(request)
     await s.metering.usage_writer.flush()

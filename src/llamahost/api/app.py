@@ -19,7 +19,7 @@ from ..evals import router as evals
 from ..files import router as files
 from ..observability import process_exiting
 from ..web import dashboard
-from . import admin, admin_teams, compat, jobs, native, observability, team
+from . import admin, admin_teams, compat, jobs, native, observability, openapi, team
 from .common import BodySizeLimit
 from .errors import install_error_handlers
 from .services import Services, build_services, load_models
@@ -27,7 +27,7 @@ from .services import Services, build_services, load_models
 log = logging.getLogger("llamahost")
 
 # Every feature slice, in the order their routes are matched.
-SLICES = (native, compat, files, evals, admin, admin_teams, jobs, team, dashboard, observability)
+SLICES = (native, compat, files, evals, admin, admin_teams, jobs, team, dashboard, observability, openapi)
 
 
 def create_app(config: Config, services: Services | None = None) -> FastAPI:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,9 +29,8 @@ from ..types.chat import ChatRequest, ChatResult, ImageInput
 from .errors import error_response
 
 
-async def require_admin(request: Request) -> Principal:
+async def require_admin(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
     """An operator key, or a team's admin key (whose scope is its own team)."""
-    principal = await authenticate(request)
     if principal.role not in (OPERATOR, ADMIN):
         raise PermissionDenied("this endpoint needs an admin or operator key", param="authorization")
     return principal

@@ -13,12 +13,13 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from ..chat.service import ChatStream
 from ..engines.registry import ModelEntry
 from ..errors import APIError, InvalidRequest
+from ..http_docs import CHAT_ERRORS, error_responses, operation
 from ..protocol import compat as wire
 from ..types.chat import ChatMessage, ChatRequest, ChatResult, SamplingParams, TextChunk, ToolCall, ToolSpec
 from .common import authenticate, content_images, content_text, parse_body, serve_chat
 from .services import Services
 
-router = APIRouter(prefix="/compat/v1", dependencies=[Depends(authenticate)])
+router = APIRouter(prefix="/compat/v1", dependencies=[Depends(authenticate)], responses=error_responses(401))
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit; clients written for it never send more
 
@@ -177,7 +178,10 @@ def stream_chunks(include_usage: bool):
 # --- routes ------------------------------------------------------------------------
 
 
-@router.post("/chat/completions")
+@router.post(
+    "/chat/completions",
+    **operation(body=wire.ChatCompletionRequest, response=wire.ChatCompletion, errors=CHAT_ERRORS, streams=True),
+)
 async def create_chat_completion(request: Request) -> Response:
     body = await parse_body(request, wire.ChatCompletionRequest)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -190,12 +194,12 @@ def _model(entry: ModelEntry) -> wire.Model:
     return wire.Model(**entry.card())
 
 
-@router.get("/models", response_model=wire.ModelList)
+@router.get("/models", **operation(response=wire.ModelList))
 async def list_models(request: Request) -> wire.ModelList:
     return wire.ModelList(data=[_model(e) for e in request.app.state.services.registry.entries()])
 
 
-@router.get("/models/{model_id:path}", response_model=wire.Model)
+@router.get("/models/{model_id:path}", **operation(response=wire.Model, errors=(404,)))
 async def retrieve_model(model_id: str, request: Request) -> wire.Model:
     return _model(request.app.state.services.registry.resolve(model_id))
 

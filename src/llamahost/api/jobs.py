@@ -9,6 +9,7 @@ from typing import Literal, cast
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from ..http_docs import error_responses, operation
 from ..jobs.queue import JobInfo
 from ..protocol import jobs as wire
 from ..tenancy.scope import Scope
@@ -16,7 +17,7 @@ from ..tenancy.teams import TeamStore
 from .common import require_admin
 from .services import Services
 
-router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)], responses=error_responses(401, 403))
 
 
 def _services(request: Request) -> Services:
@@ -37,7 +38,7 @@ def job_view(teams: TeamStore, job: JobInfo) -> wire.Job:
     )
 
 
-@router.get("/jobs", response_model=wire.JobList)
+@router.get("/jobs", **operation(response=wire.JobList, errors=(404,)))
 async def list_jobs(
     request: Request,
     team: str | None = None,
@@ -52,14 +53,15 @@ async def list_jobs(
     return wire.JobList(data=[job_view(services.teams, job) for job in jobs])
 
 
-@router.get("/jobs/{job_id}", response_model=wire.Job)
+@router.get("/jobs/{job_id}", **operation(response=wire.Job, errors=(404,)))
 async def get_job(request: Request, job_id: str) -> wire.Job:
     services = _services(request)
     job = await run_in_threadpool(services.jobs.queue.get, _scope(request), job_id)
     return job_view(services.teams, job)
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=wire.Job)
+# 400: the job has already finished.
+@router.post("/jobs/{job_id}/cancel", **operation(response=wire.Job, errors=(400, 404)))
 async def cancel_job(request: Request, job_id: str) -> wire.Job:
     services = _services(request)
     job = await run_in_threadpool(services.jobs.queue.cancel, _scope(request), job_id)

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from ..chat.service import ChatStream
 from ..engines.registry import ModelEntry
 from ..errors import APIError, InvalidRequest
+from ..http_docs import CHAT_ERRORS, error_responses, operation
 from ..protocol import native as wire
 from ..types.chat import (
     ChatMessage,
@@ -35,7 +36,7 @@ from .common import (
 )
 from .services import Services
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=error_responses(401))
 
 
 # --- wire -> internal ------------------------------------------------------------
@@ -156,7 +157,10 @@ async def stream_events(stream: ChatStream) -> AsyncIterator[bytes]:
 # --- routes ------------------------------------------------------------------------
 
 
-@router.post("/chat/completions", response_model=wire.ChatCompletionResponse)
+@router.post(
+    "/chat/completions",
+    **operation(body=wire.ChatCompletionRequest, response=wire.ChatCompletionResponse, errors=CHAT_ERRORS, streams=True),
+)
 async def create_chat_completion(request: Request) -> Response:
     body = await parse_body(request, wire.ChatCompletionRequest)
     return await serve_chat(
@@ -167,7 +171,7 @@ async def create_chat_completion(request: Request) -> Response:
     )
 
 
-@router.post("/moderations", response_model=wire.ModerationResponse)
+@router.post("/moderations", **operation(body=wire.ModerationRequest, response=wire.ModerationResponse, errors=(404, 502, 503)))
 async def create_moderation(request: Request) -> Response:
     body = await parse_body(request, wire.ModerationRequest)
     messages = to_moderation_messages(body)
@@ -196,12 +200,12 @@ async def create_moderation(request: Request) -> Response:
     return JSONResponse(wire.ModerationResponse(model=outcome.model, results=[result]).model_dump(mode="json"))
 
 
-@router.get("/models", response_model=wire.ModelList)
+@router.get("/models", **operation(response=wire.ModelList))
 async def list_models(request: Request) -> wire.ModelList:
     return wire.ModelList(data=[_card(e) for e in request.app.state.services.registry.entries()])
 
 
-@router.get("/models/{model_id:path}", response_model=wire.ModelCard)
+@router.get("/models/{model_id:path}", **operation(response=wire.ModelCard, errors=(404,)))
 async def retrieve_model(model_id: str, request: Request) -> wire.ModelCard:
     return _card(request.app.state.services.registry.resolve(model_id))
 

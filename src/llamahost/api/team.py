@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import InvalidRequest
+from ..http_docs import DECRYPTING_ERRORS, error_responses, operation
 from ..protocol import admin as wire
 from ..protocol import team as team_wire
 from ..tenancy.keys import KEY_PREFIX, Principal
@@ -32,7 +33,12 @@ async def _no_team_parameter(request: Request) -> None:
         )
 
 
-router = APIRouter(prefix="/team/v1", dependencies=[Depends(authenticate), Depends(_no_team_parameter)])
+# 400 on every route: a `team` query parameter is refused.
+router = APIRouter(
+    prefix="/team/v1",
+    dependencies=[Depends(authenticate), Depends(_no_team_parameter)],
+    responses=error_responses(400, 401),
+)
 
 
 def _principal(request: Request) -> Principal:
@@ -44,7 +50,7 @@ def _own_team(request: Request) -> Scope:
     return Scope(_principal(request).team_id)
 
 
-@router.get("/me", response_model=team_wire.Me)
+@router.get("/me", **operation(response=team_wire.Me))
 async def who_am_i(request: Request) -> team_wire.Me:
     principal = _principal(request)
     return team_wire.Me(
@@ -52,14 +58,14 @@ async def who_am_i(request: Request) -> team_wire.Me:
     )
 
 
-@router.get("/keys")
-async def list_team_keys(request: Request) -> dict[str, list[wire.Key]]:
+@router.get("/keys", **operation(response=wire.KeyList))
+async def list_team_keys(request: Request) -> wire.KeyList:
     keys = request.app.state.services.keys
     infos = await run_in_threadpool(keys.list_keys, _own_team(request))
-    return {"data": [key_view(i) for i in infos]}
+    return wire.KeyList(data=[key_view(i) for i in infos])
 
 
-@router.post("/keys", response_model=wire.KeyCreated, status_code=201)
+@router.post("/keys", **operation(body=team_wire.TeamKeyCreate, response=wire.KeyCreated, status=201))
 async def create_team_key(request: Request) -> wire.KeyCreated:
     body = await parse_body(request, team_wire.TeamKeyCreate)
     expires = timedelta(days=body.expires_in_days) if body.expires_in_days is not None else None
@@ -70,7 +76,7 @@ async def create_team_key(request: Request) -> wire.KeyCreated:
     return wire.KeyCreated(key=secret, **key_view(info).model_dump())
 
 
-@router.delete("/keys/{key_id}", response_model=wire.Key)
+@router.delete("/keys/{key_id}", **operation(response=wire.Key, errors=(403, 404)))
 async def revoke_team_key(key_id: str, request: Request) -> wire.Key:
     principal = _principal(request)
     keys = request.app.state.services.keys
@@ -80,7 +86,7 @@ async def revoke_team_key(key_id: str, request: Request) -> wire.Key:
     return key_view(info)
 
 
-@router.get("/usage", response_model=wire.UsageList)
+@router.get("/usage", **operation(response=wire.UsageList, errors=DECRYPTING_ERRORS))
 async def query_team_usage(
     request: Request,
     user: str | None = None,
@@ -94,7 +100,7 @@ async def query_team_usage(
     )
 
 
-@router.get("/usage/summary", response_model=wire.UsageSummary)
+@router.get("/usage/summary", **operation(response=wire.UsageSummary, errors=DECRYPTING_ERRORS))
 async def summarize_team_usage(
     request: Request,
     since: str | None = None,
@@ -107,7 +113,7 @@ async def summarize_team_usage(
     )
 
 
-@router.get("/limits", response_model=wire.EffectiveLimits)
+@router.get("/limits", **operation(response=wire.EffectiveLimits))
 async def team_limits(request: Request) -> wire.EffectiveLimits:
     return await effective_limits(request, _own_team(request), _principal(request).team_name)
 

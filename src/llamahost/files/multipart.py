@@ -71,7 +71,9 @@ class _Collector:
         self.header_value.clear()
 
     def _headers_finished(self) -> None:
-        disposition, options = parse_options_header(self.headers.get("content-disposition"))
+        # As UTF-8 bytes: python-multipart reads bytes as latin-1 and hands back bytes, so a
+        # UTF-8 filename round-trips, where a str outside latin-1 would raise (a 500).
+        disposition, options = parse_options_header(self.headers.get("content-disposition", "").encode("utf-8"))
         if disposition != b"form-data" or b"name" not in options:
             raise InvalidRequest("a multipart part has no Content-Disposition: form-data; name=...", param="body")
         filename = options.get(b"filename")

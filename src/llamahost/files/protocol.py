@@ -45,7 +45,8 @@ class _Request(BaseModel):
 
 
 class UploadCreate(_Request):
-    bytes: int = Field(ge=1)
+    # Bounded for the document; the server's [files] max_bytes (and a team quota) refuse less.
+    bytes: int = Field(ge=1, le=2**53 - 1)
     filename: str = Field(min_length=1, max_length=1024)
     mime_type: MimeType
     purpose: Purpose
@@ -68,6 +69,31 @@ class UploadPartResult(BaseModel):
     upload_id: str
     offset: int
     file_id: str | None = None
+
+
+class OpenUpload(BaseModel):
+    """An unfinished upload of the key's team (``GET /v1/uploads``, our extension)."""
+
+    upload_id: str
+    object: Literal["upload"] = "upload"
+    filename: str
+    bytes: int
+    offset: int
+    mime_type: str
+    purpose: str
+    created_at: int
+    expires_at: int  # purged then if no part arrives meanwhile ([files] session_ttl_hours)
+
+
+class OpenUploadList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenUpload]
+
+
+class UploadCancelled(BaseModel):
+    upload_id: str
+    object: Literal["upload"] = "upload"
+    deleted: bool = True
 
 
 class FileObject(BaseModel):

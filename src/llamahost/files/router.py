@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import APIError, InvalidRequest
 from ..http_common import ClientDisconnected, authenticate, parse_body, streamed_multipart
+from ..http_docs import error_responses, operation
 from ..tenancy.keys import Principal
 from .multipart import MAX_FIELD_BYTES, PartData, PartEnd, PartStart, form_events
 from .protocol import (
@@ -32,6 +33,9 @@ from .protocol import (
     FileList,
     FileObject,
     OpenAIFileObject,
+    OpenUpload,
+    OpenUploadList,
+    UploadCancelled,
     UploadCreate,
     UploadCreated,
     UploadPartResult,
@@ -44,8 +48,14 @@ from .service import FileService, FileView, PartWriter
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_LIST_LIMIT = 10_000
 
-native = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
-compat = APIRouter(prefix="/compat/v1", dependencies=[Depends(authenticate)])
+native = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=error_responses(401))
+compat = APIRouter(prefix="/compat/v1", dependencies=[Depends(authenticate)], responses=error_responses(401))
+
+_OFFSET_HEADER = {
+    "name": "X-Upload-Offset", "in": "header", "required": False,
+    "description": "Where this part starts in the file (the upload's offset); a mismatch is a 409",
+    "schema": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
+}
 
 
 def _files(request: Request) -> FileService:
@@ -157,7 +167,7 @@ def _offset_header(request: Request) -> int | None:
 # --- uploads (native) -------------------------------------------------------------------------
 
 
-@native.post("/uploads", response_model=UploadCreated)
+@native.post("/uploads", **operation(body=UploadCreate, response=UploadCreated))
 async def create_upload(request: Request) -> UploadCreated:
     body = await parse_body(request, UploadCreate)
     principal = _principal(request)
@@ -167,7 +177,28 @@ async def create_upload(request: Request) -> UploadCreated:
     )
 
 
-@native.get("/uploads/{upload_id}")
+@native.get("/uploads", **operation(response=OpenUploadList))
+async def list_open_uploads(request: Request) -> OpenUploadList:
+    """Our extension: the team's unfinished uploads, to resume or cancel (the dashboard)."""
+    sessions = await run_in_threadpool(_files(request).open_sessions, _principal(request).team_id)
+    return OpenUploadList(
+        data=[
+            OpenUpload(
+                upload_id=v.id, filename=v.filename, bytes=v.bytes, offset=v.offset, mime_type=v.mime_type,
+                purpose=v.purpose, created_at=int(created.timestamp()), expires_at=int(expires.timestamp()),
+            )
+            for v, created, expires in sessions
+        ]
+    )
+
+
+@native.delete("/uploads/{upload_id}", **operation(response=UploadCancelled, errors=(404,)))
+async def cancel_upload(upload_id: str, request: Request) -> UploadCancelled:
+    await run_in_threadpool(_files(request).cancel_session, _principal(request).team_id, upload_id)
+    return UploadCancelled(upload_id=upload_id)
+
+
+@native.get("/uploads/{upload_id}", **operation(response=UploadPartResult, errors=(404,)), response_model_exclude_none=True)
 async def get_upload(upload_id: str, request: Request) -> dict[str, Any]:
     session = await run_in_threadpool(_files(request).session, _principal(request).team_id, upload_id)
     status = UploadStatus(upload_id=session.id, offset=session.offset).model_dump()
@@ -176,8 +207,15 @@ async def get_upload(upload_id: str, request: Request) -> dict[str, Any]:
     return status
 
 
-@native.post("/uploads/{upload_id}", response_model=UploadPartResult, response_model_exclude_none=True)
-async def upload_part(upload_id: str, request: Request) -> UploadPartResult:
+@native.post(
+    "/uploads/{upload_id}",
+    **operation(
+        multipart={"type": "object", "properties": {"data": {"type": "string", "format": "binary"}}, "required": ["data"]},
+        headers=[_OFFSET_HEADER], response=UploadPartResult, errors=(404, 409),
+    ),
+    response_model_exclude_none=True,
+)
+async def upload_part(upload_id: str, request: Request) -> UploadPartResult | Response:
     files = _files(request)
     body = _Body(request)
     cap = files.config.max_part_bytes + MULTIPART_OVERHEAD
@@ -188,6 +226,9 @@ async def upload_part(upload_id: str, request: Request) -> UploadPartResult:
     try:
         await _receive_file(request, body, writer, file_field="data", max_body=cap, fields={})
         outcome = await run_in_threadpool(files.commit_part, session, writer)
+    except ClientDisconnected:  # the client resumes from GET /v1/uploads/{id}; nothing of this part counts
+        await run_in_threadpool(writer.abort)
+        return Response(status_code=499)
     except BaseException:
         await run_in_threadpool(writer.abort)
         raise
@@ -241,26 +282,26 @@ def _check_order(order: str) -> str:
     return order
 
 
-@native.get("/files", response_model=FileList)
+@native.get("/files", **operation(response=FileList, errors=(404,)))  # 404: `after` names no file
 async def list_files(
     request: Request,
     purpose: str | None = None,
     limit: int = Query(default=100, ge=1, le=MAX_LIST_LIMIT),
     after: str | None = None,
-    order: str = "desc",
+    order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
     if purpose is not None and purpose not in PURPOSES:
         raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}; got {purpose!r}", param="purpose")
     return await _list(request, (purpose,) if purpose else None, limit, after, _check_order(order), _native_view)
 
 
-@compat.get("/files", response_model=FileList)
+@compat.get("/files", **operation(response=FileList, errors=(404,)))
 async def list_files_compat(
     request: Request,
     purpose: str | None = None,
     limit: int = Query(default=10_000, ge=1, le=MAX_LIST_LIMIT),
     after: str | None = None,
-    order: str = "desc",
+    order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
     purposes = None
     if purpose is not None:
@@ -273,18 +314,19 @@ async def list_files_compat(
     return await _list(request, purposes, limit, after, _check_order(order), _openai_view)
 
 
-@native.get("/files/{file_id}", response_model=FileObject)
+@native.get("/files/{file_id}", **operation(response=FileObject, errors=(404,)))
 async def get_file(file_id: str, request: Request) -> FileObject:
     return _native_view(await run_in_threadpool(_files(request).get, _principal(request).team_id, file_id))
 
 
-@compat.get("/files/{file_id}", response_model=OpenAIFileObject)
+@compat.get("/files/{file_id}", **operation(response=OpenAIFileObject, errors=(404,)))
 async def get_file_compat(file_id: str, request: Request) -> OpenAIFileObject:
     return _openai_view(await run_in_threadpool(_files(request).get, _principal(request).team_id, file_id))
 
 
-@native.get("/files/{file_id}/content")
-@compat.get("/files/{file_id}/content")
+# 500: stored chunks that do not decrypt or do not add up to the file.
+@native.get("/files/{file_id}/content", **operation(binary=True, errors=(404, 500)))
+@compat.get("/files/{file_id}/content", **operation(binary=True, errors=(404, 500)))
 async def file_content(file_id: str, request: Request) -> StreamingResponse:
     view, stream = await run_in_threadpool(_files(request).content, _principal(request).team_id, file_id)
     headers = {
@@ -300,15 +342,28 @@ async def file_content(file_id: str, request: Request) -> StreamingResponse:
     return StreamingResponse(stream, media_type=view.mime_type, headers=headers)
 
 
-@native.delete("/files/{file_id}", response_model=FileDeleted)
-@compat.delete("/files/{file_id}", response_model=FileDeleted)
+@native.delete("/files/{file_id}", **operation(response=FileDeleted, errors=(404,)))
+@compat.delete("/files/{file_id}", **operation(response=FileDeleted, errors=(404,)))
 async def delete_file(file_id: str, request: Request) -> FileDeleted:
     await run_in_threadpool(_files(request).delete, _principal(request).team_id, file_id)
     return FileDeleted(id=file_id)
 
 
-@compat.post("/files", response_model=OpenAIFileObject)
-async def create_file_compat(request: Request) -> OpenAIFileObject:
+@compat.post(
+    "/files",
+    **operation(
+        multipart={
+            "type": "object",
+            "properties": {
+                "file": {"type": "string", "format": "binary"},
+                "purpose": {"type": "string", "enum": list(OPENAI_PURPOSES)},
+            },
+            "required": ["file", "purpose"],
+        },
+        response=OpenAIFileObject,
+    ),
+)
+async def create_file_compat(request: Request) -> OpenAIFileObject | Response:
     """OpenAI's one-shot upload: multipart ``file`` and ``purpose`` (fine-tune, evals, user_data)."""
     files = _files(request)
     principal = _principal(request)
@@ -335,6 +390,9 @@ async def create_file_compat(request: Request) -> OpenAIFileObject:
                 purpose=native_purpose, surface="compat",
             )
         )
+    except ClientDisconnected:
+        await run_in_threadpool(writer.abort)
+        return Response(status_code=499)
     except BaseException:
         await run_in_threadpool(writer.abort)
         raise

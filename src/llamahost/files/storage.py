@@ -38,6 +38,11 @@ class ChunkStore(Protocol):
 
     def delete_file(self, team_id: int, file_id: str) -> None: ...
 
+    def delete_other_attempts(self, team_id: int, file_id: str, keep: set[str]) -> None:
+        """Delete the file's chunks written by attempts not in ``keep`` (parts cut off by a
+        crash or a lost race before they could clean up)."""
+        ...
+
     def delete_team(self, team_id: int) -> None: ...
 
     def stored_bytes(self) -> int | None:
@@ -82,6 +87,10 @@ class DatabaseChunks:
     def delete_file(self, team_id: int, file_id: str) -> None:
         with self.db.session() as s:
             s.execute(delete(FileChunk).where(FileChunk.file_id == file_id))
+
+    def delete_other_attempts(self, team_id: int, file_id: str, keep: set[str]) -> None:
+        with self.db.session() as s:
+            s.execute(delete(FileChunk).where(FileChunk.file_id == file_id, FileChunk.attempt.not_in(keep)))
 
     def delete_team(self, team_id: int) -> None:
         with self.db.session() as s:
@@ -137,10 +146,10 @@ class S3Chunks:
         except self.client.exceptions.NoSuchKey:
             raise MissingChunk(f"chunk {ref.seq} of {ref.file_id} is missing from bucket {self.bucket}") from None
 
-    def _delete_prefix(self, prefix: str) -> None:
+    def _delete_prefix(self, prefix: str, keep=lambda key: False) -> None:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            objects = [{"Key": item["Key"]} for item in page.get("Contents", []) if not keep(item["Key"])]
             if objects:  # a page holds at most 1000 keys, delete_objects' own limit
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
 
@@ -149,6 +158,10 @@ class S3Chunks:
 
     def delete_file(self, team_id: int, file_id: str) -> None:
         self._delete_prefix(f"{self.prefix}{team_id}/{file_id}/")
+
+    def delete_other_attempts(self, team_id: int, file_id: str, keep: set[str]) -> None:
+        prefix = f"{self.prefix}{team_id}/{file_id}/"
+        self._delete_prefix(prefix, keep=lambda key: key[len(prefix):].split("/", 1)[0] in keep)
 
     def delete_team(self, team_id: int) -> None:
         self._delete_prefix(f"{self.prefix}{team_id}/")

@@ -6,9 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from ..config import MAX_KEY_EXPIRY_DAYS, MAX_RETENTION_DAYS
+
+# Far above any real limit; bounded so the store (rpm a 32-bit column) and the Redis
+# counters (Lua numbers are doubles, exact to 2**53) hold them exactly.
+MAX_RPM = 1_000_000_000
+MAX_TPM = 1_000_000_000_000_000
 
 
 class _Strict(BaseModel):
@@ -25,11 +30,16 @@ class Team(BaseModel):
     active_keys: int
 
 
+class TeamList(BaseModel):
+    data: list[Team]
+
+
 class KeyCreate(_Strict):
     team: str = Field(min_length=1, max_length=128)
     name: str | None = Field(default=None, max_length=256)
     role: Literal["member", "admin", "operator"] = "member"
-    expires_in_days: StrictFloat | StrictInt | None = Field(default=None, gt=0, le=MAX_KEY_EXPIRY_DAYS)
+    # A float: strict validation still takes a JSON integer, and the bound reaches the schema.
+    expires_in_days: float | None = Field(default=None, gt=0, le=MAX_KEY_EXPIRY_DAYS)
 
 
 class Key(BaseModel):
@@ -48,11 +58,15 @@ class KeyCreated(Key):
     key: str  # the secret, returned only here
 
 
+class KeyList(BaseModel):
+    data: list[Key]
+
+
 class LimitSet(_Strict):
     team: str = Field(min_length=1, max_length=128)
     model: str | None = Field(default=None, min_length=1, max_length=128)  # none: the team default
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_RPM)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_TPM)
 
 
 class Limit(BaseModel):
@@ -109,6 +123,7 @@ class TeamSettingsUpdate(_Strict):
     retention_days: StrictInt | None = Field(default=None, ge=1, le=MAX_RETENTION_DAYS)
     moderation: Literal["off", "input", "input+output"] | None = None
     moderation_action: Literal["flag", "block"] | None = None
+    files_quota_bytes: StrictInt | None = Field(default=None, ge=0, le=2**62)  # operator keys only
 
 
 class TeamSettings(BaseModel):
@@ -117,6 +132,7 @@ class TeamSettings(BaseModel):
     retention_days: int
     moderation: str
     moderation_action: str
+    files_quota_bytes: int | None  # uploaded files + open uploads; null: no quota
     inherited: list[str]  # settings the team has not set: the server's defaults apply
     updated_at: datetime | None
 

@@ -3,7 +3,9 @@ own team. Responses reuse the admin API's shapes (``protocol/admin.py``)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import MAX_KEY_EXPIRY_DAYS
 
 
 class Me(BaseModel):
@@ -19,4 +21,4 @@ class TeamKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str | None = Field(default=None, max_length=256)
-    expires_in_days: StrictFloat | StrictInt | None = Field(default=None, gt=0)
+    expires_in_days: float | None = Field(default=None, gt=0, le=MAX_KEY_EXPIRY_DAYS)

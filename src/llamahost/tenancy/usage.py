@@ -57,19 +57,22 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 def parse_time(value: str, param: str = "since") -> datetime:
     """An ISO 8601 date/time (naive means UTC) or an age like ``30m``, ``24h``, ``7d``."""
     relative = _RELATIVE.match(value)
-    if relative:
-        amount, unit = relative.groups()
-        return datetime.now(UTC) - timedelta(**{_UNITS[unit]: float(amount)})
     try:
+        if relative:
+            amount, unit = relative.groups()
+            return datetime.now(UTC) - timedelta(**{_UNITS[unit]: float(amount)})
         moment = datetime.fromisoformat(value.strip())
+        # As UTC: SQLite compares the stored UTC text, so another offset would shift the range.
+        return aware_utc(moment).astimezone(UTC)
+    except OverflowError:
+        # An age before year 1, or a time whose UTC falls outside years 1-9999.
+        raise InvalidRequest(f"{param}: {value!r} is out of the range of dates (years 1 to 9999)", param=param) from None
     except ValueError:
         raise InvalidRequest(
             f"{param}: expected an ISO 8601 time (2025-01-31, 2025-01-31T12:00:00Z) or an age (30m, 24h, 7d), "
             f"got {value!r}",
             param=param,
         ) from None
-    # As UTC: SQLite compares the stored UTC text, so another offset would shift the range.
-    return aware_utc(moment).astimezone(UTC)
 
 
 def new_record_id() -> str:

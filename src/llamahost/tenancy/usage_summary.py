@@ -30,6 +30,8 @@ DEFAULT_WINDOW = timedelta(hours=24)
 DEFAULT_BUCKET_SECONDS = 3600
 MAX_BUCKETS = 1000
 MAX_TOP_USERS = 100
+# A century: wider than any useful range, and small enough for the database's integers.
+MAX_BUCKET_SECONDS = 100 * 365 * 86400
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -43,6 +45,8 @@ def parse_bucket(value: str, param: str = "bucket") -> int:
         raise InvalidRequest(
             f"{param}: expected a duration such as 60, 5m, 1h or 1d, got {value!r}", param=param
         )
+    if seconds > MAX_BUCKET_SECONDS:
+        raise InvalidRequest(f"{param}: at most {MAX_BUCKET_SECONDS} seconds (100 years), got {value!r}", param=param)
     return seconds
 
 
