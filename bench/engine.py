@@ -1,16 +1,22 @@
-"""Embedded-engine throughput under concurrency: llamahost vs llama.cpp's llama-server
-vs llama-cpp-python's own server, on the same GGUF and thread count, in one run.
+"""Embedded-engine throughput under concurrency: llamahost vs llama.cpp's llama-server,
+on the same GGUF with identical server parameters, in one run.
 
-For 1, 4, 8 and 16 concurrent streaming clients (128-token completions) it prints
-aggregate generated tokens/s and time-to-first-token p50/p95 for each server, then
-llamahost's ratios. Targets (issue 8): >= 0.9x llama-server's throughput at 8 and 16
-clients, >= 1.5x llama_cpp.server's, TTFT p95 at 8 clients <= 1.5x llama-server's.
+llamahost's engine is llama.cpp's own server run in-process (xllamacpp). The peer is
+the newest llama-server: built natively (-march=native) from the llama.cpp vendored in
+the xllamacpp source distribution of the installed version, into bench/.scratch (first
+run: several minutes of compiling). Both get the same slots, context per slot, batch
+and micro-batch sizes, KV layout (one cache per slot, no host-memory prompt cache),
+threads and OpenMP wait policy, and the same explicit
+sampler settings in every request (llamahost sets every sampler; llama-server is sent
+the same values), so the difference is llamahost's own overhead against the build.
 
-llama-server is built from the llama.cpp sources vendored in the llama-cpp-python
-source distribution matching the installed version, in bench/.scratch (first run:
-several minutes of compiling). Servers run one at a time so they never share cores.
+For each client count (concurrent 128-token streamed chat completions) each server is
+measured --runs times (servers alternate, one at a time, never sharing cores);
+printed: aggregate generated tokens/s and TTFT p95, then the ratios' min / median / max.
+Targets (issue 19), median of 5 runs: throughput >= 1.0x at 1 and 4 clients, >= 1.05x at
+8 and 16; TTFT p95 <= 1.0x.
 
-    python bench/engine.py [--threads 2] [--tokens 128] [--clients 1,4,8,16]
+    python bench/engine.py [--threads 2] [--tokens 128] [--clients 1,4,8,16] [--runs 5]
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = ROOT / "bench" / ".scratch"
 sys.path.insert(0, str(ROOT / "src"))
 
-from llamahost.engines.llamacpp import bundled_model_path  # noqa: E402
+from llamahost.engines.llamacpp import SAMPLERS, bundled_model_path  # noqa: E402
+from llamahost.engines.llamacpp_server import BATCH_SIZE, MICRO_BATCH_SIZE  # noqa: E402
 
 PARALLEL = 8
 CONTEXT_PER_SLOT = 1024
+TEMPERATURE = 0.7
 PROMPTS = [
     "Write a long story about a lighthouse keeper.",
     "Explain in detail how photosynthesis works.",
@@ -50,6 +58,13 @@ PROMPTS = [
     "Describe the water cycle in great detail.",
     "Write an essay about the invention of the telephone.",
 ]
+# What llamahost sends llama.cpp for a request with only a temperature (the Llama API's
+# defaults for the rest), sent to llama-server explicitly so both sample alike.
+PEER_SAMPLING = {
+    "top_k": 0, "top_p": 0.9, "min_p": 0.0, "typical_p": 1.0, "top_n_sigma": -1.0, "xtc_probability": 0.0,
+    "dynatemp_range": 0.0, "repeat_penalty": 1.0, "repeat_last_n": 64, "frequency_penalty": 0.0,
+    "presence_penalty": 0.0, "dry_multiplier": 0.0, "mirostat": 0, "samplers": SAMPLERS,
+}
 
 
 def free_port() -> int:
@@ -59,26 +74,28 @@ def free_port() -> int:
 
 
 def build_llama_server() -> Path:
-    binary = SCRATCH / "llama.cpp-build" / "bin" / "llama-server"
+    want = version("xllamacpp")
+    build = SCRATCH / f"llama-server-{want}"
+    binary = build / "bin" / "llama-server"
     if binary.exists():
         return binary
     SCRATCH.mkdir(parents=True, exist_ok=True)
-    want = version("llama_cpp_python")
-    sdists = list(SCRATCH.glob(f"llama_cpp_python-{want}.tar.gz"))
+    sdists = list(SCRATCH.glob(f"xllamacpp-{want}.tar.gz"))
     if not sdists:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(SCRATCH), f"llama-cpp-python=={want}"],
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(SCRATCH),
+             f"xllamacpp=={want}"],
             check=True,
         )
-        sdists = list(SCRATCH.glob(f"llama_cpp_python-{want}.tar.gz"))
-    source = SCRATCH / f"llama_cpp_python-{want}"
+        sdists = list(SCRATCH.glob(f"xllamacpp-{want}.tar.gz"))
+    source = SCRATCH / f"xllamacpp-{want}"
     if not source.exists():
         with tarfile.open(sdists[0]) as tar:
             tar.extractall(SCRATCH, filter="data")
-    build = SCRATCH / "llama.cpp-build"
     subprocess.run(
-        ["cmake", "-S", str(source / "vendor" / "llama.cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-         "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"],
+        ["cmake", "-S", str(source / "thirdparty" / "llama.cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+         "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+         "-DLLAMA_BUILD_EXAMPLES=OFF"],
         check=True,
     )
     subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 2)], check=True)
@@ -86,15 +103,15 @@ def build_llama_server() -> Path:
 
 
 class Server:
-    def __init__(self, name: str, argv: list[str], url: str, path: str, headers: dict, health: str, env=None):
-        self.name, self.argv, self.url, self.path, self.headers, self.health, self.env = name, argv, url, path, headers, health, env
+    def __init__(self, name: str, argv: list[str], url: str, path: str, headers: dict, extra: dict, env=None):
+        self.name, self.argv, self.url, self.path, self.headers, self.extra, self.env = name, argv, url, path, headers, extra, env
 
     def __enter__(self):
         self.log = tempfile.NamedTemporaryFile(prefix="bench-engine-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         for _ in range(1200):
             try:
-                if httpx.get(self.url + self.health, headers=self.headers, timeout=2).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -115,7 +132,7 @@ class Server:
 
 async def one_stream(client: httpx.AsyncClient, server: Server, prompt: str, tokens: int) -> tuple[float, int]:
     body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            "temperature": 0.8, "seed": 1, "stream": True}
+            "temperature": TEMPERATURE, "stream": True, **server.extra}
     started = time.perf_counter()
     ttft, pieces = None, 0
     async with client.stream("POST", server.url + server.path, json=body, headers=server.headers) as r:
@@ -131,7 +148,7 @@ async def one_stream(client: httpx.AsyncClient, server: Server, prompt: str, tok
     return ttft or float("nan"), pieces
 
 
-async def load(server: Server, clients: int, tokens: int) -> tuple[float, float, float]:
+async def load(server: Server, clients: int, tokens: int) -> tuple[float, float]:
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
         await one_stream(client, server, PROMPTS[0], 8)  # warm
         started = time.perf_counter()
@@ -140,7 +157,7 @@ async def load(server: Server, clients: int, tokens: int) -> tuple[float, float,
     ttfts = sorted(r[0] for r in results)
     generated = sum(r[1] for r in results)
     p95 = ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))]
-    return generated / wall, statistics.median(ttfts), p95
+    return generated / wall, p95
 
 
 def main() -> None:
@@ -148,6 +165,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--clients", default="1,4,8,16")
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
     gguf = str(bundled_model_path())
@@ -161,43 +179,48 @@ def main() -> None:
     )
     key = subprocess.run([sys.executable, "-m", "llamahost", "keys", "create", "--team", "bench"], env=env,
                          capture_output=True, text=True, check=True).stdout.strip()
-    servers = []
     port = free_port()
-    servers.append(Server(
+    ours = Server(
         "llamahost", [sys.executable, "-m", "llamahost", "serve", "--port", str(port), "--config", str(tmp / "bench.toml"),
                       "--log-level", "warning"],
-        f"http://127.0.0.1:{port}", "/compat/v1/chat/completions", {"Authorization": f"Bearer {key}"}, "/health", env))
+        f"http://127.0.0.1:{port}", "/compat/v1/chat/completions", {"Authorization": f"Bearer {key}"}, {}, env)
     port = free_port()
-    servers.append(Server(
-        "llama-server -np 8", [str(llama_server), "-m", gguf, "--port", str(port), "-np", str(PARALLEL),
-                               "-c", str(PARALLEL * CONTEXT_PER_SLOT), "-t", str(args.threads), "-tb", str(args.threads),
-                               "--no-webui"],
-        f"http://127.0.0.1:{port}", "/v1/chat/completions", {}, "/health"))
-    port = free_port()
-    servers.append(Server(
-        "llama_cpp.server", [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--port", str(port),
-                             "--n_ctx", str(CONTEXT_PER_SLOT), "--n_threads", str(args.threads), "--model_alias", "bench",
-                             # By default it cuts a running stream off when the next request comes in.
-                             "--interrupt_requests", "False"],
-        f"http://127.0.0.1:{port}", "/v1/chat/completions", {}, "/v1/models"))
+    peer = Server(
+        "llama-server", [str(llama_server), "-m", gguf, "--port", str(port), "-np", str(PARALLEL),
+                         "-c", str(PARALLEL * CONTEXT_PER_SLOT), "--no-kv-unified", "-b", str(BATCH_SIZE),
+                         "-ub", str(MICRO_BATCH_SIZE), "-t", str(args.threads), "-tb", str(args.threads), "--no-webui",
+                         "--cache-ram", "0"],
+        # llamahost's engine runs OpenMP's workers passively (README, Load): the same here.
+        f"http://127.0.0.1:{port}", "/v1/chat/completions", {}, PEER_SAMPLING,
+        {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")})
 
-    table: dict[str, dict[int, tuple[float, float, float]]] = {}
-    for server in servers:
-        with server:
-            table[server.name] = {n: asyncio.run(load(server, n, args.tokens)) for n in levels}
+    # runs[name][clients] = [(tokens/s, TTFT p95), ...]
+    runs: dict[str, dict[int, list[tuple[float, float]]]] = {s.name: {n: [] for n in levels} for s in (ours, peer)}
+    for run in range(args.runs):
+        for server in (ours, peer) if run % 2 == 0 else (peer, ours):
+            with server:
+                for n in levels:
+                    runs[server.name][n].append(asyncio.run(load(server, n, args.tokens)))
+        print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
     shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\n{args.tokens}-token streamed completions, {args.threads} threads, bundled SmolLM2-135M Q4_1")
-    print(f"{'server':<20} {'clients':>7} {'tokens/s':>9} {'TTFT p50':>9} {'TTFT p95':>9}")
-    for name, rows in table.items():
-        for n, (tps, p50, p95) in rows.items():
-            print(f"{name:<20} {n:>7} {tps:9.1f} {p50 * 1000:8.0f}ms {p95 * 1000:8.0f}ms")
-    ours, peer, slow = table["llamahost"], table["llama-server -np 8"], table["llama_cpp.server"]
-    print("\nllamahost ratios:")
+    print(f"\n{args.tokens}-token streamed chat completions, {args.threads} threads, {PARALLEL} slots x {CONTEXT_PER_SLOT} "
+          f"tokens, bundled SmolLM2-135M Q4_1, temperature {TEMPERATURE}, {args.runs} runs (median)")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    print(f"{'server':<14} {'clients':>7} {'tokens/s':>9} {'TTFT p95':>9}")
+    for name, rows in runs.items():
+        for n, samples in rows.items():
+            tps = statistics.median(s[0] for s in samples)
+            p95 = statistics.median(s[1] for s in samples)
+            print(f"{name:<14} {n:>7} {tps:9.1f} {p95 * 1000:8.0f}ms")
+    print("\nllamahost / llama-server, per run pair: min / median / max")
     for n in levels:
-        print(f"  {n:>2} clients: throughput {ours[n][0] / peer[n][0]:.2f}x llama-server (target >= 0.9 at 8, 16), "
-              f"{ours[n][0] / slow[n][0]:.2f}x llama_cpp.server (target >= 1.5); "
-              f"TTFT p95 {ours[n][2] / peer[n][2]:.2f}x llama-server (target <= 1.5 at 8)")
+        pairs = list(zip(runs["llamahost"][n], runs["llama-server"][n], strict=True))
+        tput = sorted(a[0] / b[0] for a, b in pairs)
+        ttft = sorted(a[1] / b[1] for a, b in pairs)
+        target = 1.05 if n >= 8 else 1.0
+        print(f"  {n:>2} clients: throughput {tput[0]:.2f} / {statistics.median(tput):.2f} / {tput[-1]:.2f}x "
+              f"(target >= {target}), TTFT p95 {ttft[0]:.2f} / {statistics.median(ttft):.2f} / {ttft[-1]:.2f}x (target <= 1.0)")
 
 
 if __name__ == "__main__":

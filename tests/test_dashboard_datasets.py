@@ -43,3 +43,34 @@ def test_upload_resumes_after_a_network_error_then_inspect_and_delete(server, op
     expect(page.locator(".preview-rows li").first).to_contain_text('"role": "system"')
     table.get_by_role("button", name="Delete train.jsonl").click()
     expect(page.get_by_text("No files yet.")).to_be_visible()
+
+
+def test_an_unfinished_upload_is_resumed_with_the_same_file_or_cancelled(server, open_page, tmp_path):  # noqa: F811
+    """An upload left half done (here by a script) is listed; choosing the same file
+    again completes it from the server's offset; another is cancelled."""
+    import httpx
+
+    data = "".join(json.dumps(example(i)) + "\n" for i in range(12)).encode()
+    path = tmp_path / "half.jsonl"
+    path.write_bytes(data)
+    key = make_key(server, "resume-team")
+    with httpx.Client(base_url=server.url, headers=server.headers(key), timeout=60) as http:
+        body = {"bytes": len(data), "filename": "half.jsonl", "mime_type": "application/jsonl", "purpose": "messages_finetune"}
+        half = http.post("/v1/uploads", json=body).json()["id"]
+        http.post(f"/v1/uploads/{half}", files={"data": ("p", data[:100])}, headers={"X-Upload-Offset": "0"})
+        dropped = http.post("/v1/uploads", json={**body, "filename": "dropped.jsonl"}).json()["id"]
+    page = open_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    sign_in(page, server, key)
+    go_to(page, "datasets")
+    uploads = page.locator("#open-uploads-table")
+    expect(uploads.get_by_role("row", name="half.jsonl")).to_contain_text(f"100 of {len(data):,} bytes")
+    page.get_by_label("Resume half.jsonl with file").set_input_files(str(path))
+    expect(page.locator("#files-table").get_by_role("row", name="half.jsonl")).to_contain_text("processed")
+    uploads.get_by_role("button", name="Cancel upload of dropped.jsonl").click()
+    expect(page.locator("#open-uploads-table")).to_have_count(0)
+    with httpx.Client(base_url=server.url, headers=server.headers(key), timeout=60) as http:
+        assert http.get(f"/v1/uploads/{dropped}").status_code == 404
+        files = http.get("/v1/files").json()["data"]
+        assert [f["filename"] for f in files] == ["half.jsonl"]
+        assert http.get(f"/v1/files/{files[0]['id']}/content").content == data

@@ -107,8 +107,11 @@ def test_completions_run_on_the_bundled_model_with_a_model_judge(server):
                        {"role": "user", "content": "Question: {{item.question}}\nAnswer: {{sample.output_text}}"}]}
     contains = {"type": "string_check", "name": "mentions", "operation": "ilike",
                 "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}
+    scorer = {"type": "score_model", "name": "scorer", "model": "Llama-3.3-8B-Instruct", "range": [0, 10],
+              "pass_threshold": 5,
+              "input": [{"role": "user", "content": "Score 0 to 10: {{item.question}} -> {{sample.output_text}}"}]}
     ev = c.evals.create(name="generated", data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA},
-                        testing_criteria=[contains, judge])
+                        testing_criteria=[contains, judge, scorer])
     rows = [{"item": {"question": "What is the capital of France?", "answer": "Paris"}},
             {"item": {"question": "What is 2 + 2?", "answer": "4"}}]
     run = c.evals.runs.create(ev.id, data_source={
@@ -127,13 +130,15 @@ def test_completions_run_on_the_bundled_model_with_a_model_judge(server):
         assert item.sample.input[1].content == item.datasource_item["question"]
         verdict = {r.name: r for r in item.results}["judge"]
         assert verdict.sample["label"] in ("correct", "incorrect")  # decoded under the labels' schema
+        score = {r.name: r for r in item.results}["scorer"]
+        assert 0 <= score.score <= 10 and score.passed == (score.score >= 5)  # decoded under the range
         mentions = {r.name: r for r in item.results}["mentions"]
         assert mentions.passed == (item.datasource_item["answer"].lower() in item.sample.output[0].content.lower())
     assert run.per_model_usage[0].invocation_count == 2 and run.per_model_usage[0].completion_tokens > 0
     # Every generation and every judge call is a usage record of kind eval, on the run's key.
     usage = json.loads(server.cli("usage", "--team", "test", "--json", "--limit", "100").stdout)["data"]
     evals = [u for u in usage if u["kind"] == "eval"]
-    assert len(evals) == 4, usage
+    assert len(evals) == 6, usage  # 2 answers + 2 x 2 verdicts
 
 
 def test_bad_input_is_a_400_naming_the_field(server):

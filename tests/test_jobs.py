@@ -372,12 +372,16 @@ def test_retention_runs_as_a_job_of_llamahost_jobs_work(tmp_path, local_env) -> 
         env=llamahost_env(data_dir), stdout=subprocess.DEVNULL, stderr=(tmp_path / "worker.log").open("wb"),
     )
     try:
-        wait_for(lambda: expired not in _stored_ids(db_path), "the retention job to purge the expired record")
-        assert recent in _stored_ids(db_path)
         queue = JobQueue(stores.db, stores.teams, JobKinds())
-        purges = queue.list(Scope.operator(), kind="retention.purge")
-        purged = [j for j in purges if j.result == {"stored_requests": 1, "teams": 1}]
+
+        def purging_job() -> list:
+            # (The job's result is written after its purge has committed: wait for the job.)
+            purges = queue.list(Scope.operator(), kind="retention.purge", limit=1000)
+            return [j for j in purges if j.result == {"stored_requests": 1, "teams": 1}]
+
+        purged = wait_for(purging_job, "a retention job to purge the expired record")
         assert len(purged) == 1 and (purged[0].status, purged[0].team_id, purged[0].attempts) == ("succeeded", None, 1)
+        assert expired not in _stored_ids(db_path) and recent in _stored_ids(db_path)
         table = run_cli(data_dir, "jobs", "list", "--status", "succeeded", "--limit", "1000").stdout.splitlines()
         assert table[0].split() == ["ID", "KIND", "STATUS", "TEAM", "TRIES", "CREATED", "STARTED", "FINISHED", "ERROR"]
         row = next(line for line in table if line.startswith(purged[0].id)).split()

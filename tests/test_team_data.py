@@ -132,10 +132,11 @@ def test_settings_retention_flags_and_deletion(server_factory):
     assert patched.status_code == 200, patched.text
     assert patched.json() | {"updated_at": None} == {
         "team": team, "store_content": True, "retention_days": 3, "moderation": "input", "moderation_action": "flag",
-        "inherited": ["moderation", "moderation_action"], "updated_at": None,
+        "files_quota_bytes": None, "inherited": ["moderation", "moderation_action", "files_quota_bytes"], "updated_at": None,
     }
     reset = httpx.patch(settings_url, json={"retention_days": None}, headers=server.headers(admin), timeout=30).json()
-    assert reset["retention_days"] == 30 and reset["inherited"] == ["retention_days", "moderation", "moderation_action"]
+    assert reset["retention_days"] == 30
+    assert reset["inherited"] == ["retention_days", "moderation", "moderation_action", "files_quota_bytes"]
     # (The PATCH reached this very process, which dropped its cached settings; other
     # processes see a change within 5 s.)
     chat(server, key, "kept one", user="alice")

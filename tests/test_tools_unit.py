@@ -1,6 +1,6 @@
 """Tool and schema logic below the HTTP layer: request checks, the grammars (compiled by
-llguidance against the bundled model's real vocabulary), the streaming call parser and
-prompt rendering."""
+llguidance against the bundled model's real vocabulary, read by llama-cpp-python, which
+the test extra installs), the streaming call parser and prompt rendering."""
 
 from __future__ import annotations
 
@@ -9,19 +9,20 @@ import json
 import llama_cpp
 import pytest
 
-from llamahost.engines.schema import check_schema
 from llamahost.chat.tools import check_request
+from llamahost.engines.grammar import check_grammar
+from llamahost.engines.llamacpp import bundled_model_path
+from llamahost.engines.schema import check_schema
 from llamahost.engines.tool_format import (
     LLAMA3_JSON_FORMAT,
     OWN_FORMAT,
+    RepeatedCallCutter,
     ToolStreamParser,
     format_for_template,
     render_messages,
 )
-from llamahost.types.chat import ChatMessage, ChatRequest, ToolCall, ToolCallDelta, ToolSpec
-from llamahost.engines.constraint import GrammarCompiler
-from llamahost.engines.llamacpp import bundled_model_path
 from llamahost.errors import InvalidRequest
+from llamahost.types.chat import ChatMessage, ChatRequest, ToolCall, ToolCallDelta, ToolSpec
 
 WEATHER = ToolSpec(
     "get_weather",
@@ -136,18 +137,28 @@ def test_history_tool_call_ids_must_match_an_earlier_call():
 
 @pytest.fixture(scope="module")
 def compiler():
+    import warnings
+
+    import llguidance.llamacpp
+
     llm = llama_cpp.Llama(model_path=str(bundled_model_path()), vocab_only=True, verbose=False)
     vocab = llm._model.vocab
     n_vocab = llm.n_vocab()
     eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
-    yield GrammarCompiler(vocab, n_vocab, eog), llm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(vocab, n_vocab=n_vocab, eos_token=eog)
+    yield tokenizer, llm
 
 
 def accepts(compiler, req: ChatRequest, text: str, fmt=OWN_FORMAT) -> bool:
-    grammars, llm = compiler
+    from llguidance import LLMatcher
+
+    tokenizer, llm = compiler
     check_request(req)
-    constraint = grammars.compile(fmt.grammar(req), "tools")
-    matcher = constraint._matcher
+    grammar = fmt.grammar(req)
+    check_grammar(grammar, "tools")
+    matcher = LLMatcher(tokenizer, LLMatcher.grammar_from_lark(grammar), log_level=0)
     tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
     return matcher.try_consume_tokens(tokens) == len(tokens) and matcher.is_accepting()
 
@@ -191,12 +202,11 @@ def test_llama3_json_grammar(compiler):
     assert not accepts(compiler, request(tools=[WEATHER], tool_choice="required"), '{"name": "x", "parameters": {}}', LLAMA3_JSON_FORMAT)
 
 
-def test_schema_llguidance_cannot_enforce_is_a_400(compiler):
-    grammars, _ = compiler
+def test_schema_llguidance_cannot_enforce_is_a_400():
     req = request(json_schema={"type": "string", "pattern": "(?=a)b"})
     check_request(req)
     with pytest.raises(InvalidRequest) as info:
-        grammars.compile(OWN_FORMAT.grammar(req), "response_format")
+        check_grammar(OWN_FORMAT.grammar(req), "response_format")
     assert info.value.param == "response_format" and "look-around" in info.value.message
 
 
@@ -295,3 +305,53 @@ def test_llama3_format_hands_tools_to_the_template():
     assert tools[0]["function"]["name"] == "get_weather"
     assert messages[1]["tool_calls"][0]["function"]["arguments"] == {"location": "Oslo"}
     assert messages[2] == {"role": "tool", "content": "sunny", "tool_call_id": "c1"}
+
+
+# --- a repeated call ends the list --------------------------------------------------------
+
+
+def assemble(pieces) -> list[tuple[str, str]]:
+    calls: dict[int, list[str]] = {}
+    for piece in pieces:
+        if isinstance(piece, ToolCallDelta):
+            call = calls.setdefault(piece.index, [piece.name or "", ""])
+            call[1] += piece.arguments
+    return [(name, arguments) for name, arguments in (calls[i] for i in sorted(calls))]
+
+
+def cut(reply: str, size: int) -> tuple[list, RepeatedCallCutter]:
+    parser, cutter = ToolStreamParser(OWN_FORMAT, decided=True), RepeatedCallCutter()
+    pieces: list = []
+    for i in range(0, len(reply), size):
+        if cutter.repeated:
+            break  # the engine stops generating here
+        pieces += cutter.feed(parser.feed(reply[i : i + size]))
+    if not cutter.repeated:
+        pieces += cutter.feed(parser.finish()) + cutter.finish()
+    return pieces, cutter
+
+
+OSLO = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+BERGEN = '{"name": "get_weather", "arguments": {"city": "Bergen"}}'
+CLOCK = '{"name": "get_time", "arguments": {}}'
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1000])
+def test_a_repeated_call_ends_the_list_of_calls(size):
+    pieces, cutter = cut(f"<tool_call>[{OSLO}, {BERGEN}, {OSLO}, {CLOCK}]</tool_call>", size)
+    assert cutter.repeated
+    assert assemble(pieces) == [("get_weather", '{"city": "Oslo"}'), ("get_weather", '{"city": "Bergen"}')]
+    # Nothing of the repeat, nor of what followed it, went out.
+    assert max(p.index for p in pieces if isinstance(p, ToolCallDelta)) == 1
+    # The repeat as the last call: cut when the reply ends.
+    pieces, cutter = cut(f"<tool_call>[{CLOCK}, {CLOCK}]</tool_call>", size)
+    assert cutter.repeated and assemble(pieces) == [("get_time", "{}")]
+
+
+@pytest.mark.parametrize("size", [1, 5, 1000])
+def test_distinct_calls_stream_with_their_deltas_unchanged(size):
+    reply = f"<tool_call>[{OSLO}, {CLOCK}, {BERGEN}]</tool_call>"
+    pieces, cutter = cut(reply, size)
+    parser = ToolStreamParser(OWN_FORMAT, decided=True)
+    plain = [p for i in range(0, len(reply), size) for p in parser.feed(reply[i : i + size])] + parser.finish()
+    assert not cutter.repeated and pieces == plain and len(assemble(pieces)) == 3

@@ -152,6 +152,8 @@ def test_other_teams_files_and_uploads_are_404(srv, client, http):
                      f"/v1/uploads/{upload_id}"):
             assert them.get(path).status_code == 404, path
         assert them.delete(f"/v1/files/{file_id}").status_code == 404
+        assert them.delete(f"/v1/uploads/{upload_id}").status_code == 404
+        assert upload_id not in [u["upload_id"] for u in them.get("/v1/uploads").json()["data"]]
         assert _error(_part(them, upload_id, b"x", offset=0), 404)["param"] == "upload_id"
         assert file_id not in [f["id"] for f in them.get("/v1/files").json()["data"]]
     assert http.get(f"/v1/files/{file_id}/content").content == b"secret\n"
@@ -253,3 +255,35 @@ def test_usage_summary_shows_stored_bytes_as_storage(client, http):
     summary = http.get("/team/v1/usage/summary").json()
     assert summary["storage"] == {"files": len(files), "bytes": sum(f["bytes"] for f in files)}
     assert summary["storage"]["files"] >= 1
+
+
+def test_open_uploads_are_listed_and_can_be_cancelled(client, http):
+    upload_id = _create(http, bytes=100, filename="open.txt", mime_type="text/plain", purpose="attachment").json()["id"]
+    assert _part(http, upload_id, b"x" * 30, offset=0).json()["offset"] == 30
+    done = client.uploads.create(bytes=3, filename="done.txt", mime_type="text/plain", purpose="attachment")
+    client.uploads.part(done.id, data=("p", b"abc"), x_upload_offset=0)
+    listed = {u["upload_id"]: u for u in http.get("/v1/uploads").json()["data"]}
+    assert done.id not in listed  # only unfinished uploads
+    mine = listed[upload_id]
+    assert (mine["filename"], mine["bytes"], mine["offset"], mine["purpose"]) == ("open.txt", 100, 30, "attachment")
+    assert mine["expires_at"] - mine["created_at"] >= 24 * 3600 - 5
+    assert http.delete(f"/v1/uploads/{upload_id}").json() == {"upload_id": upload_id, "object": "upload", "deleted": True}
+    assert _error(http.get(f"/v1/uploads/{upload_id}"), 404)["param"] == "upload_id"
+    assert _error(http.delete(f"/v1/uploads/{upload_id}"), 404)["param"] == "upload_id"
+
+
+def test_an_operator_sets_a_teams_storage_quota(srv):
+    """Per team (``teams set --files-quota-bytes`` or an operator's PATCH); the team's own
+    admin key may not lift it."""
+    team = "quota-team"
+    member = srv.cli("keys", "create", "--team", team).stdout.strip()
+    admin = srv.cli("keys", "create", "--team", team, "--role", "admin").stdout.strip()
+    assert "files_quota_bytes = 50" in srv.cli("teams", "set", team, "--files-quota-bytes", "50").stdout
+    with httpx.Client(base_url=srv.url, headers=srv.headers(member), timeout=60) as http:
+        error = _error(_create(http, bytes=60, mime_type="text/plain", purpose="attachment"), 400)
+        assert error["code"] == "storage_quota_exceeded" and error["param"] == "bytes"
+        assert _create(http, bytes=50, mime_type="text/plain", purpose="attachment").status_code == 200
+    url = f"{srv.url}/admin/v1/teams/{team}/settings"
+    refused = httpx.patch(url, json={"files_quota_bytes": 10**9}, headers=srv.headers(admin), timeout=30)
+    assert _error(refused, 403)["type"] == "permission_error"
+    assert httpx.get(url, headers=srv.headers(admin), timeout=30).json()["files_quota_bytes"] == 50

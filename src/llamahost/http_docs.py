@@ -61,6 +61,7 @@ def operation(
     body: type[BaseModel] | None = None,
     multipart: dict[str, Any] | None = None,
     response: Any = None,
+    documented_response: type[BaseModel] | None = None,
     status: int = 200,
     errors: Iterable[int] = (),
     other_success: dict[int, tuple[Any, str]] | None = None,
@@ -72,6 +73,8 @@ def operation(
 
     ``body``: the wire model the handler parses with ``parse_body``. ``response``: the
     success model (documents the response; a handler returning a Response bypasses it).
+    ``documented_response``: the success model for the document only, for a handler
+    that builds its answer as a dict (FastAPI neither filters nor validates it).
     ``errors``: the error statuses this operation adds to its router's; a body adds 400,
     413 and 415. ``other_success``: further success statuses as ``{status: (model,
     description)}``. ``streams``: ``stream: true`` answers ``text/event-stream``.
@@ -113,6 +116,9 @@ def operation(
         kwargs["response_class"] = Response  # no media type of its own: not also application/json
     if response is not None:
         kwargs["response_model"] = response
+    if documented_response is not None:
+        kwargs["response_model"] = None
+        responses[status] = {"model": documented_response, "description": "Successful Response"}
     if extra:
         kwargs["openapi_extra"] = extra
     return kwargs

@@ -46,6 +46,8 @@ async def update_settings(team: str, request: Request) -> wire.TeamSettings:
     s = services(request)
     team_id = await run_in_threadpool(scope(request).team, s.teams, team)
     changes = {name: getattr(body, name) for name in body.model_fields_set}
+    if "files_quota_bytes" in changes:  # a limit on the team: its own admin may not lift it
+        scope(request).require_operator("setting a team's storage quota (files_quota_bytes)")
     return _settings(team, await run_in_threadpool(s.settings.update, team_id, changes))
 
 

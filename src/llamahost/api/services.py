@@ -55,7 +55,9 @@ def build_services(config: Config) -> Services:
     chat.guard = Guardrails(
         config.moderation, moderation, recorder=LogRecorder(chat.user_logging), settings=stores.settings
     )
-    files = open_files(config, stores.db, stores.keyring)
+    files = open_files(
+        config, stores.db, stores.keyring, quota=lambda team_id: stores.settings.effective(team_id).files_quota_bytes
+    )
     stores.teams.on_delete.append(files.delete_team)
     jobs = open_jobs(stores, JOB_KINDS)
     evals = open_evals(stores, registry, jobs.queue, files)

@@ -33,6 +33,10 @@ def register(commands) -> None:
         "--moderation-action", choices=["flag", "block", "default"],
         help="guardrails: what a flagged message does (flag: record it; block: refuse it)",
     )
+    team_set.add_argument(
+        "--files-quota-bytes", metavar="N|default",
+        help="bytes of uploaded files (and open uploads) the team may hold ([files] team_quota_bytes by default)",
+    )
     team_delete = teams.add_parser(
         "delete", help="delete a team: its keys, limits, settings, stored content, files, evals; shreds its data keys"
     )
@@ -77,6 +81,14 @@ def _set(args: argparse.Namespace) -> int:
             except ValueError:
                 raise SystemExit(f"llamahost: --retention-days: expected a whole number of days or 'default', "
                                  f"got {args.retention_days!r}") from None
+    if args.files_quota_bytes is not None:
+        if args.files_quota_bytes == "default":
+            changes["files_quota_bytes"] = None
+        elif args.files_quota_bytes.isdigit():
+            changes["files_quota_bytes"] = int(args.files_quota_bytes)
+        else:
+            raise SystemExit(f"llamahost: --files-quota-bytes: expected a whole number of bytes or 'default', "
+                             f"got {args.files_quota_bytes!r}")
     for name in ("moderation", "moderation_action"):
         value = getattr(args, name)
         if value is not None:

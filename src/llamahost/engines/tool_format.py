@@ -352,3 +352,63 @@ class ToolStreamParser:
             self._out.append(ToolCallDelta(index=self._index, arguments=self._buffer))
             self._buffer = ""
         return False
+
+
+@dataclass
+class RepeatedCallCutter:
+    """Ends a reply's list of tool calls at the first call identical (same name, same
+    arguments) to an earlier call of the same reply: a small model caught in a loop
+    repeats one call until its budget runs out, and no client wants the copies.
+
+    Takes the ``ToolStreamParser``'s output. The first call streams as it comes; a later
+    call is held only while it can still turn out a repeat (an earlier call has its name
+    and begins with its arguments so far), and released as the deltas it was generated
+    as once it diverges, so deltas keep their shape. Arguments compare as text: under
+    the grammar, equal arguments are written identically.
+    """
+
+    repeated: bool = False  # a repeat was found: the caller stops generating
+    _calls: list[tuple[str, str]] = field(default_factory=list)
+    _name: str | None = None
+    _arguments: str = ""
+    _held: list[ToolCallDelta] = field(default_factory=list)
+
+    def feed(self, pieces: list[str | ToolCallDelta]) -> list[str | ToolCallDelta]:
+        out: list[str | ToolCallDelta] = []
+        for piece in pieces:
+            if self.repeated:
+                break
+            if not isinstance(piece, ToolCallDelta):
+                out.append(piece)
+                continue
+            if piece.name is not None:  # a new call: the previous one is complete
+                out.extend(self._close())
+                if self.repeated:
+                    break
+                self._name, self._arguments = piece.name, ""
+            self._arguments += piece.arguments
+            if self._held or self._could_repeat():
+                self._held.append(piece)
+                if not self._could_repeat():
+                    out.extend(self._held)
+                    self._held = []
+            else:
+                out.append(piece)
+        return out
+
+    def finish(self) -> list[str | ToolCallDelta]:
+        return [] if self.repeated else [*self._close()]
+
+    def _could_repeat(self) -> bool:
+        return any(name == self._name and arguments.startswith(self._arguments) for name, arguments in self._calls)
+
+    def _close(self) -> list[ToolCallDelta]:
+        held, self._held = self._held, []
+        if self._name is None:
+            return held
+        call, self._name = (self._name, self._arguments), None
+        if call in self._calls:
+            self.repeated = True
+            return []
+        self._calls.append(call)
+        return held

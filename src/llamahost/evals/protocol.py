@@ -8,7 +8,7 @@ field in ``service.py`` and ``graders.py``, which name the offending path.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +38,39 @@ class RunCreate(_Strict):
     data_source: dict[str, Any]
     metadata: dict[str, str] | None = None
 
+
+
+# --- responses, as documented (the views below build them as dicts) ----------------------
+
+
+class EvalObject(BaseModel):
+    id: str
+    object: Literal["eval"]
+    created_at: int
+    name: str
+    metadata: dict[str, str] | None
+    data_source_config: dict[str, Any]
+    testing_criteria: list[dict[str, Any]]
+
+
+class EvalList(BaseModel):
+    object: Literal["list"]
+    data: list[EvalObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class EvalDeleted(BaseModel):
+    object: Literal["eval.deleted"]
+    deleted: bool
+    eval_id: str
+
+
+class RunDeleted(BaseModel):
+    object: Literal["eval.run.deleted"]
+    deleted: bool
+    run_id: str
 
 def _ts(value) -> int:
     return int(value.timestamp())

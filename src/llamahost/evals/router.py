@@ -28,12 +28,12 @@ def _team(request: Request) -> int:
 def build_router(prefix: str) -> APIRouter:
     router = APIRouter(prefix=prefix, dependencies=[Depends(authenticate)], responses=error_responses(401))
 
-    @router.post("/evals", **operation(body=wire.EvalCreate))
+    @router.post("/evals", **operation(body=wire.EvalCreate, documented_response=wire.EvalObject))
     async def create_eval(request: Request) -> dict:
         body = await parse_body(request, wire.EvalCreate)
         return await run_in_threadpool(_service(request).create_eval, _team(request), body)
 
-    @router.get("/evals", **operation(errors=(404,)))  # 404: `after` names no eval
+    @router.get("/evals", **operation(documented_response=wire.EvalList, errors=(404,)))  # 404: `after` names no eval
     async def list_evals(
         request: Request,
         after: str | None = None,
@@ -45,16 +45,16 @@ def build_router(prefix: str) -> APIRouter:
             lambda: _service(request).list_evals(_team(request), after=after, limit=limit, order=order, order_by=order_by)
         )
 
-    @router.get("/evals/{eval_id}", **operation(errors=(404,)))
+    @router.get("/evals/{eval_id}", **operation(documented_response=wire.EvalObject, errors=(404,)))
     async def get_eval(request: Request, eval_id: str) -> dict:
         return await run_in_threadpool(_service(request).get_eval, _team(request), eval_id)
 
-    @router.post("/evals/{eval_id}", **operation(body=wire.EvalUpdate, errors=(404,)))
+    @router.post("/evals/{eval_id}", **operation(body=wire.EvalUpdate, documented_response=wire.EvalObject, errors=(404,)))
     async def update_eval(request: Request, eval_id: str) -> dict:
         body = await parse_body(request, wire.EvalUpdate)
         return await run_in_threadpool(_service(request).update_eval, _team(request), eval_id, body)
 
-    @router.delete("/evals/{eval_id}", **operation(errors=(404,)))
+    @router.delete("/evals/{eval_id}", **operation(documented_response=wire.EvalDeleted, errors=(404,)))
     async def delete_eval(request: Request, eval_id: str) -> dict:
         return await run_in_threadpool(_service(request).delete_eval, _team(request), eval_id)
 
@@ -90,7 +90,7 @@ def build_router(prefix: str) -> APIRouter:
         # OpenAI's API reference also documents cancel as POST on the run itself.
         return await run_in_threadpool(_service(request).cancel_run, _team(request), eval_id, run_id)
 
-    @router.delete("/evals/{eval_id}/runs/{run_id}", **operation(errors=(404,)))
+    @router.delete("/evals/{eval_id}/runs/{run_id}", **operation(documented_response=wire.RunDeleted, errors=(404,)))
     async def delete_run(request: Request, eval_id: str, run_id: str) -> dict:
         return await run_in_threadpool(_service(request).delete_run, _team(request), eval_id, run_id)
 

@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +43,23 @@ KIND = "eval_run"
 JOB_TIMEOUT_SECONDS = 7 * 24 * 3600.0
 
 
+PURGE_KIND = "evals.purge"
+
+
 def register(kinds: JobKinds, config: Config) -> None:
     kinds.register_kind(KIND, run_job, timeout=JOB_TIMEOUT_SECONDS, max_attempts=5, retry_delay=5.0)
+    # Output items are customer content: kept as long as the team's retention_days, as stored requests are.
+    interval = config.content.purge_interval_seconds
+    kinds.register_kind(PURGE_KIND, purge_job, timeout=3600.0, max_attempts=3, retry_delay=min(60.0, interval),
+                        every=interval)
+
+
+async def purge_job(job: JobContext) -> dict[str, Any]:
+    settings = job.services.settings
+    runs = await asyncio.to_thread(
+        job.services.evals.store.purge, lambda team_id: settings.effective(team_id).retention_days
+    )
+    return {"eval_runs": runs}
 
 
 @dataclass
@@ -84,6 +100,12 @@ def runtime_for(services: Any) -> EvalRuntime:
     if runtime is None:
         runtime = _runtimes[key] = EvalRuntime.build(services)
     return runtime
+
+
+# Claim renewals get a thread of their own: on the shared default pool they queue behind
+# the run's own work (token counting, result writes), and a late renewal loses the
+# claim to another loop, which then generates the item again.
+_renewals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-claims")
 
 
 class ItemFailed(Exception):
@@ -317,7 +339,9 @@ async def _work(ctx: RunContext, evals: EvalStore, worker: str, batch, slots: in
         while True:
             await asyncio.sleep(lease / 3)
             try:
-                await asyncio.to_thread(evals.renew, ctx.run_id, worker, sorted(held), lease)
+                await asyncio.get_running_loop().run_in_executor(
+                    _renewals, evals.renew, ctx.run_id, worker, sorted(held), lease
+                )
             except Exception:  # the claims may lapse; another loop then redoes those items
                 log.exception("eval run %s: renewing item claims failed", ctx.run_id)
 

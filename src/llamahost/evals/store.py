@@ -169,6 +169,25 @@ class EvalStore:
             s.execute(delete(EvalRun).where(EvalRun.eval_id == eval_id).execution_options(synchronize_session=False))
             s.execute(delete(Eval).where(Eval.id == eval_id).execution_options(synchronize_session=False))
 
+    def purge(self, retention_days, now: datetime | None = None) -> int:
+        """Delete finished runs (with their output items) older than their team's
+        retention (``retention_days(team_id)``); returns the runs deleted."""
+        now = now or _now()
+        with self.db.session() as s:
+            teams = list(s.scalars(select(EvalRun.team_id).distinct()))
+        deleted = 0
+        for team_id in teams:
+            cutoff = now - timedelta(days=retention_days(team_id))
+            with self.db.session() as s:
+                old = select(EvalRun.id).where(
+                    EvalRun.team_id == team_id, EvalRun.created_at < cutoff, EvalRun.status.not_in(RUN_ACTIVE)
+                )
+                s.execute(delete(EvalItem).where(EvalItem.run_id.in_(old)).execution_options(synchronize_session=False))
+                deleted += affected_rows(s.execute(
+                    delete(EvalRun).where(EvalRun.id.in_(old.scalar_subquery())).execution_options(synchronize_session=False)
+                ))
+        return deleted
+
     def delete_team(self, team_id: int) -> dict[str, int]:
         """A ``TeamStore.on_delete`` hook: the team's evals, runs and output items."""
         with self.db.session() as s:
@@ -276,25 +295,27 @@ class EvalStore:
         if limit <= 0:
             return []
         now = _now()
-        claimable = (
-            select(EvalItem.idx)
-            .where(EvalItem.run_id == run_id,
-                   or_(EvalItem.status == PENDING, and_(EvalItem.status == CLAIMED, EvalItem.claimed_until < now)))
-            .order_by(EvalItem.idx)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        statement = (
-            update(EvalItem)
-            .where(EvalItem.run_id == run_id, EvalItem.idx.in_(claimable.scalar_subquery()),
-                   or_(EvalItem.status == PENDING, and_(EvalItem.status == CLAIMED, EvalItem.claimed_until < now)))
-            .values(status=CLAIMED, claimed_by=worker, claimed_until=now + timedelta(seconds=lease_seconds),
-                    generations=EvalItem.generations + 1, updated_at=now)
-            .returning(EvalItem.idx, EvalItem.team_id, EvalItem.row_sealed)
-            .execution_options(synchronize_session=False)
+        claimable = or_(EvalItem.status == PENDING, and_(EvalItem.status == CLAIMED, EvalItem.claimed_until < now))
+        # Two statements in one transaction, not UPDATE ... WHERE idx IN (SELECT ... LIMIT n
+        # FOR UPDATE SKIP LOCKED): PostgreSQL may run such a subquery once per outer row,
+        # each run skipping the rows the previous ones locked, so one claim took a whole
+        # run. The UPDATE re-checks claimability, which keeps SQLite (no row locks) exact.
+        chosen = (
+            select(EvalItem.idx).where(EvalItem.run_id == run_id, claimable)
+            .order_by(EvalItem.idx).limit(limit).with_for_update(skip_locked=True)
         )
         with self.db.session() as s:
-            rows = s.execute(statement).all()
+            indices = list(s.scalars(chosen))
+            if not indices:
+                return []
+            rows = s.execute(
+                update(EvalItem)
+                .where(EvalItem.run_id == run_id, EvalItem.idx.in_(indices), claimable)
+                .values(status=CLAIMED, claimed_by=worker, claimed_until=now + timedelta(seconds=lease_seconds),
+                        generations=EvalItem.generations + 1, updated_at=now)
+                .returning(EvalItem.idx, EvalItem.team_id, EvalItem.row_sealed)
+                .execution_options(synchronize_session=False)
+            ).all()
         return sorted(
             (idx, self._open(team_id, blob, "eval_items", f"{run_id}/{idx}", "row")) for idx, team_id, blob in rows
         )

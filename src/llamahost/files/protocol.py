@@ -71,6 +71,31 @@ class UploadPartResult(BaseModel):
     file_id: str | None = None
 
 
+class OpenUpload(BaseModel):
+    """An unfinished upload of the key's team (``GET /v1/uploads``, our extension)."""
+
+    upload_id: str
+    object: Literal["upload"] = "upload"
+    filename: str
+    bytes: int
+    offset: int
+    mime_type: str
+    purpose: str
+    created_at: int
+    expires_at: int  # purged then if no part arrives meanwhile ([files] session_ttl_hours)
+
+
+class OpenUploadList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenUpload]
+
+
+class UploadCancelled(BaseModel):
+    upload_id: str
+    object: Literal["upload"] = "upload"
+    deleted: bool = True
+
+
 class FileObject(BaseModel):
     """A file on ``/v1``: OpenAI's shape, with the native purpose, MIME type and sha256."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -33,6 +33,9 @@ from .protocol import (
     FileList,
     FileObject,
     OpenAIFileObject,
+    OpenUpload,
+    OpenUploadList,
+    UploadCancelled,
     UploadCreate,
     UploadCreated,
     UploadPartResult,
@@ -174,6 +177,27 @@ async def create_upload(request: Request) -> UploadCreated:
     )
 
 
+@native.get("/uploads", **operation(response=OpenUploadList))
+async def list_open_uploads(request: Request) -> OpenUploadList:
+    """Our extension: the team's unfinished uploads, to resume or cancel (the dashboard)."""
+    sessions = await run_in_threadpool(_files(request).open_sessions, _principal(request).team_id)
+    return OpenUploadList(
+        data=[
+            OpenUpload(
+                upload_id=v.id, filename=v.filename, bytes=v.bytes, offset=v.offset, mime_type=v.mime_type,
+                purpose=v.purpose, created_at=int(created.timestamp()), expires_at=int(expires.timestamp()),
+            )
+            for v, created, expires in sessions
+        ]
+    )
+
+
+@native.delete("/uploads/{upload_id}", **operation(response=UploadCancelled, errors=(404,)))
+async def cancel_upload(upload_id: str, request: Request) -> UploadCancelled:
+    await run_in_threadpool(_files(request).cancel_session, _principal(request).team_id, upload_id)
+    return UploadCancelled(upload_id=upload_id)
+
+
 @native.get("/uploads/{upload_id}", **operation(response=UploadPartResult, errors=(404,)), response_model_exclude_none=True)
 async def get_upload(upload_id: str, request: Request) -> dict[str, Any]:
     session = await run_in_threadpool(_files(request).session, _principal(request).team_id, upload_id)
@@ -264,7 +288,7 @@ async def list_files(
     purpose: str | None = None,
     limit: int = Query(default=100, ge=1, le=MAX_LIST_LIMIT),
     after: str | None = None,
-    order: str = "desc",
+    order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
     if purpose is not None and purpose not in PURPOSES:
         raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}; got {purpose!r}", param="purpose")
@@ -277,7 +301,7 @@ async def list_files_compat(
     purpose: str | None = None,
     limit: int = Query(default=10_000, ge=1, le=MAX_LIST_LIMIT),
     after: str | None = None,
-    order: str = "desc",
+    order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
     purposes = None
     if purpose is not None:

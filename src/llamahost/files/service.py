@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -141,11 +141,20 @@ class PartWriter:
 
 
 class FileService:
-    def __init__(self, db: Database, keyring: Keyring, chunks: ChunkStore, config: FilesConfig) -> None:
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        chunks: ChunkStore,
+        config: FilesConfig,
+        quota: Callable[[int], int | None] | None = None,
+    ) -> None:
         self.db = db
         self.keyring = keyring
         self.chunks = chunks
         self.config = config
+        # A team's storage quota (its setting, defaulting to [files] team_quota_bytes).
+        self._quota = quota
 
     # --- sessions -----------------------------------------------------------------------
 
@@ -181,8 +190,11 @@ class FileService:
             )
         return SessionView(upload_id, file_id, team_id, body.bytes, body.filename, body.mime_type, body.purpose, 0, 0, False)
 
+    def quota(self, team_id: int) -> int | None:
+        return self._quota(team_id) if self._quota is not None else self.config.team_quota_bytes
+
     def _check_quota(self, team_id: int, more: int) -> None:
-        quota = self.config.team_quota_bytes
+        quota = self.quota(team_id)
         if quota is None:
             return
         used = self.stored_bytes(team_id)
@@ -211,6 +223,40 @@ class FileService:
             self.keyring.open(team_id, row.filename_sealed, filename_place(row.file_id)),
             row.mime_type, row.purpose, row.received, row.chunks, row.completed_at is not None,
         )
+
+    def open_sessions(self, team_id: int) -> list[tuple[SessionView, datetime, datetime]]:
+        """The team's unfinished uploads, newest first, with when each started and when it
+        expires unless a part arrives."""
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(UploadSession)
+                .where(UploadSession.team_id == team_id, UploadSession.completed_at.is_(None))
+                .order_by(UploadSession.created_at.desc(), UploadSession.id.desc())
+                .limit(1000)
+            ).all()
+        ttl = timedelta(hours=self.config.session_ttl_hours)
+        return [
+            (
+                SessionView(
+                    row.id, row.file_id, row.team_id, row.size,
+                    self.keyring.open(team_id, row.filename_sealed, filename_place(row.file_id)),
+                    row.mime_type, row.purpose, row.received, row.chunks, False,
+                ),
+                aware_utc(row.created_at),
+                aware_utc(row.updated_at) + ttl,
+            )
+            for row in rows
+        ]
+
+    def cancel_session(self, team_id: int, upload_id: str) -> None:
+        """Drop an unfinished upload and its stored parts (a completed one's file stays)."""
+        session = self.session(team_id, upload_id)
+        with self.db.session() as s:
+            s.execute(delete(UploadSession).where(UploadSession.id == upload_id))
+            if not session.completed:
+                s.execute(delete(FilePart).where(FilePart.file_id == session.file_id))
+        if not session.completed:
+            self.chunks.delete_file(team_id, session.file_id)
 
     def begin_part(self, team_id: int, upload_id: str, offset: int | None) -> tuple[SessionView, PartWriter]:
         session = self.session(team_id, upload_id)
@@ -288,8 +334,9 @@ class FileService:
     def begin_oneshot(self, team_id: int) -> PartWriter:
         self._check_quota(team_id, 0)
         limit = self.config.max_bytes
-        if self.config.team_quota_bytes is not None:
-            limit = min(limit, self.config.team_quota_bytes - self.stored_bytes(team_id))
+        quota = self.quota(team_id)
+        if quota is not None:
+            limit = min(limit, quota - self.stored_bytes(team_id))
         return PartWriter(self, team_id, _id("file"), 0, 0, max(limit, 0))
 
     def oneshot_too_large(self, writer: PartWriter) -> PayloadTooLarge:
@@ -557,8 +604,11 @@ class IntegrityFailure(Exception):
     """Stored parts or chunks do not add up to the file (missing, reordered, truncated)."""
 
 
-def open_files(config: Config, db: Database, keyring: Keyring) -> FileService:
-    """The file service over the configured chunk store (``[files] backend``)."""
+def open_files(
+    config: Config, db: Database, keyring: Keyring, quota: Callable[[int], int | None] | None = None
+) -> FileService:
+    """The file service over the configured chunk store (``[files] backend``); ``quota``
+    gives a team's storage quota (default: ``[files] team_quota_bytes`` for every team)."""
     files = config.files
     if files.backend == "s3":
         s3 = files.s3.resolved()
@@ -569,4 +619,4 @@ def open_files(config: Config, db: Database, keyring: Keyring) -> FileService:
         )
     else:
         chunks = DatabaseChunks(db)
-    return FileService(db, keyring, chunks, files)
+    return FileService(db, keyring, chunks, files, quota)

@@ -9,7 +9,9 @@ whole queue:
 
 - **claim**: one ``UPDATE ... WHERE id = (SELECT id ... LIMIT 1 FOR UPDATE SKIP LOCKED)
   AND status = 'queued' RETURNING``. On PostgreSQL, concurrent workers skip each other's
-  locked rows, so each job goes to exactly one worker without waiting; SQLite has one
+  locked rows, so each job goes to exactly one worker without waiting (the ``id = (scalar
+  subquery)`` form is planned as an InitPlan run once per statement: one row per claim,
+  where ``id IN (SELECT ... LIMIT n)`` may be re-run per row); SQLite has one
   writer at a time (no FOR UPDATE), and the ``status = 'queued'`` condition in the same
   statement makes the claim atomic there too.
 - **lease**: a claimed job is ``running`` with ``leased_until``; its loop renews the

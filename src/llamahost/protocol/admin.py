@@ -123,6 +123,7 @@ class TeamSettingsUpdate(_Strict):
     retention_days: StrictInt | None = Field(default=None, ge=1, le=MAX_RETENTION_DAYS)
     moderation: Literal["off", "input", "input+output"] | None = None
     moderation_action: Literal["flag", "block"] | None = None
+    files_quota_bytes: StrictInt | None = Field(default=None, ge=0, le=2**62)  # operator keys only
 
 
 class TeamSettings(BaseModel):
@@ -131,6 +132,7 @@ class TeamSettings(BaseModel):
     retention_days: int
     moderation: str
     moderation_action: str
+    files_quota_bytes: int | None  # uploaded files + open uploads; null: no quota
     inherited: list[str]  # settings the team has not set: the server's defaults apply
     updated_at: datetime | None
 

@@ -111,6 +111,9 @@ class StreamOptions(_Request):
     include_obfuscation: bool | None = None
 
 
+_AT_MOST_4_SEQUENCES = {"maxItems": 4, "items": {"type": "string", "minLength": 1}}
+
+
 class ChatCompletionRequest(_Request):
     model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
     messages: list[Message] = Field(min_length=1)
@@ -118,9 +121,15 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    # Documented as served (at most 4 non-empty sequences); the handler says so in its 400.
+    stop: (
+        Annotated[str, Field(json_schema_extra={"minLength": 1})]
+        | Annotated[list[str], Field(json_schema_extra=_AT_MOST_4_SEQUENCES)]
+        | None
+    ) = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI's range (int64)
-    n: int | None = Field(default=None, ge=1, le=128)
+    # Accepted up to 128 so that the 400 can explain; the document tells what is served: 1.
+    n: Annotated[int, Field(ge=1, le=128, json_schema_extra={"maximum": 1})] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     response_format: ResponseFormat | None = None
@@ -130,8 +139,9 @@ class ChatCompletionRequest(_Request):
     user: str | None = Field(default=None, max_length=256)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Not served: only their off values are documented (others are a 400 saying so).
+    logprobs: Annotated[bool, Field(json_schema_extra={"enum": [False]})] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20, json_schema_extra={"maximum": 0})] | None = None
     # Accepted because clients send them; they do not change what is generated.
     store: bool | None = None
     metadata: dict[str, str] | None = None

@@ -38,6 +38,9 @@ class TeamSettings(BaseModel):
     # Guardrails: which chat messages are moderated automatically, and what a flag does.
     moderation: Literal["off", "input", "input+output"]
     moderation_action: Literal["flag", "block"]
+    # Bytes of uploaded files (and open uploads) the team may hold; None: no quota. Only an
+    # operator sets it (it is a limit on the team, not the team's choice).
+    files_quota_bytes: int | None = Field(default=None, ge=0)
 
     @classmethod
     def defaults(cls, config: Config) -> TeamSettings:
@@ -46,6 +49,7 @@ class TeamSettings(BaseModel):
             retention_days=config.content.retention_days,
             moderation=config.moderation.mode,
             moderation_action=config.moderation.action,
+            files_quota_bytes=config.files.team_quota_bytes,
         )
 
 

@@ -1,4 +1,4 @@
-// The llamahost dashboard: sign in with an API key, then API keys, Playground, Usage and Datasets.
+// The llamahost dashboard: sign in with an API key, then API keys, Playground, Usage, Datasets and Evaluation.
 //
 // Stack: Preact + htm from one vendored ES module (vendor/README.md), plain ES modules,
 // no build step. Why: components and state without a toolchain to install or keep
@@ -7,6 +7,7 @@
 import { html, render, useEffect, useState } from "../vendor/preact-htm.js";
 import { api, ApiError, storedKey } from "./api.js";
 import { DatasetsPage } from "./pages/datasets.js";
+import { EvalsPage } from "./pages/evals.js";
 import { KeysPage } from "./pages/keys.js";
 import { PlaygroundPage } from "./pages/playground.js";
 import { UsagePage } from "./pages/usage.js";
@@ -18,6 +19,7 @@ const PAGES = [
   { path: "playground", title: "Playground", component: PlaygroundPage },
   { path: "usage", title: "Usage", component: UsagePage },
   { path: "datasets", title: "Datasets", component: DatasetsPage },
+  { path: "evals", title: "Evaluation", component: EvalsPage },
 ];
 
 function pageFromLocation() {

@@ -1,6 +1,7 @@
 // Datasets: upload a file with the Llama API's resumable protocol (POST /v1/uploads, then
 // parts with X-Upload-Offset), with a progress bar that resumes from the server's offset
-// after a network error; list the team's files, inspect a dataset's first rows, delete.
+// after a network error; unfinished uploads (GET /v1/uploads) to resume or cancel; the
+// team's files, a dataset's first rows, delete.
 // Every key uses its own team's /v1 files (files belong to the key's team).
 import { html, useEffect, useState } from "../../vendor/preact-htm.js";
 import { api, ApiError, query, storedKey } from "../api.js";
@@ -37,18 +38,16 @@ async function sendPart(uploadId, blob, offset) {
   return data;
 }
 
-// Send `file` from the server's offset on; a network failure waits and asks the server
-// where to resume (a part that reached it before the failure is not sent twice).
-async function uploadFile(file, purpose, onProgress, onRetry) {
-  const mime = DATASET.has(purpose) ? "application/jsonl" : KNOWN_TYPES.has(file.type) ? file.type : "text/plain";
-  const session = await api("/v1/uploads", {
-    method: "POST",
-    body: { bytes: file.size, filename: file.name, mime_type: mime, purpose },
-  });
-  let offset = 0;
+function mimeFor(file, purpose) {
+  return DATASET.has(purpose) ? "application/jsonl" : KNOWN_TYPES.has(file.type) ? file.type : "text/plain";
+}
+
+// Send `file` from `offset` on; a network failure waits and asks the server where to
+// resume (a part that reached it before the failure is not sent twice).
+async function sendFrom(uploadId, file, offset, onProgress, onRetry) {
   for (;;) {
     try {
-      const part = await sendPart(session.id, file.slice(offset, offset + PART_BYTES), offset);
+      const part = await sendPart(uploadId, file.slice(offset, offset + PART_BYTES), offset);
       offset = part.offset;
       onProgress(offset, file.size);
       if (part.file_id) return part.file_id;
@@ -56,12 +55,90 @@ async function uploadFile(file, purpose, onProgress, onRetry) {
       if (err instanceof ApiError && err.status !== 409) throw err; // refused: retrying cannot help
       onRetry(err);
       await sleep(RETRY_SECONDS);
-      const status = await api(`/v1/uploads/${encodeURIComponent(session.id)}`); // 409 or network: ask
+      const status = await api(`/v1/uploads/${encodeURIComponent(uploadId)}`); // 409 or network: ask
       offset = status.offset;
       onProgress(offset, file.size);
       if (status.file_id) return status.file_id; // the last part landed before the connection broke
     }
   }
+}
+
+async function uploadFile(file, purpose, onProgress, onRetry) {
+  const session = await api("/v1/uploads", {
+    method: "POST",
+    body: { bytes: file.size, filename: file.name, mime_type: mimeFor(file, purpose), purpose },
+  });
+  return sendFrom(session.id, file, 0, onProgress, onRetry);
+}
+
+// Unfinished uploads (left by a closed tab, a crash...): resume one by choosing the same
+// file again (its size must match; the server keeps what it received), or cancel it.
+function OpenUploads({ refreshed, onChanged }) {
+  const [uploads, setUploads] = useState(null);
+  const [error, setError] = useState(null);
+  const [resuming, setResuming] = useState(null);
+
+  useEffect(() => {
+    api("/v1/uploads").then((list) => setUploads(list.data)).catch(setError);
+  }, [refreshed]);
+
+  async function resume(upload, file) {
+    if (!file) return;
+    if (file.size !== upload.bytes) {
+      setError(`${file.name} has ${number.format(file.size)} bytes; this upload is of ${number.format(upload.bytes)}: choose the same file`);
+      return;
+    }
+    setError(null);
+    setResuming({ id: upload.upload_id, sent: upload.offset });
+    try {
+      const status = await api(`/v1/uploads/${encodeURIComponent(upload.upload_id)}`);
+      await sendFrom(upload.upload_id, file, status.offset, (sent) => setResuming({ id: upload.upload_id, sent }), () => {});
+      onChanged();
+    } catch (err) {
+      setError(err);
+    } finally {
+      setResuming(null);
+    }
+  }
+
+  async function cancel(upload) {
+    if (!confirm(`Cancel the upload of ${upload.filename}? What was received is deleted.`)) return;
+    try {
+      await api(`/v1/uploads/${encodeURIComponent(upload.upload_id)}`, { method: "DELETE" });
+      onChanged();
+    } catch (err) {
+      setError(err);
+    }
+  }
+
+  if (!uploads || uploads.length === 0) return error ? html`<${ErrorMessage} error=${error} />` : null;
+  return html`<section class="card" aria-labelledby="open-uploads-title">
+    <h2 id="open-uploads-title">Unfinished uploads</h2>
+    <${ErrorMessage} error=${error} />
+    <${TableRegion} label="Unfinished uploads">
+      <table id="open-uploads-table">
+        <thead><tr><th scope="col">File</th><th scope="col">Purpose</th><th scope="col">Received</th>
+          <th scope="col">Expires</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
+        <tbody>${uploads.map((u) => {
+          const sent = resuming && resuming.id === u.upload_id ? resuming.sent : u.offset;
+          const percent = Math.floor((100 * sent) / u.bytes);
+          const inputId = `resume-${u.upload_id}`;
+          return html`<tr>
+            <th scope="row">${u.filename}</th><td>${u.purpose}</td>
+            <td><progress max="100" value=${percent} aria-label=${`${u.filename} received`}>${percent}%</progress>
+              <span class="hint">${number.format(sent)} of ${number.format(u.bytes)} bytes</span></td>
+            <td><${When} value=${new Date(u.expires_at * 1000).toISOString()} /></td>
+            <td class="actions">
+              <button type="button" class="secondary small" disabled=${Boolean(resuming)}
+                onClick=${() => document.getElementById(inputId).click()}>Resume…<span class="visually-hidden"> ${u.filename}: choose the same file</span></button>
+              <input id=${inputId} hidden type="file" aria-label=${`Resume ${u.filename} with file`}
+                onChange=${(e) => resume(u, e.currentTarget.files[0])} />
+              <button type="button" class="secondary small" onClick=${() => cancel(u)}>Cancel<span class="visually-hidden"> upload of ${u.filename}</span></button>
+            </td></tr>`;
+        })}</tbody>
+      </table>
+    <//>
+  </section>`;
 }
 
 function UploadForm({ onUploaded }) {
@@ -196,6 +273,7 @@ export function DatasetsPage() {
       <p class="lede">Your team's files: fine-tuning and evaluation datasets are checked line by line when their upload completes.</p>
     </div>
     <${UploadForm} onUploaded=${() => setRefreshed(refreshed + 1)} />
+    <${OpenUploads} refreshed=${refreshed} onChanged=${() => setRefreshed(refreshed + 1)} />
     ${preview && html`<${Preview} file=${preview} onClose=${() => setPreview(null)} />`}
     <section class="card" aria-labelledby="files-title">
       <h2 id="files-title">Files</h2>

@@ -1,0 +1,213 @@
+"""llama.cpp's own C++ server, run in-process through xllamacpp (a prebuilt wheel).
+
+It does what the embedded engine needs from llama.cpp: continuous batching over
+``parallel`` slots, prompt (prefix) caching, LLGuidance grammars given per request,
+multimodal projectors, LoRA adapters chosen per request, n-gram speculative decoding.
+llamahost renders prompts, writes grammars and parses replies itself (``llamacpp.py``);
+this module only starts the server and talks to it.
+
+Two channels reach it:
+- ``complete`` calls its completion handler directly (no HTTP): the call blocks the
+  calling thread for the whole generation and hands each streamed chunk to a Python
+  callback; returning True from the callback stops the sequence and frees its slot.
+- the few things xllamacpp does not expose to Python (tokenizing, the server's
+  properties: chat template, media marker) go over llama.cpp's own HTTP listener.
+
+That listener cannot be turned off, and serves everything (completions, slots, LoRA
+scales) to whoever reaches it. So it listens on a Unix socket in a fresh directory only
+this process's user can enter, and asks for a random key: one per engine, so
+``--workers`` processes and parallel tests never meet, and no TCP port is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+# Tokens of a prompt decoded per llama_decode call (llama-server's default -b / -ub).
+BATCH_SIZE = 2048
+MICRO_BATCH_SIZE = 512
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_path: Path
+    parallel: int
+    context_per_slot: int
+    threads: int
+    prefix_cache: bool = True
+    projector_path: Path | None = None
+    # name -> GGUF path; loaded at start with scale 0 and chosen per request.
+    lora_adapters: tuple[tuple[str, Path], ...] = ()
+    # n-gram self-speculation (no draft model): up to this many drafted tokens, 0 = off.
+    ngram_draft_max: int = 0
+
+
+class EmbeddedServer:
+    """One llama.cpp server for one GGUF: start, tokenize, complete, stop."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self._server = None
+        self._socket_dir: str | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._sync_http: httpx.Client | None = None
+        self.props: dict[str, Any] = {}
+        self.adapter_ids: dict[str, int] = {name: i for i, (name, _) in enumerate(settings.lora_adapters)}
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the model (blocking; returns once llama.cpp can serve a request)."""
+        # The wheel's llama.cpp runs its threads with OpenMP, whose idle workers spin by
+        # default: with more threads than free cores (a busy host, `--workers`, two
+        # models) each token then waits for descheduled spinners. Measured on 2 cores
+        # under load: 0.6 tokens/s spinning, 48 passive. Read once, when libgomp loads.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        import xllamacpp  # type: ignore[import-untyped]
+
+        s = self.settings
+        params = xllamacpp.CommonParams()
+        params.model.path = str(s.model_path)
+        params.n_parallel = s.parallel
+        # Each slot owns context_per_slot cells of the KV cache (not one pool): no slot
+        # can starve another, and a prompt's limit is the model's context_window.
+        params.kv_unified = False
+        params.n_ctx = s.parallel * s.context_per_slot
+        params.n_batch = BATCH_SIZE
+        params.n_ubatch = MICRO_BATCH_SIZE
+        params.cpuparams.n_threads = s.threads
+        params.cpuparams_batch.n_threads = s.threads
+        params.cache_prompt = s.prefix_cache
+        # No host-memory prompt cache beside the slots' own: memory stays what `parallel`
+        # x `context_window` says (llama.cpp's default would keep up to 8 GiB of old
+        # prompts' state).
+        params.cache_ram_mib = 0
+        params.warmup = True
+        params.verbosity = -1  # llamahost logs requests itself
+        params.endpoint_metrics = False
+        params.endpoint_slots = False
+        params.ui = False
+        # The chat template is applied by llamahost; the server sees completions only.
+        params.use_jinja = False
+        if s.projector_path is not None:
+            params.mmproj.path = str(s.projector_path)
+            params.mmproj_use_gpu = False
+        if s.lora_adapters:
+            params.lora_init_without_apply = True  # every adapter at scale 0 unless a request asks
+            params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(path), 0.0) for _, path in s.lora_adapters]
+        if s.ngram_draft_max > 0:
+            params.speculative.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
+            # Drafts come from an earlier occurrence of the last 12 tokens (llama.cpp's
+            # default lookup size) in the prompt or the reply so far.
+            params.speculative.ngram_simple.size_m = s.ngram_draft_max
+        self._socket_dir = tempfile.mkdtemp(prefix="llamahost-llamacpp-")  # mode 0700
+        socket_path = os.path.join(self._socket_dir, "server.sock")
+        key = secrets.token_urlsafe(32)
+        params.hostnames = [socket_path]
+        params.api_keys = [key]
+        params.n_threads_http = 1
+        params.sleep_idle_seconds = -1
+        try:
+            self._server = xllamacpp.Server(params)
+        except RuntimeError as exc:
+            self.close()
+            raise RuntimeError(f"llama.cpp could not load {s.model_path.name}: {exc}") from exc
+        headers = {"Authorization": f"Bearer {key}"}
+        self._http = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=socket_path), base_url="http://llama.cpp", headers=headers, timeout=60
+        )
+        self._sync_http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=socket_path), base_url="http://llama.cpp", headers=headers, timeout=60
+        )
+        self.props = self._sync_http.get("/props").raise_for_status().json()
+
+    def close(self) -> None:
+        server, self._server = self._server, None
+        del server  # the C++ destructor stops the decode loop and joins it
+        for client in (self._sync_http,):
+            if client is not None:
+                client.close()
+        self._http = self._sync_http = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    # --- what the server knows -----------------------------------------------------------
+
+    @property
+    def chat_template(self) -> str:
+        return self.props.get("chat_template") or ""
+
+    @property
+    def media_marker(self) -> str:
+        # Random per process (llama.cpp draws it at start): client text cannot forge it.
+        return self.props["media_marker"]
+
+    async def tokenize(self, text: str, add_special: bool) -> list[int]:
+        """Token ids exactly as llama.cpp's tokenizer gives them (special tokens parsed)."""
+        assert self._http is not None
+        response = await self._http.post(
+            "/tokenize", json={"content": text, "add_special": add_special, "parse_special": True}
+        )
+        return response.raise_for_status().json()["tokens"]
+
+    def tokenize_sync(self, text: str, add_special: bool) -> list[int]:
+        assert self._sync_http is not None
+        response = self._sync_http.post(
+            "/tokenize", json={"content": text, "add_special": add_special, "parse_special": True}
+        )
+        return response.raise_for_status().json()["tokens"]
+
+    # --- generation ------------------------------------------------------------------------
+
+    def complete_native(self, body: dict[str, Any], on_chunk: Callable[[dict[str, Any]], bool]) -> None:
+        """``complete`` over the listener's native ``/completion`` endpoint, the one that
+        takes a prompt with images (``{"prompt_string", "multimodal_data"}``) when a
+        projector is loaded; chunks arrive in ``complete``'s shape. Returning True from
+        ``on_chunk`` closes the connection, which llama.cpp takes as a cancel."""
+        assert self._sync_http is not None
+        no_read_timeout = httpx.Timeout(60, read=None)  # a long prompt with images is silent while it is read
+        with self._sync_http.stream("POST", "/completion", json={**body, "stream": True}, timeout=no_read_timeout) as r:
+            if r.status_code != 200:
+                on_chunk({"error": {"code": r.status_code, "message": r.read().decode(errors="replace")}})
+                return
+            for line in r.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = json.loads(line[len("data: ") :])
+                if "error" in data:
+                    on_chunk(data)
+                    return
+                chunk: dict[str, Any] = {"choices": [{"text": data.get("content") or "", "finish_reason": None}]}
+                if data.get("stop"):
+                    chunk["choices"][0]["finish_reason"] = "length" if data.get("stop_type") == "limit" else "stop"
+                    chunk["usage"] = {
+                        "prompt_tokens": data.get("tokens_evaluated"),
+                        "completion_tokens": data.get("tokens_predicted"),
+                        "prompt_tokens_details": {"cached_tokens": (data.get("timings") or {}).get("cache_n", 0)},
+                    }
+                if on_chunk(chunk):
+                    return
+
+    def complete(self, body: dict[str, Any], on_chunk: Callable[[dict[str, Any]], bool]) -> None:
+        """Run one streamed completion on the calling thread. ``on_chunk`` gets each chunk
+        (or the error object) and returns True to stop the sequence at once."""
+        assert self._server is not None
+        self._server.handle_completions(json.dumps({**body, "stream": True}), lambda raw: on_chunk(json.loads(raw)))

@@ -1,0 +1,187 @@
+"""The embedded engine on llama.cpp's own server (xllamacpp): what llamahost keeps in its
+own hands on top of it. Token counts are llama.cpp's, every sampler is set explicitly,
+llama.cpp's HTTP listener is reachable by nobody but the engine, and LoRA adapters are
+chosen per request through the engine interface."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+
+import httpx
+import llama_cpp
+import pytest
+
+from llamahost.chat.tools import check_request
+from llamahost.config import ModelConfig, ModelSampling
+from llamahost.engines.base import Finished
+from llamahost.engines.llamacpp import SAMPLERS, LlamaCppEngine, bundled_model_path, sampling_fields
+from llamahost.errors import InvalidRequest
+from llamahost.types.chat import ChatMessage, ChatRequest, SamplingParams, ToolSpec
+
+WEATHER = ToolSpec(
+    "get_weather", "Get the weather", {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}
+)
+
+
+@pytest.fixture(scope="module")
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def engine(tmp_path_factory):
+    from tiny_lora import write_tiny_lora
+
+    lora = write_tiny_lora(tmp_path_factory.mktemp("lora") / "tiny-lora.gguf")
+    config = ModelConfig(
+        id="engine-test", parallel=2, context_window=2048, threads=1, prefix_cache=False,
+        lora_adapters={"tuned": str(lora)}, ngram_speculation=16,
+    )
+    engine = LlamaCppEngine(config)
+    await engine.load()
+    yield engine
+    await engine.close()
+
+
+async def run(engine: LlamaCppEngine, request: ChatRequest, max_tokens: int = 12):
+    check_request(request)
+    prepared = await engine.prepare(request)
+    events = [event async for event in engine.generate(prepared, max_tokens)]
+    return prepared, events
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("tools", [[], [WEATHER]])
+async def test_prompt_tokens_are_llama_cpps_own(engine, tools):
+    # The count used for the context window and rate limits before generating is the
+    # count llama.cpp reports after decoding it, and the ids are those of llama.cpp's
+    # tokenizer as llama-cpp-python (another build of it) gives them for the same text.
+    request = ChatRequest(
+        model="m", messages=[ChatMessage("user", "Is it raining in Bellevue? Ünïcödé ✓")], tools=tools,
+        sampling=SamplingParams(temperature=0.0),
+    )
+    prepared, events = await run(engine, request)
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    assert finished.prompt_tokens == prepared.prompt_tokens
+    vocab = llama_cpp.Llama(model_path=str(bundled_model_path()), vocab_only=True, verbose=False)
+    assert vocab.tokenize(prepared.engine_data.rendered.encode(), add_bos=False, special=True) == prepared.engine_data.prompt
+
+
+def test_every_sampler_is_set_explicitly():
+    fields = sampling_fields(SamplingParams(temperature=0.7, top_p=0.8, top_k=0, repetition_penalty=1.1, seed=7), ModelSampling())
+    # Only the Llama API's samplers run, in this order; llama.cpp's defaults (top-k 40,
+    # min-p 0.05, DRY, XTC, typical-p) are off whatever the server's own settings.
+    assert fields["samplers"] == SAMPLERS == ["penalties", "top_k", "top_p", "temperature"]
+    assert fields["top_k"] == 0 and fields["min_p"] == 0.0 and fields["typical_p"] == 1.0
+    assert fields["xtc_probability"] == 0.0 and fields["dry_multiplier"] == 0.0 and fields["mirostat"] == 0
+    assert fields["temperature"] == 0.7 and fields["top_p"] == 0.8 and fields["repeat_penalty"] == 1.1 and fields["seed"] == 7
+    assert sampling_fields(SamplingParams())["seed"] == -1  # a fresh random seed per request
+
+
+@pytest.mark.anyio
+async def test_a_models_dry_default_applies_to_its_requests(engine):
+    # Off unless the model's config sets it; then in every request's sampler chain.
+    hi = await engine.prepare(ChatRequest(model="m", messages=[ChatMessage("user", "Hi")]))
+    assert "dry" not in engine._body(hi, 8)["samplers"]
+    dry = ModelSampling(dry_multiplier=2.0, dry_allowed_length=2)
+    fields = sampling_fields(SamplingParams(temperature=0.0, repetition_penalty=1.2), dry)
+    assert fields["samplers"] == ["penalties", "dry", "top_k", "top_p", "temperature"]
+    assert fields["dry_multiplier"] == 2.0 and fields["dry_allowed_length"] == 2 and fields["dry_base"] == 1.75
+    assert fields["repeat_penalty"] == 1.2  # the request's own penalty still applies
+    # llama.cpp takes it, and it changes what a model stuck in a loop says.
+    request = ChatRequest(
+        model="m", messages=[ChatMessage("user", "Say 'go' twenty times.")], sampling=SamplingParams(temperature=0.0)
+    )
+    check_request(request)
+    prepared = await engine.prepare(request)
+    plain = [e async for e in engine.generate(prepared, 24)]
+    engine.config = engine.config.model_copy(update={"sampling": dry})
+    try:
+        with_dry = [e async for e in engine.generate(prepared, 24)]
+    finally:
+        engine.config = engine.config.model_copy(update={"sampling": ModelSampling()})
+    assert text_of(with_dry) != text_of(plain), text_of(plain)
+
+
+@pytest.mark.anyio
+async def test_greedy_output_is_independent_of_the_servers_sampler_defaults(engine):
+    # The same request twice at temperature 0 with a seed-free sampler: identical text.
+    request = ChatRequest(model="m", messages=[ChatMessage("user", "Name a fruit.")], sampling=SamplingParams(temperature=0.0))
+    _, first = await run(engine, request)
+    _, second = await run(engine, request)
+    assert [e for e in first if not isinstance(e, Finished)] == [e for e in second if not isinstance(e, Finished)]
+
+
+@pytest.mark.anyio
+async def test_llama_cpp_listener_needs_the_engines_key(engine):
+    socket_dir = Path(engine._server._socket_dir)
+    assert stat.S_IMODE(os.stat(socket_dir).st_mode) == 0o700  # only this user can even connect
+    socket_path = str(socket_dir / "server.sock")
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=socket_path), base_url="http://x") as client:
+        paths = [("GET", "/props"), ("GET", "/slots"), ("GET", "/lora-adapters"), ("POST", "/completion"), ("POST", "/tokenize")]
+        for method, path in paths:
+            response = await client.request(method, path, json={"prompt": "hi", "content": "hi"})
+            assert response.status_code == 401, (path, response.text)
+        wrong = await client.get("/props", headers={"Authorization": "Bearer guess"})
+        assert wrong.status_code == 401
+
+
+def test_only_llamahost_port_listens(server):
+    # llama.cpp's server always starts an HTTP listener; here it is a Unix socket, so the
+    # only TCP port the whole llamahost process listens on is its own.
+    pid = server.process.pid
+    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    inodes = {link[len("socket:[") : -1] for link in inodes if link.startswith("socket:[")}
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                listening.add(int(fields[1].rsplit(":", 1)[1], 16))
+    assert listening == {server.port}
+
+
+def text_of(events) -> str:
+    return "".join(getattr(event, "text", "") for event in events)
+
+
+@pytest.mark.anyio
+async def test_a_lora_adapter_is_chosen_per_request(engine):
+    def ask(adapter):
+        request = ChatRequest(
+            model="m", messages=[ChatMessage("user", "Name a fruit.")], sampling=SamplingParams(temperature=0.0), adapter=adapter
+        )
+        return run(engine, request, 8)
+
+    assert engine.adapters == ["tuned"]
+    _, base = await ask(None)
+    _, tuned = await ask("tuned")
+    assert text_of(tuned) != text_of(base)  # the random adapter changes what the model says
+    # Side by side in one batch, each request gets its own: the base one is unchanged.
+    (_, base_again), (_, tuned_again) = await asyncio.gather(ask(None), ask("tuned"))
+    assert text_of(base_again) == text_of(base) and text_of(tuned_again) == text_of(tuned)
+
+
+@pytest.mark.anyio
+async def test_an_unknown_adapter_is_a_400(engine):
+    request = ChatRequest(model="m", messages=[ChatMessage("user", "Hi")], adapter="untuned")
+    with pytest.raises(InvalidRequest) as info:
+        await run(engine, request)
+    assert info.value.param == "model" and "untuned" in info.value.message
+
+
+def test_lora_adapter_keys_are_checked_at_startup(tmp_path):
+    from conftest import run_cli
+
+    path = tmp_path / "bad.toml"
+    path.write_text('[[models]]\nid = "x"\nlora_adapters = { tuned = "/nonexistent/lora.gguf" }\n')
+    result = run_cli(tmp_path / "data", "serve", "--port", "0", "--config", str(path), check=False)
+    assert result.returncode == 2, result.stderr
+    assert "LoRA adapter 'tuned' (lora_adapters) file not found" in result.stderr
+    path.write_text('[[models]]\nid = "x"\nengine = "openai"\nreplicas = ["http://h/v1"]\nngram_speculation = 8\n')
+    result = run_cli(tmp_path / "data", "serve", "--port", "0", "--config", str(path), check=False)
+    assert result.returncode == 2 and "ngram_speculation is a llamacpp key" in result.stderr
