@@ -220,6 +220,7 @@ class LlamaCppEngine(Engine):
         self._image_tokens = 0  # positions one image takes (the projector's count, probed at load)
         self._reused_tokens = obs.PREFIX_CACHE_TOKENS.labels(config.id)
         self.generations = 0  # generations started, for observability and tests
+        self._jobs: dict[int, _Job] = {}  # generations admitted, by id(job): cancelled at close
 
     @property
     def ready(self) -> bool:
@@ -367,6 +368,7 @@ class LlamaCppEngine(Engine):
             emit=emit,
         )
         self._in_flight += 1
+        self._jobs[id(job)] = job
         self._observe_queue()
         try:
             await self._slots.acquire()  # waiting here is the queue
@@ -388,6 +390,7 @@ class LlamaCppEngine(Engine):
                     return
         finally:
             job.cancel.set()
+            self._jobs.pop(id(job), None)
             self._in_flight -= 1
             self._observe_queue()
 
@@ -488,9 +491,13 @@ class LlamaCppEngine(Engine):
 
     async def close(self) -> None:
         self._ready = False
+        # Every running llama.cpp call returns (at its next token) before the server it
+        # runs in is destroyed.
+        for job in list(self._jobs.values()):
+            job.cancel.set()
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
         await self._server.aclose()
         await asyncio.to_thread(self._server.close)
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _probe_image() -> bytes:
