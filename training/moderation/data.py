@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DEV_SET = REPO.parent / "shared" / "data" / "moderation" / "dev.jsonl"
+# Beside the checkout, as CI lays it out; a worktree elsewhere names it in the environment.
+DEV_SET = Path(os.environ.get("LLAMAHOST_MODERATION_DEV", REPO.parent / "shared" / "data" / "moderation" / "dev.jsonl"))
 
 
 @dataclass
@@ -28,6 +30,12 @@ class Row:
     text: str
     unsafe: bool
     categories: list[str] = field(default_factory=list)  # best-effort Llama Guard names
+    context: str | None = None  # for an assistant reply: the user message it answers
+
+    @property
+    def item(self) -> str | tuple[str, str | None]:
+        """What ``features.embed`` encodes: the text, or (reply, question)."""
+        return self.text if self.context is None else (self.text, self.context)
 
 
 # Where a source's own labels map cleanly onto a Llama Guard 3 category. Rows whose

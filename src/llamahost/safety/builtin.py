@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .llama_guard import Verdict
-from .minilm import MiniLMEncoder
+from .minilm import MAX_TOKENS, MiniLMEncoder
 from .taxonomy import NAMES
 
 WEIGHTS = "weights/builtin.npz"
@@ -40,8 +42,40 @@ CATEGORY_MARGIN = 0.5  # a second category is named if its probability is >= hal
 MAX_CHARS = 16_384
 
 
-def featurize(encoder: MiniLMEncoder, text: str) -> np.ndarray:
+# An assistant reply is judged together with the user message it answers ("use cash to
+# avoid a paper trail" abets a crime only as an answer to "how do I pay less tax?"). The
+# question's last CONTEXT_TOKENS tokens come first, then [SEP], then the reply: the tail
+# of a question is where its request usually sits, and the reply keeps the rest.
+CONTEXT_TOKENS = 64
+
+
+def judged_parts(messages: Sequence[Any]) -> tuple[str, str | None]:
+    """(text judged, its context) for a conversation of objects with ``role`` and
+    ``content``: the last message; for an assistant reply, the nearest earlier user
+    message as context. A user message is judged alone, as Llama Guard's prompt
+    classification does (an earlier refused request does not taint a harmless follow-up)."""
+    last = messages[-1]
+    if last.role != "assistant":
+        return last.content, None
+    for message in reversed(messages[:-1]):
+        if message.role == "user" and message.content.strip():
+            return last.content, message.content
+    return last.content, None
+
+
+def token_ids(encoder: MiniLMEncoder, text: str, context: str | None = None) -> list[int]:
     ids = encoder.token_ids(text[:MAX_CHARS])
+    if context is None or not context.strip():
+        return ids
+    # The context's own [CLS] is kept and its [SEP] separates it from the reply, whose
+    # [CLS] is dropped; the reply is cut so the whole stays within MAX_TOKENS.
+    ctx = encoder.token_ids(context[-MAX_CHARS:])[1:-1][-CONTEXT_TOKENS:]
+    reply = ids[1:-1][: MAX_TOKENS - 3 - len(ctx)]
+    return [ids[0], *ctx, ids[-1], *reply, ids[-1]]
+
+
+def featurize(encoder: MiniLMEncoder, text: str, context: str | None = None) -> np.ndarray:
+    ids = token_ids(encoder, text, context)
     states = encoder.hidden_states(ids)
     last = states[-1]
     inner = last[1:-1] if len(ids) > 2 else last
@@ -112,5 +146,9 @@ class BuiltinClassifier:
         self.encoder = MiniLMEncoder()
         self.heads = Heads.load()
 
-    def classify(self, text: str, threshold: float | None = None) -> Verdict:
-        return self.heads.verdict(featurize(self.encoder, text), threshold)
+    def classify(self, text: str, threshold: float | None = None, context: str | None = None) -> Verdict:
+        return self.heads.verdict(featurize(self.encoder, text, context), threshold)
+
+    def classify_messages(self, messages: Sequence[Any], threshold: float | None = None) -> Verdict:
+        text, context = judged_parts(messages)
+        return self.classify(text, threshold, context)

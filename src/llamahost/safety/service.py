@@ -83,13 +83,15 @@ class BuiltinModerator(Moderator):
             raise ServiceUnavailable(
                 f"moderation model {self.config.id!r} is still loading", code="model_loading", headers={"Retry-After": "1"}
             )
-        # The builtin model judges the text of the last message on its own (see its
-        # model card); an empty message (an assistant turn with only tool calls) is safe.
-        text = messages[-1].content
-        if not text.strip():
+        # The builtin model judges the last message, an assistant reply together with the
+        # user message it answers (see its model card); an empty message (an assistant
+        # turn with only tool calls) is safe.
+        if not messages[-1].content.strip():
             return Verdict(flagged=False)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, classifier.classify, text, self.config.threshold)
+        return await loop.run_in_executor(
+            self._executor, classifier.classify_messages, list(messages), self.config.threshold
+        )
 
 
 def _load_builtin() -> BuiltinClassifier:
