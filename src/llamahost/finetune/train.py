@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 import traceback
@@ -18,6 +19,11 @@ from typing import Any
 
 from ..errors import APIError, InvalidRequest
 from .deps import require_training_deps
+
+# torch's OpenMP workers spin at each barrier by default; on a CPU shared with serving (or
+# other jobs) that spinning is what made 2-thread runs crawl in bench/finetune.py. Set
+# before torch loads its OpenMP runtime; an explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Importing the trainer without the `finetune` extra says how to install it, before any
 # ImportError from deep inside transformers could.
