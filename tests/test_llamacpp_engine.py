@@ -185,3 +185,21 @@ def test_lora_adapter_keys_are_checked_at_startup(tmp_path):
     path.write_text('[[models]]\nid = "x"\nengine = "openai"\nreplicas = ["http://h/v1"]\nngram_speculation = 8\n')
     result = run_cli(tmp_path / "data", "serve", "--port", "0", "--config", str(path), check=False)
     assert result.returncode == 2 and "ngram_speculation is a llamacpp key" in result.stderr
+
+
+@pytest.mark.anyio
+async def test_a_long_tmpdir_still_gives_the_listener_a_socket(tmp_path, monkeypatch):
+    # A Unix socket path is at most 107 bytes; under a deep TMPDIR (a test's tmp path, a
+    # container volume) llama.cpp used to fail with a bare "Failed to init server".
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr("tempfile.tempdir", str(deep))
+    engine = LlamaCppEngine(ModelConfig(id="long-tmp", parallel=1, context_window=512, threads=1))
+    await engine.load()
+    try:
+        assert len(os.fsencode(Path(engine._server._socket_dir) / "server.sock")) <= 107
+        request = ChatRequest(model="long-tmp", messages=[ChatMessage("user", "Hi")], sampling=SamplingParams(temperature=0))
+        _, events = await run(engine, request, max_tokens=2)
+        assert isinstance(events[-1], Finished)
+    finally:
+        await engine.close()

@@ -41,6 +41,10 @@ BATCH_SIZE = 2048
 MICRO_BATCH_SIZE = 512
 
 
+# sun_path holds 108 bytes on Linux, the terminating NUL included.
+_MAX_SOCKET_PATH = 107
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     model_path: Path
@@ -115,6 +119,13 @@ class EmbeddedServer:
             params.speculative.ngram_simple.size_m = s.ngram_draft_max
         self._socket_dir = tempfile.mkdtemp(prefix="llamahost-llamacpp-")  # mode 0700
         socket_path = os.path.join(self._socket_dir, "server.sock")
+        if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
+            # A long TMPDIR (a test's tmp path, a deep container volume) makes a socket
+            # path the kernel refuses (108 bytes with the NUL), and llama.cpp then fails
+            # with a bare "Failed to init server": fall back to a short private dir.
+            os.rmdir(self._socket_dir)
+            self._socket_dir = tempfile.mkdtemp(prefix="llh-", dir="/tmp")
+            socket_path = os.path.join(self._socket_dir, "server.sock")
         key = secrets.token_urlsafe(32)
         params.hostnames = [socket_path]
         params.api_keys = [key]
