@@ -60,6 +60,7 @@ def test_schema_tightens_open_objects_and_keeps_the_original():
         ({"type": "array", "uniqueItems": True}, "p.uniqueItems"),
         ({"type": "object", "properties": {"a": {"type": "string", "foo": 1}}}, "p.properties.a.foo"),
         ({"oneOf": [{"type": "string"}, {"type": "integer"}]}, "p.oneOf"),
+        ({"type": "integer", "multipleOf": 5}, "p.multipleOf"),
         ({"anyOf": [{"type": "string"}, {"not": {"type": "null"}}]}, "p.anyOf[1].not"),
         ({"type": "string", "format": "idn-email"}, "p.format"),
         ({"$ref": "https://example.com/s.json"}, "p.$ref"),

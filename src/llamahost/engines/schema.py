@@ -32,7 +32,9 @@ CONSTRAINTS = frozenset(
         "properties", "required", "additionalProperties",
         "items", "prefixItems", "minItems", "maxItems",
         "minLength", "maxLength", "pattern", "format",
-        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        # Not multipleOf: llama.cpp's llguidance fails to compile it and then generates
+        # unconstrained, silently; refused up front (400) until it is enforced.
+        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
         "anyOf", "allOf", "$ref", "$defs", "definitions",
     }
 )  # fmt: skip
