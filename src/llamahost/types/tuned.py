@@ -9,6 +9,7 @@ that a base model can be tuned).
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,7 +37,8 @@ class TunedModelSource(Protocol):
         """Every callable tuned model of the team, oldest first."""
         ...
 
-    def all_for_base(self, base_model: str) -> list[TunedModel]:
+    # builtins.list: inside this class body `list` names the method above.
+    def all_for_base(self, base_model: str) -> builtins.list[TunedModel]:
         """Every team's tuned models of one base model (what an engine preloads at start)."""
         ...
 
