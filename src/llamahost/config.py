@@ -407,6 +407,48 @@ class EvalsConfig(_Strict):
     max_items: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
+class FineTuningConfig(_Strict):
+    """Fine-tuning jobs (``/v1/fine_tuning/jobs``): where the trainer runs, how much of the
+    machine it takes, how many jobs a team may have at once."""
+
+    # "local": the trainer (`python -m llamahost.finetune --spec job.json`) as a child
+    # process of the job loop that claims the job. "command": `command` instead, on the
+    # same host (e.g. `accelerate launch` of another trainer, or a wrapper that submits the
+    # spec elsewhere and waits). "kubernetes": a batch/v1 Job per training run.
+    backend: Literal["local", "command", "kubernetes"] = "local"
+    # torch threads of a training run; unset: half the CPU cores (at least 1), so a laptop
+    # keeps serving chat while a job trains.
+    threads: int | None = Field(default=None, ge=1, le=256)
+    # Jobs one team may have queued or running at once; one more is refused with 429.
+    max_jobs_per_team: int = Field(default=1, ge=1, le=10_000)
+    # backend = "command": the argv run for a training run; "{spec}" (in any element) is
+    # replaced by the job spec's path, "{output_dir}" by the directory the server reads
+    # events, metrics, checkpoints and result.json from.
+    command: list[str] = Field(default_factory=list)
+    # One attempt's longest run; then it counts as a failed attempt.
+    timeout_hours: float = Field(default=24.0, gt=0, le=24 * 365)
+    # Attempts (a worker killed or lost, a trainer crash) before the job fails for good;
+    # each attempt resumes from the last checkpoint an earlier one uploaded.
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    # Where training runs keep their private working directories (datasets decrypted
+    # for the trainer, checkpoints before upload); unset: <data dir>/fine-tuning.
+    work_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _command(self) -> FineTuningConfig:
+        if self.backend == "command":
+            if not self.command:
+                raise ValueError('backend "command" needs command = ["...", "{spec}"]')
+            if not any("{spec}" in arg for arg in self.command):
+                raise ValueError('command must pass the job spec: put "{spec}" in one of its elements')
+        elif self.command:
+            raise ValueError(f'command is for backend "command"; this backend is {self.backend!r}')
+        return self
+
+    def resolved_threads(self) -> int:
+        return self.threads or max(1, (os.cpu_count() or 2) // 2)
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -418,6 +460,7 @@ class Config(_Strict):
     files: FilesConfig = Field(default_factory=FilesConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     evals: EvalsConfig = Field(default_factory=EvalsConfig)
+    fine_tuning: FineTuningConfig = Field(default_factory=FineTuningConfig)
 
     @model_validator(mode="after")
     def _default_models_and_unique_names(self) -> Config:
@@ -445,6 +488,10 @@ class Config(_Strict):
     def data_dir(self) -> Path:
         assert self.server.data_dir is not None
         return self.server.data_dir
+
+    @property
+    def fine_tuning_dir(self) -> Path:
+        return self.fine_tuning.work_dir or self.data_dir / "fine-tuning"
 
 
 def _unique_names(entries: list, what: str) -> set[str]:
