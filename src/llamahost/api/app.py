@@ -17,6 +17,7 @@ from .. import __version__
 from ..config import ENV_WORKER_CONFIG, Config
 from ..evals import router as evals
 from ..files import router as files
+from ..fine_tuning import router as fine_tuning
 from ..observability import process_exiting
 from ..web import dashboard
 from . import admin, admin_teams, compat, jobs, native, observability, openapi, team
@@ -27,7 +28,7 @@ from .services import Services, build_services, load_models
 log = logging.getLogger("llamahost")
 
 # Every feature slice, in the order their routes are matched.
-SLICES = (native, compat, files, evals, admin, admin_teams, jobs, team, dashboard, observability, openapi)
+SLICES = (native, compat, files, evals, fine_tuning, admin, admin_teams, jobs, team, dashboard, observability, openapi)
 
 
 def create_app(config: Config, services: Services | None = None) -> FastAPI:

@@ -16,6 +16,8 @@ from ..evals import runner as eval_runs
 from ..evals.service import EvalService, open_evals
 from ..files import expiry as upload_expiry
 from ..files.service import FileService, open_files
+from ..fine_tuning import runner as fine_tuning_runs
+from ..fine_tuning.service import FineTuningService, open_fine_tuning
 from ..jobs import retention as retention_jobs
 from ..jobs.service import Jobs, open_jobs
 from ..observability import UserLogging
@@ -31,7 +33,7 @@ log = logging.getLogger("llamahost")
 JOURNAL_DIR = "usage-journal"
 # Every job kind's registration, ``register(kinds, config)``: a feature with background
 # work (uploads expiry, fine-tuning, evals) adds its own here.
-JOB_KINDS = (retention_jobs.register, upload_expiry.register, eval_runs.register)
+JOB_KINDS = (retention_jobs.register, upload_expiry.register, eval_runs.register, fine_tuning_runs.register)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Services(Stores):
     files: FileService
     jobs: Jobs
     evals: EvalService
+    fine_tuning: FineTuningService
     load_error: str | None = None
 
 
@@ -62,6 +65,8 @@ def build_services(config: Config) -> Services:
     jobs = open_jobs(stores, JOB_KINDS)
     evals = open_evals(stores, registry, jobs.queue, files)
     stores.teams.on_delete.append(evals.delete_team)
+    fine_tuning = open_fine_tuning(stores, files, jobs.queue)
+    stores.teams.on_delete.append(fine_tuning.delete_team)
     return Services(
         **vars(stores),
         registry=registry,
@@ -73,6 +78,7 @@ def build_services(config: Config) -> Services:
         files=files,
         jobs=jobs,
         evals=evals,
+        fine_tuning=fine_tuning,
     )
 
 

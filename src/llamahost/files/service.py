@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # object per chunk cost little, small enough that a part in flight holds one in memory.
 CHUNK_BYTES = 1024 * 1024
 CHUNKS = "file_chunks"  # the table name bound into every chunk's associated data
+BLOBS = "blobs"  # bound into the chunks of internal blobs instead
+BLOB_ATTEMPT = "blob"  # a blob is written once, whole: one attempt
 
 
 def _now() -> datetime:
@@ -528,6 +530,48 @@ class FileService:
     def stored_bytes(self, team_id: int) -> int:
         with self.db.session() as s:
             return s.scalar(select(func.coalesce(func.sum(StoredFile.size), 0)).where(StoredFile.team_id == team_id)) or 0
+
+    # --- internal blobs ---------------------------------------------------------------------------
+
+    # Bytes other slices keep in the files backend without making them a team's file
+    # (fine-tuning checkpoints and adapters): sealed in chunks like files, bound to (blob
+    # id, chunk index), under the team's prefix, so team deletion frees them with the
+    # team's files. The caller records the blob's id and chunk count.
+
+    def put_blob(self, team_id: int, blob_id: str, data: Iterable[bytes]) -> tuple[int, int]:
+        """Store the bytes ``data`` yields as blob ``blob_id``; returns (bytes, chunks)."""
+        size = chunks = 0
+        buffer = bytearray()
+
+        def store(plaintext: bytes) -> None:
+            nonlocal chunks
+            sealed = self.keyring.seal(team_id, plaintext, Sealed(BLOBS, blob_id, str(chunks)))
+            self.chunks.put(ChunkRef(team_id, blob_id, BLOB_ATTEMPT, chunks), sealed)
+            chunks += 1
+
+        try:
+            for piece in data:
+                size += len(piece)
+                buffer.extend(piece)
+                while len(buffer) >= CHUNK_BYTES:
+                    store(bytes(buffer[:CHUNK_BYTES]))
+                    del buffer[:CHUNK_BYTES]
+            if buffer or chunks == 0:
+                store(bytes(buffer))
+        except BaseException:
+            self.delete_blob(team_id, blob_id)
+            raise
+        return size, chunks
+
+    def read_blob(self, team_id: int, blob_id: str, chunks: int) -> Iterator[bytes]:
+        """The blob's bytes in order, each chunk checked on opening."""
+        for seq in range(chunks):
+            blob = self.chunks.get(ChunkRef(team_id, blob_id, BLOB_ATTEMPT, seq))
+            key = self.keyring.data_key(team_id, key_version(blob))
+            yield open_sealed(key, blob, BLOBS, blob_id, str(seq))
+
+    def delete_blob(self, team_id: int, blob_id: str) -> None:
+        self.chunks.delete_file(team_id, blob_id)
 
     # --- expiry, retention, team deletion --------------------------------------------------------
 

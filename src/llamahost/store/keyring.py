@@ -94,6 +94,7 @@ class Keyring:
         self._team_name_key = subkey(index_key, "team-name")
         self.journal_key = DataKey(INDEX_TEAM_ID, 0, subkey(index_key, "usage-journal"))
         self._log_user_key = subkey(index_key, "log-user")
+        self._team_opaque_key = subkey(index_key, "team-opaque")
         self._user_keys: dict[int, tuple[DataKey, bytes]] = {}
         self._keys: dict[tuple[int, int], tuple[float, DataKey]] = {}
         self._active: dict[int, tuple[float, int]] = {}
@@ -128,6 +129,12 @@ class Keyring:
         """The request log's name for an end user: stable for this deployment (an operator
         can follow one user's requests), says nothing about the value without the key."""
         return blind_index(self._log_user_key, user, length=16)
+
+    def team_opaque_id(self, team_id: int) -> str:
+        """A team's name in identifiers others may see (tuned model ids: OpenAI puts the
+        organization there): stable for this deployment, neither the team's name nor its
+        row number, and says nothing about either without the key."""
+        return "t" + blind_index(self._team_opaque_key, team_id, length=11)
 
     # --- data keys --------------------------------------------------------------------
 

@@ -345,3 +345,98 @@ class EvalItem(Base):
     row_sealed: Mapped[bytes] = mapped_column(LargeBinary)  # {"item", "sample"?}
     result_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)  # sample, results, error
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FineTuningJob(Base):
+    """A fine-tuning job (``fine_tuning/``): what to tune and how, its status, and the tuned
+    model it made. Run by one ``fine_tune`` job of the queue (``queue_job_id``). The
+    metadata and the error (which may quote a dataset line) are sealed."""
+
+    __tablename__ = "fine_tuning_jobs"
+    __table_args__ = (
+        Index("ix_fine_tuning_jobs_team_created", "team_id", "created_at"),
+        Index("ix_fine_tuning_jobs_team_status", "team_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    queue_job_id: Mapped[str | None] = mapped_column(String(32))
+    # validating_files | queued | running | succeeded | failed | cancelled (OpenAI's)
+    status: Mapped[str] = mapped_column(String(24))
+    model: Mapped[str] = mapped_column(String(128))  # the configured base model's id
+    training_file: Mapped[str] = mapped_column(String(40))
+    validation_file: Mapped[str | None] = mapped_column(String(40))
+    hyperparameters: Mapped[dict] = mapped_column(JSON)  # resolved: n_epochs, batch_size, learning_rate_multiplier
+    seed: Mapped[int] = mapped_column(BigInteger)
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(320))
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    error_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)  # {code, message, param}
+    metadata_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    estimated_finish: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class FineTuningEvent(Base):
+    """One event of a job's log, in order (``seq``); message and data sealed. Metrics
+    events keep their ``step`` in clear so a resumed run can replace the steps it replays."""
+
+    __tablename__ = "fine_tuning_events"
+    __table_args__ = (Index("uq_fine_tuning_events_job_seq", "job_id", "seq", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"))
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    level: Mapped[str] = mapped_column(String(8))  # info | warn | error
+    type: Mapped[str] = mapped_column(String(8))  # message | metrics
+    step: Mapped[int | None] = mapped_column(Integer)
+    body_sealed: Mapped[bytes] = mapped_column(LargeBinary)  # {message, data}
+
+
+class FineTuningCheckpoint(Base):
+    """A job's checkpoint at an epoch's end, uploaded as it was written: its adapter as a
+    llama.cpp GGUF (``gguf_blob``) and everything a resumed run needs, PEFT folder and
+    optimizer state (``archive_blob``, a tar); both sealed chunks in the files backend."""
+
+    __tablename__ = "fine_tuning_checkpoints"
+    __table_args__ = (Index("uq_fine_tuning_checkpoints_job_epoch", "job_id", "epoch", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"))
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    trained_tokens: Mapped[int] = mapped_column(BigInteger)
+    model_id: Mapped[str] = mapped_column(String(320))  # its callable name (fine_tuned_model_checkpoint)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    metrics_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    gguf_blob: Mapped[str | None] = mapped_column(String(40))  # None once deleted
+    gguf_chunks: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    gguf_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
+    archive_blob: Mapped[str | None] = mapped_column(String(40))
+    archive_chunks: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    archive_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
+
+
+class TunedModel(Base):
+    """A callable tuned model: a job's final model or one of its checkpoints, served as its
+    base model with the checkpoint's adapter, to its team only."""
+
+    __tablename__ = "tuned_models"
+    __table_args__ = (
+        Index("ix_tuned_models_team", "team_id", "created_at"),
+        Index("ix_tuned_models_base", "base_model"),
+    )
+
+    id: Mapped[str] = mapped_column(String(320), primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"))
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_checkpoints.id", ondelete="CASCADE"))
+    base_model: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
