@@ -133,7 +133,9 @@ def start_worker(server, name: str) -> Worker:
 
 @pytest.fixture(scope="module")
 def training_file(server) -> str:
-    f = client(server).files.create(file=("lockers.jsonl", jsonl(ROWS), "application/jsonl"), purpose="fine-tune")
+    # OpenAI's one-shot upload is on the compatible surface (/v1 has the resumable uploads).
+    f = client(server, "compat/v1").files.create(file=("lockers.jsonl", jsonl(ROWS), "application/jsonl"),
+                                                 purpose="fine-tune")
     assert f.status == "processed", f.status_details
     return f.id
 
@@ -293,7 +295,8 @@ def _error(server, body: dict, key: str | None = None, surface: str = "v1") -> t
 
 
 def upload(server, content: bytes, purpose: str = "fine-tune", key: str | None = None) -> str:
-    return client(server, key=key).files.create(file=("d.jsonl", content, "application/jsonl"), purpose=purpose).id
+    return client(server, "compat/v1", key=key).files.create(file=("d.jsonl", content, "application/jsonl"),
+                                                            purpose=purpose).id
 
 
 @pytest.mark.parametrize("body, param", [

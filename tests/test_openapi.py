@@ -14,7 +14,7 @@ BODILESS = {("post", "/admin/v1/teams/{team}/rotate-data-key"), ("post", "/admin
     ("post", f"{prefix}/evals/{{eval_id}}/runs/{{run_id}}{cancel}")
     for prefix in ("/v1", "/compat/v1")
     for cancel in ("", "/cancel")
-}
+} | {("post", f"{prefix}/fine_tuning/jobs/{{fine_tuning_job_id}}/cancel") for prefix in ("/v1", "/compat/v1")}
 
 
 @pytest.fixture(scope="module")

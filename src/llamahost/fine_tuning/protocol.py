@@ -29,7 +29,7 @@ class JobCreate(BaseModel):
     # OpenAI's deprecated top-level form; `method.supervised.hyperparameters` is the current one.
     hyperparameters: dict[str, Any] | None = None
     suffix: str | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)  # the trainer's seed range
     metadata: dict[str, str] | None = None
     method: dict[str, Any] | None = None
     integrations: list[Any] | None = None
