@@ -7,18 +7,25 @@ in the tree whatever is installed.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 STARTUP_TIMEOUT = 120.0
+# The machine's PostgreSQL (trust auth); every test works in a schema of its own.
+PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def free_port() -> int:
@@ -152,3 +159,39 @@ def server(tmp_path_factory) -> Server:
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+@contextmanager
+def postgres_schema(prefix: str = "llh_test") -> Iterator[str]:
+    """A fresh schema of the test database, dropped with everything in it afterwards, so
+    tests (and parallel runs) never see each other's tables."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def postgres_url(schema: str, driver: str = "postgresql") -> str:
+    # libpq's `options` puts every connection of the process on the test's schema.
+    return f"{PG.replace('postgresql', driver, 1)}?options=-csearch_path%3D{schema}"
+
+
+def postgres_env(schema: str) -> dict[str, str]:
+    """A server's environment on that schema; with PostgreSQL every replica must be
+    given the same master key."""
+    return {"LLAMAHOST_DATABASE_URL": postgres_url(schema), "LLAMAHOST_MASTER_KEY": secrets.token_hex(32)}
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    with postgres_schema() as schema:
+        yield schema
+
+
+@pytest.fixture
+def pg_env(pg_schema: str) -> dict[str, str]:
+    return postgres_env(pg_schema)

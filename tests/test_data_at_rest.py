@@ -16,16 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
-from conftest import run_cli, start_server
 from llama_api_client import LlamaAPIClient
 from openai import OpenAI
 
+from conftest import postgres_url, run_cli, start_server
 from llamahost.store.crypto import CryptoError, MasterKey
 
 MODEL = "SmolLM2-135M-Instruct"
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def canaries() -> dict[str, str]:
@@ -100,16 +98,6 @@ def assert_absent(blob: bytes, c: dict[str, str], answers: dict, where: str) -> 
             assert answers[name].encode() not in blob, f"the {name} reply found in {where}"
 
 
-@pytest.fixture
-def pg_schema():
-    schema = f"llh_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield schema
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
 def test_sqlite_file_and_wal_hold_no_canary(server_factory):
     server = server_factory()
     c = canaries()
@@ -124,7 +112,7 @@ def test_sqlite_file_and_wal_hold_no_canary(server_factory):
 
 def test_postgresql_dump_holds_no_canary(server_factory, pg_schema):
     env = {
-        "LLAMAHOST_DATABASE_URL": f"{PG}?options=-csearch_path%3D{pg_schema}",
+        "LLAMAHOST_DATABASE_URL": postgres_url(pg_schema),
         "LLAMAHOST_MASTER_KEY": secrets.token_hex(32),
     }
     server = server_factory(env=env, name="pg")
@@ -139,7 +127,7 @@ def test_postgresql_dump_holds_no_canary(server_factory, pg_schema):
 
 
 def test_postgresql_needs_a_master_key(tmp_path, pg_schema):
-    env = {"LLAMAHOST_DATABASE_URL": f"{PG}?options=-csearch_path%3D{pg_schema}"}
+    env = {"LLAMAHOST_DATABASE_URL": postgres_url(pg_schema)}
     result = run_cli(tmp_path, "teams", "list", env=env, check=False)
     assert result.returncode == 2 and "set LLAMAHOST_MASTER_KEY" in result.stderr
     assert not (tmp_path / "master.key").exists()  # one key per replica would be worse than none

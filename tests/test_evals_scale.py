@@ -5,7 +5,6 @@ exactly one result per item (items the dead loop held are generated again)."""
 from __future__ import annotations
 
 import json
-import secrets
 import signal
 import subprocess
 import sys
@@ -15,14 +14,12 @@ from pathlib import Path
 
 import httpx
 import openai
-import psycopg
 import pytest
 
-from conftest import free_port, llamahost_env, start_server
+from conftest import free_port, llamahost_env, postgres_env, postgres_schema, start_server
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 ITEMS = 1000
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -30,13 +27,8 @@ def database_env(request):
     if request.param == "sqlite":
         yield {}
         return
-    schema = f"llh_evals_{secrets.token_hex(6)}"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield {"LLAMAHOST_DATABASE_URL": f"{PG}?options=-csearch_path%3D{schema}",
-           "LLAMAHOST_MASTER_KEY": secrets.token_hex(32)}
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with postgres_schema("llh_evals") as schema:
+        yield postgres_env(schema)
 
 
 def _wait_http(url: str, process: subprocess.Popen) -> None:

@@ -5,38 +5,30 @@ a lost claim cannot record a result, and results are sealed."""
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections import Counter
+from contextlib import ExitStack
 
-import psycopg
 import pytest
 from sqlalchemy import text
 
+from conftest import postgres_env, postgres_schema
 from llamahost.config import load_config
 from llamahost.errors import NotFound
 from llamahost.evals.store import EvalStore, ItemResult
 from llamahost.tenancy.stores import open_stores
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path, monkeypatch):
-    schema = None
-    if request.param == "postgresql":
-        schema = f"llh_evst_{secrets.token_hex(6)}"
-        with psycopg.connect(PG, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        monkeypatch.setenv("LLAMAHOST_DATABASE_URL", f"{PG}?options=-csearch_path%3D{schema}")
-        monkeypatch.setenv("LLAMAHOST_MASTER_KEY", secrets.token_hex(32))
-    stores = open_stores(load_config(None, data_dir=tmp_path))
-    team, _ = stores.teams.ensure("t")
-    yield EvalStore(stores.db, stores.keyring), team, stores
-    stores.db.close()
-    if schema is not None:
-        with psycopg.connect(PG, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with ExitStack() as stack:
+        if request.param == "postgresql":
+            for name, value in postgres_env(stack.enter_context(postgres_schema("llh_evst"))).items():
+                monkeypatch.setenv(name, value)
+        stores = open_stores(load_config(None, data_dir=tmp_path))
+        team, _ = stores.teams.ensure("t")
+        yield EvalStore(stores.db, stores.keyring), team, stores
+        stores.db.close()
 
 
 def test_concurrent_claims_respect_the_limit_and_never_share_an_item(store):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import sqlite3
 import subprocess
@@ -22,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from conftest import llamahost_env, run_cli
@@ -34,7 +32,6 @@ from llamahost.jobs.queue import JobQueue
 from llamahost.tenancy.scope import Scope
 from llamahost.tenancy.stores import open_stores
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 WORKER = Path(__file__).with_name("jobs_worker.py")
 DEADLINE = 120.0  # generous: a loaded machine starts processes slowly; a pass takes seconds
 
@@ -47,19 +44,6 @@ def wait_for(condition: Callable[[], object], what: str, deadline: float = DEADL
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def pg_env():
-    schema = f"llh_jobs_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield {
-        "LLAMAHOST_DATABASE_URL": f"{PG}?options=-csearch_path%3D{schema}",
-        "LLAMAHOST_MASTER_KEY": secrets.token_hex(32),
-    }
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture

@@ -4,37 +4,25 @@ key prefix, removed afterwards, so concurrent runs never see each other's state.
 
 from __future__ import annotations
 
-import secrets
 import subprocess
-import uuid
 
 import httpx
 import psycopg
 import pytest
 import redis
+
+from conftest import PG, postgres_env, postgres_schema
 from ratelimit_helpers import assert_exact_burst, burst, chat, chat_body, new_team
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
 def shared_env():
-    schema = f"llh_test_{uuid.uuid4().hex[:12]}"
-    prefix = f"llamahost-test:{schema}:"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    env = {
-        # libpq's `options` puts every connection of the server on the test's schema.
-        "LLAMAHOST_DATABASE_URL": f"{PG}?options=-csearch_path%3D{schema}",
-        # With PostgreSQL every replica must be given the same master key.
-        "LLAMAHOST_MASTER_KEY": secrets.token_hex(32),
-        "LLAMAHOST_REDIS_URL": REDIS,
-        "LLAMAHOST_REDIS_PREFIX": prefix,
-    }
-    yield env | {"_schema": schema}
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with postgres_schema() as schema:
+        prefix = f"llamahost-test:{schema}:"
+        env = postgres_env(schema) | {"LLAMAHOST_REDIS_URL": REDIS, "LLAMAHOST_REDIS_PREFIX": prefix}
+        yield env | {"_schema": schema}
     r = redis.Redis.from_url(REDIS)
     for key in r.scan_iter(match=prefix + "*"):
         r.delete(key)

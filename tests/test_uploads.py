@@ -15,18 +15,13 @@ import sqlite3
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
-import psycopg
-import pytest
 from llama_api_client import LlamaAPIClient
 
-from conftest import start_server
+from conftest import postgres_url, start_server
 from upload_helpers import MiB, assert_absent_in, assert_absent_under, canary, dataset, send_parts
-
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def _client(server) -> LlamaAPIClient:
@@ -97,19 +92,9 @@ def test_sdk_upload_resumes_after_a_restart_sqlite(tmp_path):
         server.stop()
 
 
-@pytest.fixture
-def pg_schema():
-    schema = f"llh_up_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield schema
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
 def test_sdk_upload_resumes_after_a_restart_postgresql(tmp_path, pg_schema):
     env = {
-        "LLAMAHOST_DATABASE_URL": f"{PG}?options=-csearch_path%3D{pg_schema}",
+        "LLAMAHOST_DATABASE_URL": postgres_url(pg_schema),
         "LLAMAHOST_MASTER_KEY": secrets.token_hex(32),
     }
     server, mark, file_id, _ = _upload_across_a_restart(tmp_path, env)

@@ -5,14 +5,13 @@ idle sessions."""
 
 from __future__ import annotations
 
-import secrets
 import threading
-import uuid
+from contextlib import ExitStack
 
-import psycopg
 import pytest
 from sqlalchemy import select, update
 
+from conftest import postgres_env, postgres_schema
 from llamahost.config import FilesConfig
 from llamahost.errors import Conflict
 from llamahost.files.protocol import UploadCreate
@@ -23,27 +22,19 @@ from llamahost.store.keyring import open_store
 from llamahost.store.models import FileChunk, FilePart
 from llamahost.tenancy.teams import TeamStore
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def service(request, tmp_path, monkeypatch):
     for name in ("LLAMAHOST_MASTER_KEY", "LLAMAHOST_MASTER_KEY_FILE", "LLAMAHOST_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    schema = None
-    if request.param == "postgresql":
-        schema = f"llh_files_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(PG, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        monkeypatch.setenv("LLAMAHOST_DATABASE_URL", f"{PG}?options=-csearch_path%3D{schema}")
-        monkeypatch.setenv("LLAMAHOST_MASTER_KEY", secrets.token_hex(32))
-    db, keyring = open_store(tmp_path)
-    team_id, _ = TeamStore(db, keyring).ensure("team")
-    yield FileService(db, keyring, DatabaseChunks(db), FilesConfig()), team_id
-    db.close()
-    if schema is not None:
-        with psycopg.connect(PG, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with ExitStack() as stack:
+        if request.param == "postgresql":
+            for name, value in postgres_env(stack.enter_context(postgres_schema("llh_files"))).items():
+                monkeypatch.setenv(name, value)
+        db, keyring = open_store(tmp_path)
+        team_id, _ = TeamStore(db, keyring).ensure("team")
+        yield FileService(db, keyring, DatabaseChunks(db), FilesConfig()), team_id
+        db.close()
 
 
 def _write(writer, data: bytes) -> None:

@@ -14,33 +14,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
 import uuid
 
 import httpx
-import psycopg
-import pytest
 
 from conftest import Server, start_server
 
 MODEL = "SmolLM2-135M-Instruct"
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 REQUESTS = 40
 KILL_AFTER = 30  # completed responses
-
-
-@pytest.fixture
-def pg_env():
-    schema = f"llh_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield {
-        "LLAMAHOST_DATABASE_URL": f"{PG}?options=-csearch_path%3D{schema}",
-        "LLAMAHOST_MASTER_KEY": secrets.token_hex(32),
-    }
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def _call(i: int, tag: str, key: str, limited_key: str) -> tuple[str, str, dict, str]:

@@ -5,12 +5,11 @@ PostgreSQL (127.0.0.1:5432, database ``test``, a schema of its own)."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import pytest
 
+from conftest import postgres_schema, postgres_url
 from llamahost.errors import InvalidRequest, NotFound
 from llamahost.store.crypto import MasterKey
 from llamahost.store.db import Database
@@ -20,7 +19,6 @@ from llamahost.tenancy.teams import TeamStore
 from llamahost.tenancy.usage import UsageStore, new_record_id, parse_time
 from llamahost.tenancy.usage_summary import parse_bucket
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 MASTER = MasterKey.generate()
 
@@ -33,17 +31,13 @@ def db(request, tmp_path):
         yield database
         database.close()
         return
-    schema = f"llh_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    database = Database(f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}")
-    try:
-        database.migrate(MASTER)
-        yield database
-    finally:
-        database.close()
-        with psycopg.connect(PG, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with postgres_schema() as schema:
+        database = Database(postgres_url(schema, driver="postgresql+psycopg"))
+        try:
+            database.migrate(MASTER)
+            yield database
+        finally:
+            database.close()
 
 
 def _row(team_id: int, at: datetime, model: str, user: str | None, prompt: int, completion: int, status: str = "ok") -> dict:

@@ -49,9 +49,7 @@ PURGE_KIND = "evals.purge"
 def register(kinds: JobKinds, config: Config) -> None:
     kinds.register_kind(KIND, run_job, timeout=JOB_TIMEOUT_SECONDS, max_attempts=5, retry_delay=5.0)
     # Output items are customer content: kept as long as the team's retention_days, as stored requests are.
-    interval = config.content.purge_interval_seconds
-    kinds.register_kind(PURGE_KIND, purge_job, timeout=3600.0, max_attempts=3, retry_delay=min(60.0, interval),
-                        every=interval)
+    kinds.register_periodic(PURGE_KIND, purge_job, every=config.content.purge_interval_seconds)
 
 
 async def purge_job(job: JobContext) -> dict[str, Any]:

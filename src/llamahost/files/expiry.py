@@ -20,14 +20,4 @@ async def purge(ctx: JobContext) -> dict[str, Any]:
 
 
 def register(kinds: JobKinds, config: Config) -> None:
-    interval = config.files.purge_interval_seconds
-    kinds.register_kind(
-        KIND,
-        purge,
-        # Deleting a long-abandoned 1 GiB upload's chunks is seconds; an hour bounds a
-        # wedged database or object store without cutting a large backlog short.
-        timeout=3600.0,
-        max_attempts=3,
-        retry_delay=min(60.0, interval),
-        every=interval,
-    )
+    kinds.register_periodic(KIND, purge, every=config.files.purge_interval_seconds)

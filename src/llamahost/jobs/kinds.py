@@ -114,6 +114,13 @@ class JobKinds:
         self._kinds[name] = kind
         return kind
 
+    def register_periodic(self, name: str, handler: JobHandler, *, every: float, timeout: float = 3600.0) -> JobKind:
+        """A maintenance kind the loop schedules once per ``every`` seconds. Its work is
+        idempotent (a purge), so a failed run is simply retried a little later: at most a
+        minute, sooner when the interval itself is shorter. The default hour of timeout
+        bounds a wedged database or object store without cutting a large backlog short."""
+        return self.register_kind(name, handler, timeout=timeout, max_attempts=3, retry_delay=min(60.0, every), every=every)
+
     def get(self, name: str) -> JobKind | None:
         return self._kinds.get(name)
 

@@ -20,14 +20,4 @@ async def purge(ctx: JobContext) -> dict[str, Any]:
 
 
 def register(kinds: JobKinds, config: Config) -> None:
-    interval = config.content.purge_interval_seconds
-    kinds.register_kind(
-        KIND,
-        purge,
-        # A purge deletes in one statement per team; an hour bounds a wedged database
-        # connection without cutting a large first purge short.
-        timeout=3600.0,
-        max_attempts=3,
-        retry_delay=min(60.0, interval),
-        every=interval,
-    )
+    kinds.register_periodic(KIND, purge, every=config.content.purge_interval_seconds)
