@@ -6,7 +6,9 @@ One job does the end-to-end run and the worker-killed test at once, because each
 loads the model on a 2-core machine: its first attempt is stopped once its first
 checkpoint is uploaded (the trainer frozen, then worker and trainer SIGKILLed), a new
 worker resumes it from that checkpoint, and the finished job is what the later tests
-read (job object, events, checkpoints, artifacts, usage). The trainer is frozen when
+read (job object, events, checkpoints, artifacts, usage). The second worker runs the
+`command` backend with the local trainer as its command, so the resumed attempt (and
+the cancel test after it) prove that backend too. The trainer is frozen when
 its first checkpoint appears on disk, before it can finish the second epoch, so the kill
 lands mid-run whatever the machine's speed.
 """
@@ -44,6 +46,11 @@ lease_seconds = 4
 threads = 2
 max_jobs_per_team = 1
 """
+# The same, training through the `command` backend with the local trainer as the command.
+COMMAND_CONFIG = CONFIG.replace("[fine_tuning]\n", f"""[fine_tuning]
+backend = "command"
+command = {json.dumps([sys.executable, "-m", "llamahost.finetune", "--spec", "{spec}"])}
+""")
 DEADLINE = 1800.0  # a model load or two on a crowded 2-core CPU: generous on purpose
 
 # Ten rows (the least a fine-tuning dataset may have), short, with a short system
@@ -65,13 +72,17 @@ def client(server, surface: str = "v1", key: str | None = None) -> openai.OpenAI
 
 
 class Worker:
-    """`llamahost jobs work` over the server's database and configuration."""
+    """`llamahost jobs work` over the server's database, with the server's configuration
+    or another (``config``: a different training backend)."""
 
-    def __init__(self, server, name: str) -> None:
+    def __init__(self, server, name: str, config: str | None = None) -> None:
         self.log_path = server.data_dir.parent / f"{name}.log"
+        config_path = server.data_dir.parent / "llamahost.toml"
+        if config is not None:
+            config_path = server.data_dir.parent / f"{name}.toml"
+            config_path.write_text(config)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "llamahost", "jobs", "work", "--config", str(server.data_dir.parent / "llamahost.toml"),
-             "--kind", "fine_tune"],
+            [sys.executable, "-m", "llamahost", "jobs", "work", "--config", str(config_path), "--kind", "fine_tune"],
             env=llamahost_env(server.data_dir, server.env), stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
         )
 
@@ -125,8 +136,8 @@ def server(tmp_path_factory):
     s.stop()
 
 
-def start_worker(server, name: str) -> Worker:
-    worker = Worker(server, name)
+def start_worker(server, name: str, config: str | None = None) -> Worker:
+    worker = Worker(server, name, config)
     server.workers.append(worker)
     return worker
 
@@ -169,7 +180,7 @@ def finished(server, training_file):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    start_worker(server, "worker-2")
+    start_worker(server, "worker-2", COMMAND_CONFIG)
     done = poll(lambda: (j := c.fine_tuning.jobs.retrieve(job.id)).status not in ("queued", "running") and j,
                 "the job to end")
     assert done.status == "succeeded", (done.error, server.workers[-1].log()[-3000:])
@@ -363,3 +374,24 @@ def test_roles_and_other_teams(server, training_file, finished):
     with pytest.raises(openai.NotFoundError):
         client(server, key=other).fine_tuning.jobs.list_events(job.id)
     assert client(server, key=other).fine_tuning.jobs.list().data == []
+
+
+def test_team_deletion_takes_jobs_events_adapters_and_models(server, finished):
+    """Last: it deletes the team the other tests use."""
+    import sqlite3
+
+    job, _ = finished
+    db = server.data_dir / "llamahost.db"
+
+    def counts() -> dict[str, int]:
+        with sqlite3.connect(db) as conn:
+            tables = ("fine_tuning_jobs", "fine_tuning_events", "fine_tuning_checkpoints", "tuned_models")
+            found = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+            found["blob chunks"] = conn.execute("SELECT count(*) FROM file_chunks WHERE file_id LIKE 'ftblob-%'").fetchone()[0]
+        return found
+
+    before = counts()
+    assert before["tuned_models"] == 3 and before["blob chunks"] >= 4  # final + 2 checkpoints; 2 blobs per checkpoint
+    deleted = server.cli("teams", "delete", "test", "--yes")
+    assert deleted.returncode == 0, deleted.stderr
+    assert counts() == dict.fromkeys(before, 0)

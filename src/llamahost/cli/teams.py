@@ -105,17 +105,20 @@ def _set(args: argparse.Namespace) -> int:
 def _delete(args: argparse.Namespace) -> int:
     if not args.yes:
         print(
-            f"llamahost: deleting team {args.name!r} removes its keys, limits, settings, stored content, files and evals and "
-            "shreds its data keys (its content can never be read again); add --yes to do it",
+            f"llamahost: deleting team {args.name!r} removes its keys, limits, settings, stored content, files, evals, "
+            "fine-tuning jobs and tuned models and shreds its data keys (its content can never be read again); "
+            "add --yes to do it",
             file=sys.stderr,
         )
         return 2
     from ..evals.store import EvalStore
     from ..files.service import open_files
+    from ..fine_tuning.store import FineTuningStore
 
     stores = open_stores(args)
     stores.teams.on_delete.append(open_files(stores.config, stores.db, stores.keyring).delete_team)
     stores.teams.on_delete.append(EvalStore(stores.db, stores.keyring).delete_team)
+    stores.teams.on_delete.append(FineTuningStore(stores.db, stores.keyring).delete_team)
     deleted = stores.teams.delete(args.name)
     print(
         f"deleted team {deleted.team}: {deleted.api_keys} API keys, {deleted.stored_requests} stored requests, "

@@ -49,6 +49,7 @@ from typing import Any
 from ..config import Config
 from ..errors import APIError, NotFound
 from ..finetune.backends import TrainingRun
+from ..finetune.deps import TrainingUnavailable
 from ..finetune.journal import EVENTS, RESULT
 from ..finetune.spec import EXIT_CANCELLED, TrainingSpec
 from ..jobs.kinds import JobContext, JobKinds
@@ -291,6 +292,10 @@ async def _attempt(ctx: JobContext, service: FineTuningService, config: Config, 
         base_model = service.backend.base_model(model)
     except APIError as exc:
         return await _fail(service, job, "model_not_available", exc.message, "model")
+    try:
+        service.backend.check_available()
+    except TrainingUnavailable as exc:  # this worker lacks the extra: it says how to install it
+        return await _fail(service, job, "training_unavailable", exc.message, "model")
     # A fresh directory per attempt: a trainer of an earlier attempt on this host (killed
     # with its loop) may still be writing for a moment into the old one.
     await asyncio.to_thread(shutil.rmtree, job_dir, True)

@@ -226,6 +226,10 @@ class FineTuningService:
             raise InvalidRequest(f"model: no model {name!r} is configured here", param="model")
         model = next(m for m in self.config.models if m.id == model_id)
         self.backend.base_model(model)
+        if not self.config.jobs.run_in_server:
+            # Training runs in `llamahost jobs work` elsewhere, maybe on a machine with the
+            # extra this one lacks: the attempt itself checks (and fails the job saying why).
+            return model
         try:
             self.backend.check_available()
         except TrainingUnavailable as exc:
