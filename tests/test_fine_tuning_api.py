@@ -51,7 +51,8 @@ COMMAND_CONFIG = CONFIG.replace("[fine_tuning]\n", f"""[fine_tuning]
 backend = "command"
 command = {json.dumps([sys.executable, "-m", "llamahost.finetune", "--spec", "{spec}"])}
 """)
-DEADLINE = 1800.0  # a model load or two on a crowded 2-core CPU: generous on purpose
+DEADLINE = 1800.0
+CANARY = "CANARY-ft-metadata-5b1e"  # a model load or two on a crowded 2-core CPU: generous on purpose
 
 # Ten rows (the least a fine-tuning dataset may have), short, with a short system
 # prompt (SmolLM2's template adds a long default one otherwise).
@@ -158,10 +159,12 @@ def finished(server, training_file):
     started = time.monotonic()
     first = start_worker(server, "worker-1")
     job = c.fine_tuning.jobs.create(
-        model="SmolLM2-135M-Instruct", training_file=training_file, suffix="lockers", seed=7,
+        # The same file validates too (a validation loss at each epoch's end, for the plumbing).
+        model="SmolLM2-135M-Instruct", training_file=training_file, validation_file=training_file, suffix="lockers",
+        seed=7,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 10,
                                                                          "learning_rate_multiplier": 4}}},
-        metadata={"purpose": "ci"},
+        metadata={"purpose": CANARY},
     )
     assert job.status == "queued"
     attempt_dir = server.data_dir / "fine-tuning" / job.id / "attempt-1"
@@ -197,7 +200,7 @@ def test_job_runs_to_succeeded_across_a_killed_worker(server, finished):
     assert raw["hyperparameters"] == {"n_epochs": 2, "batch_size": 10, "learning_rate_multiplier": 4.0}
     assert raw["method"] == {"type": "supervised", "supervised": {"hyperparameters": raw["hyperparameters"]}}
     assert raw["result_files"] == [] and raw["integrations"] == [] and raw["error"] is None
-    assert raw["seed"] == 7 and raw["metadata"] == {"purpose": "ci"} and raw["trained_tokens"] > 0
+    assert raw["seed"] == 7 and raw["metadata"] == {"purpose": CANARY} and raw["trained_tokens"] > 0
     assert raw["finished_at"] >= raw["created_at"]
     base, organization, suffix, job_id = raw["fine_tuned_model"].removeprefix("ft:").split(":")
     assert (base, suffix, job_id) == ("SmolLM2-135M-Instruct", "lockers", job.id)
@@ -239,7 +242,8 @@ def test_checkpoints_per_epoch(server, finished):
     assert [c.step_number for c in checkpoints] == [2, 1]  # newest first
     for c in checkpoints:
         assert c.fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-{c.step_number}"
-        assert c.fine_tuning_job_id == job.id and c.metrics.train_loss is not None and c.metrics.step == c.step_number
+        assert c.fine_tuning_job_id == job.id and c.metrics.step == c.step_number
+        assert c.metrics.train_loss is not None and c.metrics.valid_loss is not None
 
 
 def test_artifacts_archive_holds_gguf_and_peft(server, finished):
@@ -390,6 +394,11 @@ def test_team_deletion_takes_jobs_events_adapters_and_models(server, finished):
             found["blob chunks"] = conn.execute("SELECT count(*) FROM file_chunks WHERE file_id LIKE 'ftblob-%'").fetchone()[0]
         return found
 
+    # Content is sealed at rest: the metadata, the events' messages, the dataset's text and
+    # the adapters' file names appear nowhere in the database file or its WAL.
+    stored = b"".join(p.read_bytes() for p in server.data_dir.glob("llamahost.db*"))
+    for plain in (CANARY, "training loss=", "KIWI-21", "adapter_config.json", "lora_A"):
+        assert plain.encode() not in stored, plain
     before = counts()
     assert before["tuned_models"] == 3 and before["blob chunks"] >= 4  # final + 2 checkpoints; 2 blobs per checkpoint
     deleted = server.cli("teams", "delete", "test", "--yes")

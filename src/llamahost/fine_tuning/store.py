@@ -288,6 +288,11 @@ class FineTuningStore:
         for attempt in range(5):
             try:
                 with self.db.session() as s:
+                    # A no-op write of the job's row first: it holds the row (PostgreSQL) or
+                    # the database (SQLite) until commit, so concurrent writers of one job's
+                    # events take their numbers one after the other.
+                    s.execute(update(FineTuningJob).where(FineTuningJob.id == job_id).values(id=FineTuningJob.id)
+                              .execution_options(synchronize_session=False))
                     last = s.scalar(select(func.max(FineTuningEvent.seq)).where(FineTuningEvent.job_id == job_id))
                     seq = (last or 0) + 1
                     for offset, event in enumerate(events):
@@ -301,7 +306,7 @@ class FineTuningStore:
                                                    "fine_tuning_events", event_id, "body"),
                         ))
                 return
-            except IntegrityError:  # the API and the worker wrote at once: take the next numbers
+            except IntegrityError:  # not expected after the lock above; take the next numbers
                 if attempt == 4:
                     raise
 
