@@ -23,7 +23,10 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "dashboard"
 LAPTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
-PAGES = {"keys": "API keys", "playground": "Playground", "usage": "Usage", "datasets": "Datasets", "evals": "Evaluation"}
+PAGES = {
+    "keys": "API keys", "playground": "Playground", "usage": "Usage", "datasets": "Datasets", "fine-tuning": "Fine-tuning",
+    "evals": "Evaluation",
+}
 # Replies are generated on 2 shared cores: give assertions on the page time to come true.
 expect.set_options(timeout=60_000)
 

@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).parent / "static"
 # The single-page app's routes: each serves index.html, which shows the page named by the path.
-PAGES = ("keys", "playground", "usage", "datasets", "evals")
+PAGES = ("keys", "playground", "usage", "datasets", "fine-tuning", "evals")
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [

@@ -1,4 +1,5 @@
-// The llamahost dashboard: sign in with an API key, then API keys, Playground, Usage, Datasets and Evaluation.
+// The llamahost dashboard: sign in with an API key, then API keys, Playground, Usage, Datasets,
+// Fine-tuning and Evaluation.
 //
 // Stack: Preact + htm from one vendored ES module (vendor/README.md), plain ES modules,
 // no build step. Why: components and state without a toolchain to install or keep
@@ -8,6 +9,7 @@ import { html, render, useEffect, useState } from "../vendor/preact-htm.js";
 import { api, ApiError, storedKey } from "./api.js";
 import { DatasetsPage } from "./pages/datasets.js";
 import { EvalsPage } from "./pages/evals.js";
+import { FineTuningPage } from "./pages/finetune.js";
 import { KeysPage } from "./pages/keys.js";
 import { PlaygroundPage } from "./pages/playground.js";
 import { UsagePage } from "./pages/usage.js";
@@ -19,6 +21,7 @@ const PAGES = [
   { path: "playground", title: "Playground", component: PlaygroundPage },
   { path: "usage", title: "Usage", component: UsagePage },
   { path: "datasets", title: "Datasets", component: DatasetsPage },
+  { path: "fine-tuning", title: "Fine-tuning", component: FineTuningPage },
   { path: "evals", title: "Evaluation", component: EvalsPage },
 ];
 

@@ -28,7 +28,7 @@ export function bucketLabel(ms, bucketSeconds) {
 // starts: bucket start times (ms); series: [{name, index, values: number[] aligned with starts}]
 // The drawing is as wide in SVG units as it is on screen, so its labels keep their
 // size from phone to laptop instead of being scaled with the picture.
-function useWidth() {
+export function useWidth() {
   const ref = useRef(null);
   const [width, setWidth] = useState(DEFAULT_WIDTH);
   useEffect(() => {
@@ -102,6 +102,62 @@ export function StackedBars({ id, title, unit, starts, bucketSeconds, series }) 
                     ${series.map((s) => html`<td class="num">${number.format(s.values[i])}</td>`)}</tr>`
                 : null,
             )}
+          </tbody>
+        </table>
+      <//>
+    </details>
+  </figure>`;
+}
+
+// Lines over steps as inline SVG (the Fine-tuning page's learning curve): each series is
+// [{x, y}] points, drawn as a line when it has many and as dots where it is sparse (a
+// validation loss measured once per epoch). Same conventions as StackedBars: as wide as
+// on screen, a text summary for screen readers, the numbers as a table behind a disclosure.
+export function LineChart({ id, title, xLabel, series, summary, format = (v) => v.toFixed(3) }) {
+  const [ref, width] = useWidth();
+  const points = series.flatMap((s) => s.points);
+  const xs = points.map((p) => p.x);
+  const ys = points.map((p) => p.y);
+  const xMin = Math.min(...xs, 1);
+  const xMax = Math.max(...xs, xMin + 1);
+  const yMax = niceMax(Math.max(0, ...ys));
+  const plotW = width - PAD.left - PAD.right;
+  const plotH = HEIGHT - PAD.top - PAD.bottom;
+  const x = (v) => PAD.left + ((v - xMin) / (xMax - xMin)) * plotW;
+  const y = (v) => PAD.top + plotH - (v / yMax) * plotH;
+  const ticks = [...new Set([xMin, Math.round((xMin + xMax) / 2), xMax])];
+  const rows = [...new Set(xs)].sort((a, b) => a - b);
+  const byX = series.map((s) => new Map(s.points.map((p) => [p.x, p.y])));
+  return html`<figure class="chart line-chart" id=${id} ref=${ref}>
+    <figcaption><h3 id=${`${id}-title`}>${title}</h3></figcaption>
+    <svg viewBox=${`0 0 ${width} ${HEIGHT}`} role="img" aria-labelledby=${`${id}-title ${id}-desc`}>
+      <desc id=${`${id}-desc`}>${summary}</desc>
+      ${[0, 0.5, 1].map(
+        (f) => html`<g class="grid">
+          <line x1=${PAD.left} x2=${width - PAD.right} y1=${y(yMax * f)} y2=${y(yMax * f)} />
+          <text x=${PAD.left - 6} y=${y(yMax * f) + 4} text-anchor="end">${format(yMax * f)}</text>
+        </g>`,
+      )}
+      ${series.map((s) => html`<g class=${`series series-${s.index % SERIES_CLASSES}`}>
+        ${s.points.length > 1 &&
+        html`<polyline fill="none" points=${s.points.map((p) => `${x(p.x)},${y(p.y)}`).join(" ")} />`}
+        ${s.points.map((p) => html`<circle cx=${x(p.x)} cy=${y(p.y)} r=${s.points.length > 40 ? 1.5 : 3}>
+          <title>${`${s.name}, ${xLabel.toLowerCase()} ${p.x}: ${format(p.y)}`}</title></circle>`)}
+      </g>`)}
+      ${ticks.map((t, i) => html`<text class="tick" x=${x(t)} y=${HEIGHT - 8}
+        text-anchor=${i === ticks.length - 1 && ticks.length > 1 ? "end" : "middle"}>${`${xLabel} ${t}`}</text>`)}
+    </svg>
+    <ul class="legend" aria-label=${`${title}: series`}>
+      ${series.map((s) => html`<li><span class=${`swatch series-${s.index % SERIES_CLASSES}`} aria-hidden="true"></span>${s.name}</li>`)}
+    </ul>
+    <details>
+      <summary>${title} as a table</summary>
+      <${TableRegion} label=${`${title} table`}>
+        <table>
+          <thead><tr><th scope="col">${xLabel}</th>${series.map((s) => html`<th scope="col" class="num">${s.name}</th>`)}</tr></thead>
+          <tbody>
+            ${rows.map((step) => html`<tr><th scope="row">${step}</th>
+              ${byX.map((values) => html`<td class="num">${values.has(step) ? format(values.get(step)) : ""}</td>`)}</tr>`)}
           </tbody>
         </table>
       <//>

@@ -54,3 +54,13 @@ export function useFocusOnMount() {
   }, []);
   return ref;
 }
+
+// Go to another dashboard page (with a query, e.g. the playground's ?model=) without a
+// reload: the app follows history's popstate, as it does for the back button.
+export function goTo(event, href) {
+  if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+  event.preventDefault();
+  history.pushState(null, "", href);
+  dispatchEvent(new PopStateEvent("popstate"));
+  requestAnimationFrame(() => document.getElementById("main")?.focus());
+}

@@ -84,8 +84,15 @@ function NewEval({ onCreated }) {
     </div>
     <fieldset class="field">
       <legend>Models</legend>
-      ${models.map((m) => html`<label class="check"><input type="checkbox" checked=${form.models.includes(m)}
-        onChange=${toggle("models", m)} /> ${m}</label>`)}
+      ${models.filter((m) => !m.startsWith("ft:")).map((m) => html`<label class="check"><input type="checkbox"
+        checked=${form.models.includes(m)} onChange=${toggle("models", m)} /> ${m}</label>`)}
+    </fieldset>
+    <fieldset class="field">
+      <legend>Tuned models</legend>
+      ${models.filter((m) => m.startsWith("ft:")).map((m) => html`<label class="check tuned"><input type="checkbox"
+        checked=${form.models.includes(m)} onChange=${toggle("models", m)} /> ${m}</label>`)}
+      ${!models.some((m) => m.startsWith("ft:")) && html`<p class="hint">Your team's fine-tuned models appear here,
+        to compare with their base model.</p>`}
     </fieldset>
     <fieldset class="field">
       <legend>Graders</legend>
@@ -118,7 +125,7 @@ function Chart({ runs }) {
       return html`<g transform=${`translate(0 ${i * (bar + 8)})`}>
         <rect x="0" y="0" width=${width} height=${bar} class="track" />
         <rect x="0" y="0" width=${Math.max(1, rate * width)} height=${bar} class="fill" />
-        <text x="6" y=${bar - 7}>${r.model} ${percent(rate)}</text>
+        <text x="6" y=${bar - 7}>${percent(rate)} ${r.model}</text>
       </g>`;
     })}
   </svg>`;

@@ -104,8 +104,10 @@ export function PlaygroundPage() {
   const [settingsOpen] = useState(() => matchMedia("(min-width: 721px)").matches);
   const [models, setModels] = useState([]);
   const [loadError, setLoadError] = useState(null);
+  // ?model= picks the model (the Fine-tuning page's "Try it in the playground" links here with the tuned model).
+  const [wanted] = useState(() => new URLSearchParams(location.search).get("model"));
   const [settings, setSettings] = useState({
-    model: "",
+    model: wanted || "",
     system: "",
     temperature: DEFAULTS.temperature,
     topP: DEFAULTS.topP,
@@ -128,7 +130,10 @@ export function PlaygroundPage() {
     api("/v1/models")
       .then((list) => {
         setModels(list.data);
-        if (list.data.length) setSettings((s) => ({ ...s, model: s.model || list.data[0].id }));
+        if (wanted && !list.data.some((m) => m.id === wanted)) {
+          setNotice(`${wanted} is not among this key's models; showing ${list.data[0]?.id ?? "none"} instead.`);
+          setSettings((s) => ({ ...s, model: list.data.length ? list.data[0].id : "" }));
+        } else if (list.data.length) setSettings((s) => ({ ...s, model: s.model || list.data[0].id }));
       })
       .catch(setLoadError);
     return () => abort.current && abort.current.abort();
@@ -228,7 +233,13 @@ export function PlaygroundPage() {
         <div class="field">
           <label for="pg-model">Model</label>
           <select id="pg-model" value=${settings.model} onChange=${(e) => set("model")(e.currentTarget.value)}>
-            ${models.map((m) => html`<option value=${m.id}>${m.id}${m.root && m.root !== m.id ? ` (served by ${m.root})` : ""}</option>`)}
+            ${models.filter((m) => !m.id.startsWith("ft:")).map(
+              (m) => html`<option value=${m.id}>${m.id}${m.root && m.root !== m.id ? ` (served by ${m.root})` : ""}</option>`,
+            )}
+            ${models.some((m) => m.id.startsWith("ft:")) &&
+            html`<optgroup label="Your team's tuned models">
+              ${models.filter((m) => m.id.startsWith("ft:")).map((m) => html`<option value=${m.id}>${m.id}</option>`)}
+            </optgroup>`}
           </select>
         </div>
         <div class="field">
