@@ -23,14 +23,13 @@ from ..jobs.service import Jobs, open_jobs
 from ..observability import UserLogging
 from ..safety.guardrails import Guardrails, LogRecorder
 from ..safety.service import ModerationService
+from ..tenancy.journal import JOURNAL_DIRNAME
 from ..tenancy.limits import build_limiter
 from ..tenancy.metering import Metering
 from ..tenancy.stores import Stores, open_stores
 
 log = logging.getLogger("llamahost")
 
-# Under the data dir: the usage journal of each server process (tenancy/journal.py).
-JOURNAL_DIR = "usage-journal"
 # Every job kind's registration, ``register(kinds, config)``: a feature with background
 # work (uploads expiry, fine-tuning, evals) adds its own here.
 JOB_KINDS = (retention_jobs.register, upload_expiry.register, eval_runs.register, fine_tuning_runs.register)
@@ -72,7 +71,7 @@ def build_services(config: Config) -> Services:
         registry=registry,
         chat=chat,
         metering=Metering(
-            build_limiter(config), stores.limits, stores.usage, stores.content, journal_dir=config.data_dir / JOURNAL_DIR
+            build_limiter(config), stores.limits, stores.usage, stores.content, journal_dir=config.data_dir / JOURNAL_DIRNAME
         ),
         moderation=moderation,
         files=files,

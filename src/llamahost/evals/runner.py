@@ -29,6 +29,7 @@ from ..engines.registry import ModelRegistry
 from ..errors import APIError, NotFound, RateLimited, ServiceUnavailable
 from ..jobs.kinds import JobContext, JobKinds
 from ..jobs.loop import new_worker_id
+from ..tenancy.journal import JOURNAL_DIRNAME
 from ..tenancy.keys import Principal
 from ..tenancy.limits import build_limiter
 from ..tenancy.metering import Metering
@@ -68,6 +69,7 @@ class EvalRuntime:
     chat: ChatService
     metering: Metering
     _loading: dict[str, asyncio.Task] = field(default_factory=dict)
+    _started: bool = False
 
     @classmethod
     def build(cls, services: Any) -> EvalRuntime:
@@ -75,8 +77,19 @@ class EvalRuntime:
         registry = ModelRegistry(config)
         return cls(
             registry, ChatService(registry),
-            Metering(build_limiter(config), services.limits, services.usage, services.content),
+            # Journalled like a server's: a loop killed mid-item loses none of the usage
+            # its generations already spent (the item is generated again, and both count).
+            Metering(
+                build_limiter(config), services.limits, services.usage, services.content,
+                journal_dir=config.data_dir / JOURNAL_DIRNAME,
+            ),
         )
+
+    async def start(self) -> None:
+        """Opens the usage journal once (in the loop that meters), replaying dead processes'."""
+        if not self._started:
+            self._started = True
+            await self.metering.start()
 
     async def ready(self, model: str) -> None:
         entry = self.registry.resolve(model)
@@ -286,6 +299,7 @@ async def run_job(job: JobContext) -> dict[str, Any]:
     )
     cfg = config.evals
     ctx = RunContext(run_id, run.team_id, principal, run.spec, graders, runtime_for(services), cfg.rate_limit_retries)
+    await ctx.runtime.start()
     slots = max(1, math.ceil(cfg.max_concurrency / cfg.jobs_per_run)) if cfg.jobs_per_run > 1 else cfg.max_concurrency
     worker = f"{new_worker_id()}:{job.job_id}"
     await asyncio.to_thread(evals.set_run_status, run_id, IN_PROGRESS, only_from=(QUEUED,))

@@ -50,6 +50,9 @@ from ..store.crypto import CryptoError, DataKey, open_sealed
 log = logging.getLogger(__name__)
 
 _USER_CONTEXT = ("usage_journal", "user")
+# Under the data dir: every metering process's journal (servers and job loops alike, so a
+# dead one's records are replayed by whichever starts next).
+JOURNAL_DIRNAME = "usage-journal"
 
 
 def _tag_of(path: Path) -> str:
