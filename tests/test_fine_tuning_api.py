@@ -283,6 +283,8 @@ def test_cancel_stops_the_training(server, training_file, finished):
     c = client(server)
     job = c.fine_tuning.jobs.create(model="SmolLM2-135M-Instruct", training_file=training_file,
                                     hyperparameters={"n_epochs": 3, "batch_size": 1})
+    # "auto" (here the learning rate multiplier) is resolved at creation, and shown.
+    assert job.hyperparameters.model_dump() == {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 2.0}
     # The team's one job slot is taken: another job is refused until this one ends.
     with pytest.raises(openai.RateLimitError) as refused:
         c.fine_tuning.jobs.create(model="SmolLM2-135M-Instruct", training_file=training_file)

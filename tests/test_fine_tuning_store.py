@@ -2,7 +2,7 @@
 concurrent writers, paging, a resumed run's metrics replaced, checkpoints once per epoch,
 conditional status moves, tuned models as the serving side reads them (adapters as
 sealed blobs in the files backend), another team seeing nothing, team deletion, and
-content sealed in the rows."""
+content sealed in the rows; which models the local backends can tune."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import pytest
 from sqlalchemy import text
 
 from conftest import postgres_env, postgres_schema
-from llamahost.config import load_config
+from llamahost.config import ModelConfig, load_config
+from llamahost.errors import InvalidRequest
 from llamahost.files.service import open_files
 from llamahost.files.storage import MissingChunk
-from llamahost.fine_tuning.service import TunedModels, checkpoint_model_id, tuned_model_id
+from llamahost.fine_tuning.service import TunedModels, auto_hyperparameters, checkpoint_model_id, tuned_model_id
 from llamahost.fine_tuning.store import (
     ACTIVE,
     CANCELLED,
@@ -27,6 +28,7 @@ from llamahost.fine_tuning.store import (
     FineTuningStore,
     NewEvent,
 )
+from llamahost.finetune.backends import gguf_base_model
 from llamahost.tenancy.stores import open_stores
 
 SECRET = "CANARY-metadata-7f3a"
@@ -153,3 +155,13 @@ def test_tuned_models_and_their_adapters(env):
     assert models.all_for_base("base") == [] and store.checkpoints(job_id) == []
     with stores.db.session() as s:
         assert s.execute(text("SELECT count(*) FROM file_chunks")).scalar() == 0
+
+
+def test_only_embedded_models_can_be_tuned_here():
+    upstream = ModelConfig(id="big", engine="openai", replicas=["http://10.0.0.5:8000/v1"])
+    with pytest.raises(InvalidRequest) as refused:
+        gguf_base_model(upstream)
+    assert refused.value.param == "model" and "upstream" in refused.value.message
+    assert gguf_base_model(ModelConfig(id="small")) == "bundled"
+    assert auto_hyperparameters(10) == {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 2.0}
+    assert auto_hyperparameters(1000)["batch_size"] == 8
