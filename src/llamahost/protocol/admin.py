@@ -101,7 +101,7 @@ class UsageRecord(BaseModel):
     latency_ms: int
     status: str
     stop_reason: str | None
-    kind: str  # chat | moderation | guardrail_input | guardrail_output
+    kind: str  # chat | moderation | guardrail_input | guardrail_output | eval | fine_tune
 
 
 class UsageTotals(BaseModel):

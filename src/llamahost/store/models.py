@@ -121,7 +121,8 @@ class UsageRecord(Base):
     status: Mapped[str] = mapped_column(String(32))
     stop_reason: Mapped[str | None] = mapped_column(String(16))
     # "chat", "moderation" (a /v1/moderations call), "guardrail_input" / "guardrail_output"
-    # (an automatic check of a chat's input or reply).
+    # (an automatic check of a chat's input or reply), "eval" (an eval run's generation),
+    # "fine_tune" (a succeeded fine-tuning job: its trained tokens as prompt tokens).
     kind: Mapped[str] = mapped_column(String(24), server_default="chat", default="chat")
 
 
