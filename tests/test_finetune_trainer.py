@@ -151,6 +151,15 @@ def test_dataset_errors_name_the_line(tmp_path: Path) -> None:
         read_examples(_write_jsonl(tmp_path / "empty.jsonl", []))
 
 
+def test_native_datasets_parse_like_openai_ones() -> None:
+    # The Llama API's message format: an assistant's content may be one text item, not a list.
+    example = parse_example({"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Code?"}]},
+        {"role": "assistant", "content": {"type": "text", "text": "KIWI"}, "stop_reason": "stop"},
+    ]}, 1)
+    assert [(m.role, m.content, m.trained) for m in example.messages] == [("user", "Code?", False), ("assistant", "KIWI", True)]
+
+
 def test_trainer_without_the_extra_says_how_to_install() -> None:
     # A None entry in sys.modules is how Python itself marks a module as not importable.
     code = (

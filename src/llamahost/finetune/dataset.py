@@ -30,6 +30,10 @@ class Example:
 def _text(content: Any, where: str, param: str) -> str:
     if isinstance(content, str):
         return content
+    if isinstance(content, dict):
+        # The native (Llama API) message format lets an assistant message's content be one
+        # text item rather than a list: a dataset uploaded on /v1 passed its check with it.
+        content = [content]
     if isinstance(content, list):
         parts = []
         for part in content:
