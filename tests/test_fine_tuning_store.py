@@ -14,10 +14,16 @@ from sqlalchemy import text
 
 from conftest import postgres_env, postgres_schema
 from llamahost.config import ModelConfig, load_config
-from llamahost.errors import InvalidRequest
+from llamahost.errors import InvalidRequest, NotFound, PermissionDenied
 from llamahost.files.service import open_files
 from llamahost.files.storage import MissingChunk
-from llamahost.fine_tuning.service import TunedModels, auto_hyperparameters, checkpoint_model_id, tuned_model_id
+from llamahost.fine_tuning.service import (
+    TunedModels,
+    auto_hyperparameters,
+    checkpoint_model_id,
+    open_fine_tuning,
+    tuned_model_id,
+)
 from llamahost.fine_tuning.store import (
     ACTIVE,
     CANCELLED,
@@ -29,6 +35,7 @@ from llamahost.fine_tuning.store import (
     NewEvent,
 )
 from llamahost.finetune.backends import gguf_base_model
+from llamahost.jobs.service import open_jobs
 from llamahost.tenancy.stores import open_stores
 
 SECRET = "CANARY-metadata-7f3a"
@@ -138,6 +145,7 @@ def test_tuned_models_and_their_adapters(env):
     last = models.get(team, f"{final}:ckpt-step-2")
     assert last is not None and models.adapter_gguf(last)
     assert models.delete(team, f"{final}:ckpt-step-2")
+    assert not models.delete(team, f"{final}:ckpt-step-2")  # gone already
     assert store.checkpoint(checkpoints[0].id).gguf is None  # type: ignore[union-attr]
     with pytest.raises(MissingChunk):  # the chunks are gone from the files backend
         list(files.read_blob(team, "ftblob-2gguf", 2))
@@ -149,6 +157,14 @@ def test_tuned_models_and_their_adapters(env):
     assert raw and all(SECRET.encode() not in bytes(b) for b in raw)
     assert chunks and all(b"GGUF" not in bytes(c) for c in chunks)
     assert store.get_job(team, job_id).metadata == {"k": SECRET}
+
+    # Deleting through the service (what DELETE /v1/models/{id} calls): admins only.
+    service = open_fine_tuning(stores, files, open_jobs(stores, ()).queue)
+    with pytest.raises(PermissionDenied):
+        service.delete_model(team, "member", f"{final}:ckpt-step-1")
+    assert service.delete_model(team, "admin", f"{final}:ckpt-step-1")["deleted"] is True
+    with pytest.raises(NotFound):
+        service.delete_model(team, "admin", f"{final}:ckpt-step-1")
 
     assert store.delete_team(team) == {"fine_tuning_jobs": 1}
     files.delete_team(team)
