@@ -181,3 +181,40 @@ def test_only_embedded_models_can_be_tuned_here():
     assert gguf_base_model(ModelConfig(id="small")) == "bundled"
     assert auto_hyperparameters(10) == {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 2.0}
     assert auto_hyperparameters(1000)["batch_size"] == 8
+
+
+def test_adapter_blobs_on_an_s3_backend(tmp_path, monkeypatch):
+    """Checkpoints go to whichever files backend is configured: here a real S3-compatible
+    server (moto's server mode); sealed objects under the team's prefix, gone with the team."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    from conftest import free_port
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        bucket = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k",
+                              aws_secret_access_key="s")
+        bucket.create_bucket(Bucket="llamahost-ft")
+        monkeypatch.setenv("LLAMAHOST_S3_ACCESS_KEY_ID", "k")
+        monkeypatch.setenv("LLAMAHOST_S3_SECRET_ACCESS_KEY", "s")
+        config = tmp_path / "llamahost.toml"
+        config.write_text(f'[files]\nbackend = "s3"\n[files.s3]\nendpoint_url = "{endpoint}"\nbucket = "llamahost-ft"\n'
+                          'region = "us-east-1"\nprefix = "llh/"\n')
+        stores = open_stores(load_config(config, data_dir=tmp_path / "data"))
+        team, _ = stores.teams.ensure("t")
+        files = open_files(stores.config, stores.db, stores.keyring)
+        data = b"GGUF" + bytes(range(256)) * 5000  # two chunks
+        assert files.put_blob(team, "ftblob-s3", [data[:1000], data[1000:]]) == (len(data), 2)
+        keys = [o["Key"] for o in bucket.list_objects_v2(Bucket="llamahost-ft").get("Contents", [])]
+        assert len(keys) == 2 and all(k.startswith(f"llh/{team}/ftblob-s3/") for k in keys)
+        assert all(b"GGUF" not in bucket.get_object(Bucket="llamahost-ft", Key=k)["Body"].read() for k in keys)
+        assert b"".join(files.read_blob(team, "ftblob-s3", 2)) == data
+        files.delete_team(team)
+        assert bucket.list_objects_v2(Bucket="llamahost-ft").get("KeyCount") == 0
+        stores.db.close()
+    finally:
+        moto.stop()
