@@ -156,13 +156,24 @@ class ModelConfig(_Strict):
     # "as_requested": non-streaming requests go up as one JSON request (cheaper; the
     # read timeout is then the total timeout, since the upstream says nothing until done).
     upstream_streaming: Literal["always", "as_requested"] = "always"
+    # Fine-tuning an upstream model: its base weights in Hugging Face format (a local folder
+    # with config.json, *.safetensors and the tokenizer, as the trainer sees it; nothing is
+    # downloaded). Unset: the model cannot be tuned here.
+    hf_weights: str | None = None
+    # Serving its tuned models: the directory llamahost writes each adapter's PEFT folder to
+    # (a volume every replica mounts), loaded into each replica through vLLM's runtime LoRA
+    # endpoint (the replicas run with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora).
+    lora_dir: str | None = None
+    # The same directory as the replicas see it, when they mount it elsewhere (default: lora_dir).
+    upstream_lora_dir: str | None = None
 
     @model_validator(mode="after")
     def _engine_keys(self) -> ModelConfig:
         upstream_keys = (
             "replicas", "upstream_model", "api_key", "api_key_env", "connect_timeout", "read_timeout",
             "total_timeout", "max_attempts", "health_check_interval", "health_check_path",
-            "failure_threshold", "ejection_seconds", "tokenizer", "upstream_streaming",
+            "failure_threshold", "ejection_seconds", "tokenizer", "upstream_streaming", "hf_weights", "lora_dir",
+            "upstream_lora_dir",
         )
         if self.engine == "openai":
             if not self.replicas:
@@ -174,6 +185,8 @@ class ModelConfig(_Strict):
                 raise ValueError(f"model {self.id!r}: a replica is listed twice")
             if self.api_key and self.api_key_env:
                 raise ValueError(f"model {self.id!r}: give api_key or api_key_env, not both")
+            if self.upstream_lora_dir and not self.lora_dir:
+                raise ValueError(f"model {self.id!r}: upstream_lora_dir needs lora_dir (where llamahost writes the adapters)")
             llamacpp_keys = (
                 "path", "threads", "parallel", "prefix_cache", "max_queue", "mmproj", "lora_adapters", "ngram_speculation",
                 "sampling",
@@ -368,6 +381,57 @@ class FilesConfig(_Strict):
         if self.backend == "s3" and not (self.s3.bucket or env(ENV_S3_BUCKET)):
             raise ValueError('backend "s3" needs [files.s3] bucket (or LLAMAHOST_S3_BUCKET)')
         return self
+
+
+class KubernetesConfig(_Strict):
+    """Fine-tuning as Kubernetes Jobs (``[fine_tuning] backend = "kubernetes"``): each job
+    is a ``batch/v1`` Job running the trainer (``python -m llamahost.finetune``) in the
+    llamahost image; the trainer reads its dataset from and publishes its results to the
+    files backend, so the pod needs the database and master key (``env_from_secrets``) and
+    the server's configuration (``config_map``)."""
+
+    # The llamahost image with the finetune extra (and torch) installed.
+    image: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    # The pod's service account (e.g. one with cloud credentials for the object store); unset: the namespace's default.
+    service_account: str | None = None
+    # Container resources, as Kubernetes quantities ("4", "500m", "16Gi"): requests and limits alike.
+    cpu: str | None = None
+    memory: str | None = None
+    # Accelerators per pod, as the extended resource `gpu_resource` (a limit).
+    gpus: int = Field(default=0, ge=0, le=64)
+    gpu_resource: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    # Pod tolerations in Kubernetes' own shape: {key, operator, value, effect, tolerationSeconds}.
+    tolerations: list[dict[str, str | int]] = Field(default_factory=list)
+    # Secrets whose keys become the trainer's environment (LLAMAHOST_DATABASE_URL,
+    # LLAMAHOST_MASTER_KEY, LLAMAHOST_S3_ACCESS_KEY_ID, ...).
+    env_from_secrets: list[str] = Field(default_factory=list)
+    # A ConfigMap with the server's config file under the key `llamahost.toml` (its [files]
+    # section tells the trainer where files live), mounted and named by LLAMAHOST_CONFIG.
+    config_map: str | None = None
+    # More environment variables for the trainer (e.g. HF_HOME, NCCL settings).
+    env: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    # The trainer's scratch space (dataset, checkpoints before upload): an emptyDir of at most this size.
+    scratch_size: str | None = None
+    # Pods retried after a failure Kubernetes counts (a node lost, OOMKilled); the retry
+    # resumes from the last published checkpoint. A failed dataset or a cancel is never retried.
+    backoff_limit: int = Field(default=2, ge=0, le=100)
+    # The Job fails after this long in all (Kubernetes' activeDeadlineSeconds); unset: no limit.
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    # Kubernetes deletes a finished Job (and its pods) this long after it ends.
+    ttl_seconds_after_finished: int = Field(default=3600, ge=0)
+    # A pod that cannot start (image pull failing, missing secret, unschedulable) fails the job after this long.
+    start_timeout_seconds: float = Field(default=900.0, gt=0)
+    # How often the worker reads the Job's status and the trainer's published progress.
+    poll_seconds: float = Field(default=5.0, gt=0, le=300)
+    # How the worker reaches the API server: in a pod, its service account (in-cluster);
+    # else this kubeconfig file (default ~/.kube/config) and context (default: its current one).
+    kubeconfig: str | None = None
+    context: str | None = None
 
 
 class JobsConfig(_Strict):
