@@ -30,9 +30,11 @@ from .. import observability as obs
 from ..config import ModelConfig
 from ..errors import APIError, EngineFailure, InvalidRequest, ServiceUnavailable
 from ..types.chat import ChatMessage, ChatRequest, StopReason
+from ..types.tuned import TunedModel, TunedModelSource
 from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut, ToolCallDelta, openai_message
 from .llama_tokens import LlamaTokenCounter, tokenizer_for
 from .replicas import Replica, ReplicaPool
+from .upstream_lora import UpstreamLoras
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,14 @@ class OpenAIUpstreamEngine(Engine):
         self._counter: LlamaTokenCounter | None = None
         self._client: httpx.AsyncClient | None = None
         self._health_task: asyncio.Task | None = None
+        # Where tuned models come from (the registry sets it before load); with a lora_dir
+        # they are served as vLLM LoRA adapters (``loras``, made at load).
+        self.tuned_source: TunedModelSource | None = None
+        self.loras: UpstreamLoras | None = None
+
+    @property
+    def _auth(self) -> dict[str, str]:
+        return {k: v for k, v in self._headers.items() if k == "Authorization"}
 
     @property
     def ready(self) -> bool:
@@ -208,6 +218,10 @@ class OpenAIUpstreamEngine(Engine):
             ),
         )
         self._request_headers = httpx.Headers({**self._client.headers, **self._headers})
+        if self.tuned_source is not None and cfg.lora_dir:
+            self.loras = UpstreamLoras(cfg.id, cfg.lora_dir, cfg.upstream_lora_dir, self.tuned_source)
+            # Tuned models that exist already: the health loop loads them into every replica.
+            await asyncio.to_thread(self.loras.preload)
         self._health_task = asyncio.create_task(self._health_loop(), name=f"health-{cfg.id}")
 
     async def _health_loop(self) -> None:
@@ -218,14 +232,38 @@ class OpenAIUpstreamEngine(Engine):
                 await self.pool.check(
                     self._client,
                     cfg.health_check_path,
-                    {k: v for k, v in self._headers.items() if k == "Authorization"},
+                    self._auth,
                     timeout=min(cfg.connect_timeout + cfg.read_timeout, cfg.health_check_interval * 2, 10.0),
                 )
+                if self.loras is not None:
+                    await self.loras.reconcile(self._client, [r.url for r in self.pool.replicas if r.healthy], self._auth)
             except Exception:  # a bug here must not stop the checks for good
                 log.exception("health check of %s failed", cfg.id)
             await asyncio.sleep(cfg.health_check_interval)
 
+    def _require_loras(self) -> UpstreamLoras:
+        if self.loras is None:
+            raise InvalidRequest(
+                f"model {self.config.id!r} does not serve tuned models (its configuration has no lora_dir)", param="model"
+            )
+        return self.loras
+
+    async def ensure_adapter(self, model: TunedModel) -> None:
+        """A tuned model asked for: every replica should serve it from now on (each loads it
+        before its first request for it; the health loop loads it into the others)."""
+        self._require_loras().want(model)
+
     async def prepare(self, request: ChatRequest) -> PreparedPrompt:
+        assert self._counter is not None
+        if request.adapter is not None:
+            loras = self._require_loras()
+            tuned = await asyncio.to_thread(loras.resolve, request.team_id, request.adapter)
+            prepared = await self._prepare(request)
+            prepared.engine_data["model"] = loras.name(tuned)
+            return prepared
+        return await self._prepare(request)
+
+    async def _prepare(self, request: ChatRequest) -> PreparedPrompt:
         assert self._counter is not None
         # Long prompts and images (base64-encoding megabytes) are prepared off the event loop.
         if request.images or sum(len(m.content) for m in request.messages) > _INLINE_TOKENIZE_CHARS:
@@ -333,6 +371,27 @@ class OpenAIUpstreamEngine(Engine):
             headers={"Retry-After": "2"},
         )
 
+    def _tuned(self, prepared: PreparedPrompt) -> TunedModel | None:
+        if prepared.request.adapter is None or self.loras is None:
+            return None
+        return self.loras.wanted.get(prepared.engine_data["model"])
+
+    async def _send(self, replica: Replica, request: httpx.Request, tuned: TunedModel | None) -> httpx.Response:
+        assert self._client is not None
+        if tuned is None or self.loras is None:
+            return await self._client.send(request, stream=True)
+        await self.loras.ensure(self._client, replica.url, tuned, self._auth)
+        response = await self._client.send(request, stream=True)
+        if response.status_code == 404:
+            # The replica no longer knows the adapter (it restarted since loading it):
+            # load it again and send once more; nothing has reached the client yet.
+            await response.aclose()
+            log.warning("replica %s lost LoRA adapter %s; reloading it", replica.url, tuned.id)
+            self.loras.forget(replica.url, self.loras.name(tuned))
+            await self.loras.ensure(self._client, replica.url, tuned, self._auth)
+            response = await self._client.send(request, stream=True)
+        return response
+
     async def _attempt(
         self, replica: Replica, payload: bytes, prepared: PreparedPrompt, deadline: float, whole: bool = False
     ) -> AsyncGenerator[EngineEvent, None]:
@@ -353,7 +412,7 @@ class OpenAIUpstreamEngine(Engine):
             extensions={"timeout": timeout.as_dict()},
         )
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self._send(replica, request, self._tuned(prepared))
         except httpx.TimeoutException as exc:
             raise _Retry(f"{type(exc).__name__} before the response started") from None
         except httpx.HTTPError as exc:

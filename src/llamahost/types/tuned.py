@@ -47,6 +47,11 @@ class TunedModelSource(Protocol):
         temporary file only while the engine loads it)."""
         ...
 
+    def adapter_peft(self, model: TunedModel) -> dict[str, bytes]:
+        """The PEFT folder of the model, decrypted: relative file name -> bytes
+        (adapter_config.json, adapter_model.safetensors). Upstream engines (vLLM) load it."""
+        ...
+
     def delete(self, team_id: int, model_id: str) -> bool:
         """Removes the model (and its adapter); False when the team has no such model."""
         ...
