@@ -164,8 +164,10 @@ class Attempt:
     def _upload(self, directory: Path, info: dict[str, Any]) -> None:
         team_id = self.job.team_id
         gguf_id, archive_id = f"ftblob-{os.urandom(12).hex()}", f"ftblob-{os.urandom(12).hex()}"
-        size, chunks = self.files.put_blob(team_id, gguf_id, _file_chunks(directory / ADAPTER_GGUF))
-        gguf = Blob(gguf_id, chunks, size)
+        gguf: Blob | None = None
+        if (directory / ADAPTER_GGUF).exists():  # an upstream model's (Hugging Face) base has no llama.cpp adapter
+            size, chunks = self.files.put_blob(team_id, gguf_id, _file_chunks(directory / ADAPTER_GGUF))
+            gguf = Blob(gguf_id, chunks, size)
         try:
             with tempfile.TemporaryFile(dir=self.run.work_dir) as tar_file:
                 with tarfile.open(fileobj=tar_file, mode="w:") as tar:
@@ -209,7 +211,7 @@ class Attempt:
 def _restore_checkpoint(service: FineTuningService, job: JobRecord, output_dir: Path) -> int | None:
     """The newest uploaded checkpoint into ``output_dir``; its step, or None if there is none."""
     latest = next(iter(service.store.checkpoints(job.id, limit=1)), None)
-    if latest is None or latest.archive is None or latest.gguf is None:
+    if latest is None or latest.archive is None:
         return None
     target = output_dir / CHECKPOINTS / f"epoch-{latest.epoch:04d}"
     tmp = output_dir / CHECKPOINTS / f".restore-{latest.epoch:04d}"
@@ -220,9 +222,10 @@ def _restore_checkpoint(service: FineTuningService, job: JobRecord, output_dir: 
         tar_file.seek(0)
         with tarfile.open(fileobj=tar_file, mode="r:") as tar:
             tar.extractall(tmp, filter="data")
-    with (tmp / ADAPTER_GGUF).open("wb") as f:
-        for chunk in service.files.read_blob(job.team_id, latest.gguf.id, latest.gguf.chunks):
-            f.write(chunk)
+    if latest.gguf is not None:
+        with (tmp / ADAPTER_GGUF).open("wb") as f:
+            for chunk in service.files.read_blob(job.team_id, latest.gguf.id, latest.gguf.chunks):
+                f.write(chunk)
     tmp.rename(target)
     return latest.step
 

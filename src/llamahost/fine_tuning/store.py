@@ -342,7 +342,7 @@ class FineTuningStore:
     # --- checkpoints -----------------------------------------------------------------------------
 
     def add_checkpoint(self, job: JobRecord, *, epoch: int, step: int, trained_tokens: int, model_id: str,
-                       metrics: dict[str, Any], gguf: Blob, archive: Blob) -> bool:
+                       metrics: dict[str, Any], gguf: Blob | None, archive: Blob) -> bool:
         """Record an uploaded checkpoint; False if the job has one for that epoch already
         (the caller then deletes the blobs it uploaded)."""
         checkpoint_id = new_id("ftckpt")
@@ -352,7 +352,8 @@ class FineTuningStore:
                     id=checkpoint_id, job_id=job.id, team_id=job.team_id, epoch=epoch, step=step,
                     trained_tokens=trained_tokens, model_id=model_id, created_at=_now(),
                     metrics_sealed=self._seal(job.team_id, metrics, "fine_tuning_checkpoints", checkpoint_id, "metrics"),
-                    gguf_blob=gguf.id, gguf_chunks=gguf.chunks, gguf_bytes=gguf.bytes,
+                    gguf_blob=gguf.id if gguf else None, gguf_chunks=gguf.chunks if gguf else 0,
+                    gguf_bytes=gguf.bytes if gguf else 0,
                     archive_blob=archive.id, archive_chunks=archive.chunks, archive_bytes=archive.bytes,
                 ))
         except IntegrityError:

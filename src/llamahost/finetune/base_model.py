@@ -1,15 +1,18 @@
-"""Where the base model's weights come from: a GGUF file, dequantized by transformers.
+"""Where the base model's weights come from: a GGUF file, dequantized by transformers (the
+embedded models), or a folder in Hugging Face format (upstream models: ``hf_weights``).
 
 The trainer never downloads anything: transformers reads the architecture, the tokenizer
-and the weights from the GGUF itself (and un-permutes llama.cpp's q/k layout on the way).
+and the weights from the GGUF itself (and un-permutes llama.cpp's q/k layout on the way),
+or from the folder's config.json, tokenizer files and safetensors, offline.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import InvalidRequest
 
@@ -34,6 +37,30 @@ def resolve_base_gguf(path: str) -> Path:
     return resolved
 
 
+@dataclass(frozen=True)
+class BaseWeights:
+    path: Path  # the GGUF file, or the Hugging Face folder
+    format: Literal["gguf", "hf"]
+
+    @property
+    def gguf(self) -> Path | None:
+        """The GGUF the adapter must fit (and be exported for), when the base is one."""
+        return self.path if self.format == "gguf" else None
+
+
+def resolve_base(path: str) -> BaseWeights:
+    """A directory is a Hugging Face folder (config.json, safetensors, tokenizer); anything
+    else a GGUF file or "bundled"."""
+    folder = Path(path).expanduser()
+    if path != "bundled" and folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise InvalidRequest(
+                f"base model folder {folder} is not in Hugging Face format (no config.json)", param="base_model"
+            )
+        return BaseWeights(folder, "hf")
+    return BaseWeights(resolve_base_gguf(path), "gguf")
+
+
 def offline() -> None:
     """Nothing may reach a model hub: the GGUF holds everything the trainer needs."""
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -43,20 +70,27 @@ def offline() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def load_tokenizer(gguf: Path) -> Any:
+def load_tokenizer(base: BaseWeights | Path) -> Any:
     offline()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    base = base if isinstance(base, BaseWeights) else BaseWeights(base, "gguf")
+    if base.format == "hf":
+        return AutoTokenizer.from_pretrained(str(base.path), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(base.path.parent), gguf_file=base.path.name)
 
 
-def load_model(gguf: Path) -> Any:
-    """The base model in fp32 (dequantized): LoRA trains against the exact weights llama.cpp
-    serves once they are dequantized, so an adapter trained here fits the served model."""
+def load_model(base: BaseWeights | Path) -> Any:
+    """The base model in fp32: for a GGUF, dequantized, so LoRA trains against the exact
+    weights llama.cpp serves once they are dequantized and the adapter fits the served model;
+    for a Hugging Face folder, its weights as stored, upcast (the CPU trains in fp32)."""
     offline()
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    return AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    base = base if isinstance(base, BaseWeights) else BaseWeights(base, "gguf")
+    if base.format == "hf":
+        return AutoModelForCausalLM.from_pretrained(str(base.path), local_files_only=True, dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(str(base.path.parent), gguf_file=base.path.name, dtype=torch.float32)

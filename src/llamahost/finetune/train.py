@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 require_training_deps()
 
 from . import parity  # noqa: E402
-from .base_model import load_model, load_tokenizer, resolve_base_gguf  # noqa: E402
+from .base_model import BaseWeights, load_model, load_tokenizer, resolve_base  # noqa: E402
 from .cancel import Cancelled, CancelWatch  # noqa: E402
 from .dataset import read_examples  # noqa: E402
 from .gguf_export import export_lora_gguf  # noqa: E402
@@ -160,18 +160,21 @@ def _train(spec: TrainingSpec, journal: Journal, watch: CancelWatch) -> dict[str
 
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
-    gguf = resolve_base_gguf(spec.base_model)
+    base = resolve_base(spec.base_model)
+    gguf = base.gguf
     journal.event(f"Validating training file: {spec.training_file.name}")
-    tokenizer = load_tokenizer(gguf)
+    tokenizer = load_tokenizer(base)
     train_set = _render_all(spec, tokenizer, spec.training_file, "training_file")
     valid_set = _render_all(spec, tokenizer, spec.validation_file, "validation_file") if spec.validation_file else []
-    _check_tokenizer(tokenizer, gguf, train_set + valid_set)
+    if gguf is not None:  # served by llama.cpp: its tokenizer must agree; an upstream serves the folder's own
+        _check_tokenizer(tokenizer, gguf, train_set + valid_set)
     journal.event(
         f"{len(train_set)} training examples ({sum(len(r.input_ids) for r in train_set)} tokens, "
-        f"{sum(r.trained_tokens for r in train_set)} in assistant turns); tokenizer matches llama.cpp"
+        f"{sum(r.trained_tokens for r in train_set)} in assistant turns)"
+        + ("; tokenizer matches llama.cpp" if gguf is not None else "")
     )
 
-    model = load_model(gguf)
+    model = load_model(base)
     model = get_peft_model(
         model,
         LoraConfig(
@@ -234,14 +237,14 @@ def _train(spec: TrainingSpec, journal: Journal, watch: CancelWatch) -> dict[str
                 break
         if step % steps_per_epoch == 0 or step >= last_step:
             with watch.critical():
-                _save_checkpoint(spec, gguf, model, optimizer, epoch + 1, step, trained_tokens, losses, valid_loss)
+                _save_checkpoint(spec, base, model, optimizer, epoch + 1, step, trained_tokens, losses, valid_loss)
             journal.event(f"Checkpoint saved: epoch {epoch + 1}, step {step}")
 
     final = latest_checkpoint(spec.output_dir)
     if final is None:  # a resumed run that had nothing left to do still has its checkpoint
         raise InvalidRequest("no checkpoint was written")
     with watch.critical():
-        for name in (ADAPTER_DIR, ADAPTER_GGUF):
+        for name in (ADAPTER_DIR, ADAPTER_GGUF) if gguf is not None else (ADAPTER_DIR,):
             target = spec.output_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -251,14 +254,15 @@ def _train(spec: TrainingSpec, journal: Journal, watch: CancelWatch) -> dict[str
         "steps": final.step,
         "epochs": final.epoch,
         "adapter": ADAPTER_DIR,
-        "adapter_gguf": ADAPTER_GGUF,
-        "base_model": str(gguf),
+        # Only a GGUF base gets a llama.cpp adapter; an upstream (vLLM) loads the PEFT folder.
+        "adapter_gguf": ADAPTER_GGUF if gguf is not None else None,
+        "base_model": str(base.path),
     }
 
 
 def _save_checkpoint(
     spec: TrainingSpec,
-    gguf: Path,
+    base: BaseWeights,
     model: Any,
     optimizer: Any,
     epoch: int,
@@ -276,7 +280,8 @@ def _save_checkpoint(
         shutil.rmtree(tmp)  # left by a run killed while saving
     tmp.mkdir(parents=True)
     model.save_pretrained(str(tmp / ADAPTER_DIR))
-    export_lora_gguf(tmp / ADAPTER_DIR, gguf, tmp / ADAPTER_GGUF)
+    if base.gguf is not None:
+        export_lora_gguf(tmp / ADAPTER_DIR, base.gguf, tmp / ADAPTER_GGUF)
     torch.save({"optimizer": optimizer.state_dict()}, tmp / STATE)
     info = {
         "epoch": epoch,
