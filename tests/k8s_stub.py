@@ -9,13 +9,25 @@ URL building, error handling) runs unchanged against it.
 
 Errors are ``Status`` objects as the API server sends them. Every request is recorded
 (method, path, query, body) for the tests to check.
+
+With ``KubeStub(kubelet=Kubelet(...))`` it also runs what a node would: each Job's pod is
+its container's own command and args as a local process, with the container's env, its
+``envFrom`` secrets (given to the Kubelet) and its volume mounts mapped to local
+directories; the Job's and pod's status follow the process as Kubernetes' would (Running,
+then Complete, or a failed pod retried up to backoffLimit, or the pod failure policy's
+FailJob for the trainer's own exit codes), and deleting the Job sends the process SIGTERM.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import secrets
+import signal
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,8 +44,75 @@ def status_object(code: int, reason: str, message: str, name: str | None = None)
     }
 
 
+def _public(job: dict) -> dict:
+    """The Job as the API shows it (without the stub's own bookkeeping)."""
+    return {k: v for k, v in job.items() if not k.startswith("_")}
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Kubelet:
+    """Runs a Job's pod as a local process (see the module's docstring)."""
+
+    def __init__(self, root: Path, secrets: dict[str, dict[str, str]], base_env: dict[str, str]) -> None:
+        self.root = root
+        self.secrets = secrets
+        self.base_env = base_env
+        self.processes: list[subprocess.Popen] = []
+        # Set by a test: called with the pod's process once it runs (e.g. to kill it).
+        self.on_start = None
+        # The image cannot be pulled: pods stay Pending in ImagePullBackOff, nothing runs.
+        self.pull_fails = False
+
+    def mount_map(self, job: dict) -> dict[str, Path]:
+        pod = job["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        mapped = {}
+        for mount in container.get("volumeMounts", []):
+            local = self.root / job["metadata"]["name"] / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            mapped[mount["mountPath"]] = local
+        return mapped
+
+    def start(self, job: dict, log_path: Path) -> subprocess.Popen:
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        mapped = self.mount_map(job)
+
+        def local(value: str) -> str:
+            for mount_path, path in mapped.items():
+                if value == mount_path or value.startswith(mount_path + "/"):
+                    return str(path) + value[len(mount_path):]
+            return value
+
+        env = dict(self.base_env)
+        for source in container.get("envFrom", []):
+            env.update(self.secrets[source["secretRef"]["name"]])
+        for var in container.get("env", []):
+            env[var["name"]] = local(var["value"])
+        argv = [local(a) for a in container["command"] + container.get("args", [])]
+        if argv[0] == "python":  # the image's Python: here, the one running the tests
+            argv[0] = sys.executable
+        process = subprocess.Popen(
+            argv, env=env, cwd=local(container.get("workingDir", str(self.root))), stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
 class KubeStub:
-    def __init__(self) -> None:
+    def __init__(self, kubelet: Kubelet | None = None) -> None:
+        self.kubelet = kubelet
         self.jobs: dict[tuple[str, str], dict] = {}
         self.pods: dict[tuple[str, str], list[dict]] = {}
         self.requests: list[dict] = []
@@ -88,6 +167,8 @@ class KubeStub:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+        if self.kubelet is not None:
+            self.kubelet.stop_all()
 
     def kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         """A kubeconfig naming this server, as `kubectl config` writes one (token auth)."""
@@ -113,15 +194,20 @@ class KubeStub:
                 job["metadata"].update(uid=f"uid-{len(self.jobs) + 1}", resourceVersion="1", creationTimestamp="2026-11-29T18:00:00Z")
                 job["status"] = {}
                 self.jobs[key] = job
-                return 201, job
+                if self.kubelet is not None:
+                    self._run_pod(key)
+                return 201, _public(job)
             key = (namespace, name or "")
             if key not in self.jobs:
                 return 404, status_object(404, "NotFound", f'jobs.batch "{name}" not found', name)
             if method == "GET":
-                return 200, self.jobs[key]
+                return 200, _public(self.jobs[key])
             if method == "DELETE":
-                del self.jobs[key]
+                job = self.jobs.pop(key)
                 self.pods.pop(key, None)
+                for process in job.get("_processes", []):
+                    if process.poll() is None:  # the kubelet's SIGTERM, then the grace period
+                        os.killpg(process.pid, signal.SIGTERM)
                 return 200, {**status_object(200, "", ""), "status": "Success", "details": {"name": name, "group": "batch", "kind": "jobs", "uid": "uid"}}
         pods = PODS.match(path)
         if pods and method == "GET":
@@ -136,6 +222,74 @@ class KubeStub:
             ]
             return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "2"}, "items": items}
         return 404, status_object(404, "NotFound", f"the server could not find the requested resource ({method} {path})")
+
+    # --- the kubelet's part ------------------------------------------------------------------
+
+    def _run_pod(self, key: tuple[str, str]) -> None:
+        """Starts the Job's next pod (called with the lock held)."""
+        assert self.kubelet is not None
+        job = self.jobs[key]
+        pod_name = f"{key[1]}-{secrets.token_hex(3)}"
+        labels = dict(job["spec"]["template"]["metadata"]["labels"], **{"job-name": key[1]})
+        if self.kubelet.pull_fails:
+            image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+            self.pods.setdefault(key, []).append({
+                "metadata": {"name": pod_name, "namespace": key[0], "labels": labels, "creationTimestamp": _now()},
+                "status": {"phase": "Pending", "containerStatuses": [{
+                    "name": "trainer", "image": image, "imageID": "", "ready": False, "restartCount": 0,
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}}}]},
+            })
+            job["status"].update(startTime=_now(), active=1, ready=0)
+            return
+        log_path = self.kubelet.root / f"{pod_name}.log"
+        process = self.kubelet.start(job, log_path)
+        job.setdefault("_processes", []).append(process)
+        pod = {"metadata": {"name": pod_name, "namespace": key[0], "labels": labels, "creationTimestamp": _now()},
+               "status": {"phase": "Running", "startTime": _now(), "containerStatuses": [
+                   {"name": "trainer", "image": "stub", "imageID": "", "ready": True, "restartCount": 0,
+                    "state": {"running": {"startedAt": _now()}}}]}}
+        self.pods.setdefault(key, []).append(pod)
+        status = job["status"]
+        status.update(startTime=status.get("startTime", _now()), active=1, ready=1)
+        threading.Thread(target=self._watch, args=(key, job, pod, process), daemon=True).start()
+        if self.kubelet.on_start is not None:
+            self.kubelet.on_start(process)
+
+    def _watch(self, key: tuple[str, str], job: dict, pod: dict, process: subprocess.Popen) -> None:
+        code = process.wait()
+        code = 128 - code if code < 0 else code
+        with self.lock:
+            pod["status"]["phase"] = "Succeeded" if code == 0 else "Failed"
+            pod["status"]["containerStatuses"][0]["state"] = {"terminated": {
+                "exitCode": code, "reason": "Completed" if code == 0 else "Error", "startedAt": _now(), "finishedAt": _now()}}
+            if self.jobs.get(key) is not job:
+                return  # deleted meanwhile
+            status = job["status"]
+            status.update(active=0, ready=0)
+            now = _now()
+            if code == 0:
+                status["succeeded"] = 1
+                status["completionTime"] = now
+                status["conditions"] = [
+                    {"type": t, "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now}
+                    for t in ("SuccessCriteriaMet", "Complete")
+                ]
+                return
+            status["failed"] = status.get("failed", 0) + 1
+            spec = job["spec"]
+            final = [r for r in spec.get("podFailurePolicy", {}).get("rules", [])
+                     if r["action"] == "FailJob" and code in r.get("onExitCodes", {}).get("values", [])]
+            if final:
+                reason, message = "PodFailurePolicy", f"Container trainer for pod {key[0]}/{pod['metadata']['name']} failed with exit code {code} matching FailJob rule at index 0"
+            elif status["failed"] > spec.get("backoffLimit", 6):
+                reason, message = "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+            else:
+                self._run_pod(key)  # the Job controller's retry: a fresh pod
+                return
+            status["conditions"] = [
+                {"type": t, "status": "True", "reason": reason, "message": message, "lastTransitionTime": now}
+                for t in ("FailureTarget", "Failed")
+            ]
 
     def set_state(self, namespace: str, name: str, recorded: dict) -> None:
         """Gives the stored Job the status, and the namespace the pods, of a recorded response."""

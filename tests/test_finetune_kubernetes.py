@@ -14,6 +14,7 @@ and its calls to the API server.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,9 @@ def test_status_logic_on_recorded_responses(name: str, phase: str, message: str,
         assert state.stuck == bool(problems)  # only a pod that cannot start counts as stuck
     if name == "retrying-after-oom":
         assert state.failed_pods == 1 and not state.stuck  # the retry's pod is just being created
+        assert len(state.failures) == 1 and "OOMKilled" in state.failures[0]  # told while the Job retries
+    if name == "evicted-retrying":
+        assert state.failures and "evicted: The node was low on resource: ephemeral-storage" in state.failures[0]
     if phase == "failed":
         assert state.problems[-1] in state.message  # the last pod's end is told with the Job's
 
@@ -183,3 +187,226 @@ def test_the_client_submits_adopts_reads_and_deletes_over_http(tmp_path: Path) -
             assert jobs.delete(name) is False
         finally:
             jobs.close()
+
+
+# --- a training run as a Job, end to end ----------------------------------------------------
+#
+# The stand-in API server runs each Job's pod as a local process: the rendered container's
+# own command, args and env (its secret holds the database URL and master key, as an
+# operator's Secret would), its volumes mapped to local directories. The trainer trains a
+# tiny Hugging Face llama (test_finetune_hf.py) in seconds; the run's inputs and output
+# travel through the files backend of a real PostgreSQL database, as in a cluster.
+
+from test_finetune_hf import MISSING as TRAINING_MISSING  # noqa: E402
+from test_finetune_hf import hf_folder  # noqa: E402,F401  (a fixture)
+from test_finetune_trainer import ROWS, _write_jsonl  # noqa: E402
+
+needs_training = pytest.mark.skipif(bool(TRAINING_MISSING), reason="fine-tuning extra not installed")
+
+
+@pytest.fixture
+def cluster(tmp_path, pg_env, monkeypatch):
+    """The worker's stores on PostgreSQL, and a stand-in cluster whose pods reach them."""
+    import asyncio  # noqa: F401
+
+    from conftest import SRC
+    from k8s_stub import Kubelet
+    from llamahost.config import FilesConfig
+    from llamahost.files.service import FileService
+    from llamahost.files.storage import DatabaseChunks
+    from llamahost.store.keyring import open_store
+    from llamahost.tenancy.teams import TeamStore
+
+    for name in ("LLAMAHOST_MASTER_KEY_FILE", "LLAMAHOST_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in pg_env.items():
+        monkeypatch.setenv(name, value)
+    db, keyring = open_store(tmp_path / "worker")
+    team_id, _ = TeamStore(db, keyring).ensure("team")
+    files = FileService(db, keyring, DatabaseChunks(db), FilesConfig())
+    base_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
+    kubelet = Kubelet(tmp_path / "node", {"llamahost-db": dict(pg_env)}, base_env)
+    with KubeStub(kubelet) as stub:
+        yield stub, kubelet, files, team_id, db
+    db.close()
+
+
+def training_run(tmp_path: Path, team_id: int, base: Path, **spec):
+    from llamahost.finetune.backends import TrainingRun
+    from llamahost.finetune.spec import TrainingSpec
+
+    work = tmp_path / "attempt"
+    (work / "output").mkdir(parents=True)
+    values = dict(
+        base_model=str(base), training_file=_write_jsonl(work / "training.jsonl", ROWS),
+        validation_file=_write_jsonl(work / "validation.jsonl", ROWS[:1]), output_dir=work / "output",
+        n_epochs=2, batch_size=2, lora_rank=4, lora_alpha=8, threads=1,
+    )
+    values.update(spec)
+    training = TrainingSpec(**values)
+    return TrainingRun(job_id="ftjob-e2e", team_id=team_id, attempt=1, spec=training, spec_path=work / "job.json",
+                       work_dir=work, log_path=work / "trainer.log")
+
+
+def kube_settings(stub: KubeStub, tmp_path: Path, **overrides) -> KubernetesConfig:
+    values: dict = dict(image="llamahost:test", namespace="training", env_from_secrets=["llamahost-db"], cpu="1",
+                        kubeconfig=str(stub.kubeconfig(tmp_path / "kubeconfig")), poll_seconds=0.2, backoff_limit=1)
+    values.update(overrides)
+    return KubernetesConfig(**values)
+
+
+def events_of(run) -> list[dict]:
+    from llamahost.finetune.journal import read_jsonl
+
+    path = run.output_dir / "events.jsonl"
+    return read_jsonl(path) if path.exists() else []
+
+
+def run_blobs(db) -> list[str]:
+    from sqlalchemy import select
+
+    from llamahost.store.models import FileChunk
+
+    with db.session() as s:
+        return list(s.scalars(select(FileChunk.file_id).where(FileChunk.file_id.like("ftk-%"))))
+
+
+@needs_training
+def test_a_run_trains_in_its_pod_and_is_mirrored_back_then_cleaned_up(cluster, tmp_path, hf_folder) -> None:  # noqa: F811
+    import asyncio
+
+    from llamahost.finetune.kube_backend import run_on_kubernetes
+
+    stub, kubelet, files, team_id, db = cluster
+    run = training_run(tmp_path, team_id, hf_folder)
+    code = asyncio.run(run_on_kubernetes(kube_settings(stub, tmp_path), files, run))
+    logs = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "node").glob("*.log"))
+    assert code == 0, logs[-3000:]
+    result = json.loads((run.output_dir / "result.json").read_text())
+    assert result["status"] == "succeeded" and result["steps"] == 2 and result["adapter_gguf"] is None
+    # The checkpoints arrived whole, where the fine-tuning job uploads them from.
+    for epoch in (1, 2):
+        folder = run.output_dir / "checkpoints" / f"epoch-{epoch:04d}"
+        assert json.loads((folder / "checkpoint.json").read_text())["epoch"] == epoch
+        assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    events = events_of(run)
+    messages = [e["message"] for e in events]
+    assert any("Kubernetes Job training/llamahost-ft-ftjob-e2e-1 submitted" in m for m in messages)
+    assert [e["data"]["step"] for e in events if e["type"] == "metrics"] == [1, 2]
+    assert messages[-1] == "The job has successfully completed"
+    # What ran was the rendered container: the trainer in --remote mode, threads from the cpu setting.
+    (posted,) = [r for r in stub.requests if r["method"] == "POST"]
+    args = posted["body"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "--remote" and json.loads(args[1])["team_id"] == team_id
+    assert run_blobs(db) == []  # the run's inputs and published output are gone; the job keeps its own copies
+
+
+@needs_training
+def test_a_pod_killed_mid_run_is_retried_by_the_job(cluster, tmp_path, hf_folder) -> None:  # noqa: F811
+    import asyncio
+    import signal
+
+    from llamahost.finetune.kube_backend import run_on_kubernetes
+
+    stub, kubelet, files, team_id, db = cluster
+    killed: list[int] = []
+
+    def kill_first(process) -> None:
+        if not killed:  # the first pod dies at once (a lost node, the OOM killer): SIGKILL, exit 137
+            killed.append(process.pid)
+            os.killpg(process.pid, signal.SIGKILL)
+
+    kubelet.on_start = kill_first
+    run = training_run(tmp_path, team_id, hf_folder, n_epochs=1)
+    code = asyncio.run(run_on_kubernetes(kube_settings(stub, tmp_path), files, run))
+    assert code == 0 and killed
+    messages = [e["message"] for e in events_of(run)]
+    assert any("exited with 137" in m for m in messages), messages  # told, then retried by the Job
+    assert json.loads((run.output_dir / "result.json").read_text())["status"] == "succeeded"
+
+
+@needs_training
+def test_cancel_deletes_the_job_and_the_trainer_records_it(cluster, tmp_path, hf_folder) -> None:  # noqa: F811
+    import asyncio
+
+    from llamahost.finetune.kube_backend import run_on_kubernetes
+
+    stub, kubelet, files, team_id, db = cluster
+    run = training_run(tmp_path, team_id, hf_folder, n_epochs=100)
+
+    async def scenario() -> int:
+        task = asyncio.create_task(run_on_kubernetes(kube_settings(stub, tmp_path), files, run))
+        while not any(e["type"] == "metrics" for e in events_of(run)):  # training is under way
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.1)
+        run.cancel.set()
+        return await task
+
+    assert asyncio.run(scenario()) == 3
+    assert json.loads((run.output_dir / "result.json").read_text())["status"] == "cancelled"
+    (deleted,) = [r for r in stub.requests if r["method"] == "DELETE"]
+    assert deleted["query"] == {"propagationPolicy": "Background"}
+    assert "Fine-tuning job cancelled" in [e["message"] for e in events_of(run)]
+    assert run_blobs(db) == []
+
+
+def test_a_pod_that_cannot_start_fails_the_run_with_the_reason(cluster, tmp_path) -> None:
+    import asyncio
+
+    from llamahost.finetune.kube_backend import run_on_kubernetes
+
+    stub, kubelet, files, team_id, db = cluster
+    kubelet.pull_fails = True
+    run = training_run(tmp_path, team_id, tmp_path)
+    settings = kube_settings(stub, tmp_path, image="registry.example/llamahost:missing", start_timeout_seconds=1)
+    assert asyncio.run(run_on_kubernetes(settings, files, run)) == 1
+    result = json.loads((run.output_dir / "result.json").read_text())
+    assert result["status"] == "failed" and "did not start within 1 s" in result["error"]["message"]
+    assert "ImagePullBackOff" in result["error"]["message"]
+    warnings = [e["message"] for e in events_of(run) if e["level"] == "warn"]
+    assert any("ImagePullBackOff" in m for m in warnings)
+    assert [r["method"] for r in stub.requests if r["method"] in ("POST", "DELETE")] == ["POST", "DELETE"]
+
+
+def test_a_retried_pod_continues_the_run_from_its_published_checkpoint(cluster, tmp_path) -> None:
+    """What a pod retried by the Job finds: the run's newest checkpoint (restored whole), and
+    the event numbering to continue; the worker's mirror keeps one metrics point per step."""
+    from llamahost.finetune.remote import Mirror, Publisher, RemoteRun
+
+    stub, kubelet, files, team_id, db = cluster
+    run = RemoteRun(team_id, RemoteRun.new_id(), 0)
+    first = tmp_path / "pod-1"
+    checkpoint = first / "checkpoints" / "epoch-0001"
+    (checkpoint / "adapter").mkdir(parents=True)
+    (checkpoint / "adapter" / "adapter_model.safetensors").write_bytes(os.urandom(3000))
+    (checkpoint / "state.pt").write_bytes(os.urandom(2_500_000))  # more than one chunk
+    (checkpoint / "checkpoint.json").write_text(json.dumps({"epoch": 1, "step": 2, "trained_tokens": 40}))
+
+    def metrics(step: int, loss: float) -> str:
+        return json.dumps({"created_at": 0, "level": "info", "message": f"Step {step}", "type": "metrics",
+                           "data": {"step": step, "train_loss": loss}}) + "\n"
+
+    (first / "events.jsonl").write_text(metrics(1, 3.0) + metrics(2, 2.5) + metrics(3, 2.4) + '{"partial')
+    Publisher(files, run, first).publish()
+
+    second = tmp_path / "pod-2"
+    second.mkdir()
+    retried = Publisher(files, run, second)
+    assert retried.segments == 1 and retried.published == {1}
+    assert retried.restore_newest() == 1
+    for path in checkpoint.rglob("*"):
+        if path.is_file():
+            assert (second / path.relative_to(first)).read_bytes() == path.read_bytes()
+    # The retry resumes at step 2 and replays step 3 (another loss): the curve keeps one point per step.
+    (second / "events.jsonl").write_text(metrics(3, 2.2) + metrics(4, 2.0))
+    retried.finish(0)
+
+    mirrored = tmp_path / "worker-output"
+    mirrored.mkdir()
+    mirror = Mirror(files, run, mirrored)
+    assert mirror.pull() and mirror.outcome == {"exit": 0, "result": None}
+    steps = [(e["data"]["step"], e["data"]["train_loss"]) for e in map(json.loads, (mirrored / "events.jsonl").read_text().splitlines())]
+    assert steps == [(1, 3.0), (2, 2.5), (3, 2.4), (4, 2.0)]
+    assert (mirrored / "checkpoints" / "epoch-0001" / "state.pt").read_bytes() == (checkpoint / "state.pt").read_bytes()
+    mirror.delete()
+    assert run_blobs(db) == []

@@ -497,9 +497,13 @@ class FineTuningConfig(_Strict):
     # Where training runs keep their private working directories (datasets decrypted
     # for the trainer, checkpoints before upload); unset: <data dir>/fine-tuning.
     work_dir: Path | None = None
+    # backend = "kubernetes": the Job each training run becomes.
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
 
     @model_validator(mode="after")
     def _command(self) -> FineTuningConfig:
+        if self.backend == "kubernetes" and not self.kubernetes.image:
+            raise ValueError('backend "kubernetes" needs [fine_tuning.kubernetes] image (llamahost with the finetune extra)')
         if self.backend == "command":
             if not self.command:
                 raise ValueError('backend "command" needs command = ["...", "{spec}"]')

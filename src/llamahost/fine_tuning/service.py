@@ -331,7 +331,7 @@ class FineTuningService:
             raise InvalidRequest(f"job {job_id} is {job.status}; its artifacts are there once it has succeeded",
                                  param="fine_tuning_job_id")
         final = next(iter(self.store.checkpoints(job.id, team_id=team_id, limit=1)), None)
-        if final is None or final.archive is None or final.gguf is None:
+        if final is None or final.archive is None:
             raise NotFound(f"job {job_id}'s adapter was deleted (with its tuned model)", param="fine_tuning_job_id")
         out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
         with tempfile.TemporaryFile() as checkpoint_tar:
@@ -340,10 +340,11 @@ class FineTuningService:
             checkpoint_tar.seek(0)
             with tarfile.open(fileobj=checkpoint_tar, mode="r:") as source, \
                     tarfile.open(fileobj=out, mode="w:gz") as archive:
-                gguf = b"".join(self.files.read_blob(team_id, final.gguf.id, final.gguf.chunks))
-                info = tarfile.TarInfo("adapter.gguf")
-                info.size, info.mtime, info.mode = len(gguf), int(final.created_at.timestamp()), 0o644
-                archive.addfile(info, io.BytesIO(gguf))
+                if final.gguf is not None:  # an upstream model's adapter is the PEFT folder alone
+                    gguf = b"".join(self.files.read_blob(team_id, final.gguf.id, final.gguf.chunks))
+                    info = tarfile.TarInfo("adapter.gguf")
+                    info.size, info.mtime, info.mode = len(gguf), int(final.created_at.timestamp()), 0o644
+                    archive.addfile(info, io.BytesIO(gguf))
                 for member in source.getmembers():
                     if member.name.startswith(ARTIFACT_MEMBERS[1]) or member.name == ARTIFACT_MEMBERS[2]:
                         archive.addfile(member, source.extractfile(member) if member.isfile() else None)
@@ -397,6 +398,21 @@ class TunedModels:
             raise NotFound(f"the adapter of {model.id} was deleted", param="model")
         return b"".join(self.files.read_blob(checkpoint.team_id, checkpoint.gguf.id, checkpoint.gguf.chunks))
 
+    def adapter_peft(self, model: TunedModel) -> dict[str, bytes]:
+        """The PEFT folder (``adapter/`` of the checkpoint's archive): what vLLM loads."""
+        checkpoint = self.store.checkpoint(model.adapter_ref)
+        if checkpoint is None or checkpoint.archive is None:
+            raise NotFound(f"the adapter of {model.id} was deleted", param="model")
+        chunks = self.files.read_blob(checkpoint.team_id, checkpoint.archive.id, checkpoint.archive.chunks)
+        folder: dict[str, bytes] = {}
+        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks)), mode="r:") as archive:
+            for member in archive.getmembers():
+                if member.isfile() and member.name.startswith("adapter/"):
+                    extracted = archive.extractfile(member)
+                    if extracted is not None:
+                        folder[member.name.removeprefix("adapter/")] = extracted.read()
+        return folder
+
     def delete(self, team_id: int, model_id: str) -> bool:
         blobs = self.store.delete_tuned(team_id, model_id)
         if blobs is None:
@@ -411,4 +427,4 @@ def open_fine_tuning(stores: Any, files: FileService, queue: JobQueue) -> FineTu
     from ..finetune.backends import backend_for
 
     return FineTuningService(FineTuningStore(stores.db, stores.keyring), files, queue, stores.config, stores.keyring,
-                             backend_for(stores.config))
+                             backend_for(stores.config, files))

@@ -34,7 +34,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..config import Config, ConfigError, FineTuningConfig, ModelConfig
 from ..errors import InvalidRequest
@@ -85,14 +85,16 @@ class Backend(Protocol):
     async def run(self, run: TrainingRun) -> int: ...
 
 
-def gguf_base_model(model: ModelConfig) -> str:
-    """What the trainer on this host can tune: an embedded model, whose GGUF transformers
-    loads and dequantizes (an upstream model's weights are on another server, in a format
-    the trainer does not read)."""
+def base_model_path(model: ModelConfig) -> str:
+    """What the trainer can tune: an embedded model, whose GGUF transformers loads and
+    dequantizes, or an upstream model whose weights in Hugging Face format the trainer can
+    read where it runs (``hf_weights``)."""
     if model.engine != "llamacpp":
+        if model.hf_weights:
+            return model.hf_weights
         raise InvalidRequest(
-            f"model: {model.id!r} is served by an upstream server (engine {model.engine!r}); this server tunes "
-            "embedded (llamacpp) models only",
+            f"model: {model.id!r} is served by an upstream server (engine {model.engine!r}) and has no hf_weights "
+            "(its base weights in Hugging Face format) to tune from",
             param="model",
         )
     return model.path
@@ -120,7 +122,7 @@ class ProcessBackend:
         return None
 
     def base_model(self, model: ModelConfig) -> str:
-        return gguf_base_model(model)
+        return base_model_path(model)
 
     def argv(self, run: TrainingRun) -> list[str]:
         raise NotImplementedError
@@ -206,12 +208,39 @@ class CommandBackend(ProcessBackend):
         return argv
 
 
-def backend_for(config: Config) -> Backend:
+def backend_for(config: Config, files: Any = None) -> Backend:
+    """``files`` (the files service): where a remote backend's runs take their inputs from
+    and publish their output to."""
     ft = config.fine_tuning
     if ft.backend == "local":
         return LocalBackend(ft)
     if ft.backend == "command":
         return CommandBackend(ft)
-    # backend = "kubernetes": its module (the kubernetes client, the Job manifest, status
-    # following) plugs in here.
-    raise ConfigError('[fine_tuning] backend "kubernetes" is not available in this build yet')
+    if files is None:
+        raise ConfigError('[fine_tuning] backend "kubernetes" needs the files service')
+    return KubernetesBackend(ft, files)
+
+
+class KubernetesBackend:
+    """A training run as a ``batch/v1`` Job running the trainer in the llamahost image,
+    its inputs and output through the files backend (kube_backend.py, remote.py)."""
+
+    name = "kubernetes"
+
+    def __init__(self, config: FineTuningConfig, files: Any) -> None:
+        self.config = config
+        self.files = files
+
+    def check_available(self) -> None:
+        from .kube import require_client
+
+        require_client()
+
+    def base_model(self, model: ModelConfig) -> str:
+        # As the pod sees it: the image's bundled model, or a path on a mounted volume.
+        return base_model_path(model)
+
+    async def run(self, run: TrainingRun) -> int:
+        from .kube_backend import run_on_kubernetes
+
+        return await run_on_kubernetes(self.config.kubernetes, self.files, run)

@@ -169,6 +169,9 @@ class JobState:
     # missing secret, no node fits): told as events, and fatal after start_timeout_seconds.
     problems: list[str] = field(default_factory=list)
     failed_pods: int = 0
+    # How each pod that failed ended (OOMKilled, evicted, an exit status): the Job retries
+    # it while backoff_limit allows, so these are told even while the Job goes on.
+    failures: list[str] = field(default_factory=list)
 
     @property
     def stuck(self) -> bool:
@@ -213,8 +216,9 @@ def job_state(job: V1Job, pods: list[V1Pod]) -> JobState:
     conditions = status.conditions if status is not None else None
     failed_pods = (status.failed or 0) if status is not None else 0
     problems = [p for pod in pods for p in pod_problems(pod)]
+    failures = [p for pod in pods if pod.status is not None and pod.status.phase == "Failed" for p in pod_problems(pod)]
     if _true(conditions, "Complete", "SuccessCriteriaMet"):
-        return JobState("succeeded", "the Kubernetes Job completed", failed_pods=failed_pods)
+        return JobState("succeeded", "the Kubernetes Job completed", failed_pods=failed_pods, failures=failures)
     # FailureTarget comes first (1.31+): the Job has failed, its pods are being terminated.
     ended = _true(conditions, "Failed", "FailureTarget")
     if ended is not None:
@@ -224,18 +228,19 @@ def job_state(job: V1Job, pods: list[V1Pod]) -> JobState:
             "PodFailurePolicy": "the trainer failed",
         }.get(ended.reason or "", ended.reason or "failed")
         detail = f": {problems[-1]}" if problems else ""
-        return JobState("failed", f"the Kubernetes Job failed, {reason}{detail}", problems, failed_pods)
+        return JobState("failed", f"the Kubernetes Job failed, {reason}{detail}", problems, failed_pods, failures)
     suspended = _true(conditions, "Suspended")
     if suspended is not None:
-        return JobState("pending", f"the Kubernetes Job is suspended: {suspended.message or ''}".rstrip(": "), [], failed_pods)
+        message = f"the Kubernetes Job is suspended: {suspended.message or ''}".rstrip(": ")
+        return JobState("pending", message, [], failed_pods, failures)
     running = any(pod.status is not None and pod.status.phase == "Running" for pod in pods)
     if status is not None and (status.active or 0) > 0 and running:
-        return JobState("running", "the trainer is running", [], failed_pods)
+        return JobState("running", "the trainer is running", [], failed_pods, failures)
     # Nothing running: a pod is being created or scheduled, or a failed one awaits its retry.
     live = [pod for pod in pods if pod.status is None or pod.status.phase in (None, "Pending")]
     stuck = [p for pod in live for p in pod_problems(pod)]
     waiting = "a retry of the trainer's pod is starting" if failed_pods else "the trainer's pod is starting"
-    return JobState("pending", waiting, stuck, failed_pods)
+    return JobState("pending", waiting, stuck, failed_pods, failures)
 
 
 # --- the API --------------------------------------------------------------------------------
