@@ -18,7 +18,6 @@ import pytest
 from llamahost.errors import InvalidRequest
 from llamahost.finetune import missing_training_modules
 from llamahost.finetune.journal import read_jsonl
-
 from test_finetune_trainer import ROWS, _env, _write_jsonl
 
 MISSING = missing_training_modules()

@@ -49,6 +49,8 @@ def settings(**overrides) -> KubernetesConfig:
         "scratch_size": "50Gi",
         "backoff_limit": 2,
         "active_deadline_seconds": 7200,
+        "volumes": [{"name": "weights", "persistentVolumeClaim": {"claimName": "base-weights", "readOnly": True}}],
+        "volume_mounts": [{"name": "weights", "mountPath": "/models", "readOnly": True}],
     }
     values.update(overrides)
     return KubernetesConfig(**values)
@@ -87,10 +89,13 @@ def test_the_manifest_is_a_valid_v1_job_with_every_setting_in_its_place() -> Non
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["LLAMAHOST_CONFIG"] == "/etc/llamahost/llamahost.toml" and env["HF_HOME"] == "/scratch/hf"
     assert env["LLAMAHOST_DATA_DIR"].startswith("/scratch/")
-    assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]} == {"scratch": "/scratch", "config": "/etc/llamahost"}
+    assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]} == {
+        "scratch": "/scratch", "config": "/etc/llamahost", "weights": "/models"
+    }
     assert pod["volumes"] == [
         {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}},
         {"name": "config", "configMap": {"name": "llamahost-config"}},
+        {"name": "weights", "persistentVolumeClaim": {"claimName": "base-weights", "readOnly": True}},
     ]
 
 
@@ -109,6 +114,8 @@ def test_bad_settings_fail_when_rendered_not_in_the_cluster() -> None:
         render_job(JOB_ID, ARGS, KubernetesConfig())
     with pytest.raises(ConfigError, match="tolerations"):
         render_job(JOB_ID, ARGS, settings(tolerations=[{"key": "gpu", "efect": "NoSchedule"}]))
+    with pytest.raises(ConfigError, match="volume_mounts"):
+        render_job(JOB_ID, ARGS, settings(volume_mounts=[{"name": "weights", "mount_path": 7}]))
 
 
 def test_job_names_are_dns_labels_with_room_for_the_pod_suffix() -> None:
@@ -410,3 +417,22 @@ def test_a_retried_pod_continues_the_run_from_its_published_checkpoint(cluster, 
     assert (mirrored / "checkpoints" / "epoch-0001" / "state.pt").read_bytes() == (checkpoint / "state.pt").read_bytes()
     mirror.delete()
     assert run_blobs(db) == []
+
+
+def test_the_deploy_manifests_for_fine_tuning_are_valid_objects() -> None:
+    """deploy/kubernetes/fine-tuning.yaml: the job loop's service account may do what the
+    backend does (create/get/delete jobs, list pods), checked as the client's models."""
+    import yaml
+    from kubernetes.client import V1Role, V1RoleBinding, V1Secret, V1ServiceAccount
+
+    deploy = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
+    docs = {d["kind"]: d for d in yaml.safe_load_all((deploy / "fine-tuning.yaml").read_text()) if d}
+    V1ServiceAccount.model_validate(docs["ServiceAccount"])
+    role = V1Role.model_validate(docs["Role"])
+    V1RoleBinding.model_validate(docs["RoleBinding"])
+    allowed = {(g, r, v) for rule in role.rules or () for g in rule.api_groups or () for r in rule.resources or () for v in rule.verbs}
+    assert {("batch", "jobs", "create"), ("batch", "jobs", "get"), ("batch", "jobs", "delete"), ("", "pods", "list")} <= allowed
+    secrets = [d for d in yaml.safe_load_all((deploy / "secrets.example.yaml").read_text()) if d]
+    trainer_env = next(V1Secret.model_validate(d) for d in secrets if d["metadata"]["name"] == "llamahost-trainer-env")
+    assert {"LLAMAHOST_DATABASE_URL", "LLAMAHOST_MASTER_KEY"} <= set(trainer_env.string_data or {})
+    assert "fine-tuning.yaml" in (deploy / "kustomization.yaml").read_text()

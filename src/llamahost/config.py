@@ -11,7 +11,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -414,6 +414,10 @@ class KubernetesConfig(_Strict):
     config_map: str | None = None
     # More environment variables for the trainer (e.g. HF_HOME, NCCL settings).
     env: dict[str, str] = Field(default_factory=dict)
+    # More volumes of the pod and their mounts in the trainer, in Kubernetes' own shape:
+    # e.g. a PersistentVolumeClaim holding the base weights (a GGUF `path`, `hf_weights`).
+    volumes: list[dict[str, Any]] = Field(default_factory=list)
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
     # The trainer's scratch space (dataset, checkpoints before upload): an emptyDir of at most this size.
     scratch_size: str | None = None

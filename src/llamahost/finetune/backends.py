@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from ..config import Config, ConfigError, FineTuningConfig, ModelConfig
 from ..errors import InvalidRequest
-from .deps import require_training_deps
+from .deps import TrainingUnavailable, require_training_deps
 from .spec import TrainingSpec
 
 log = logging.getLogger(__name__)
@@ -232,9 +232,10 @@ class KubernetesBackend:
         self.files = files
 
     def check_available(self) -> None:
-        from .kube import require_client
+        from .kube import INSTALL_HINT, client_installed
 
-        require_client()
+        if not client_installed():  # the trainer's own extra is the pod image's business
+            raise TrainingUnavailable(f'[fine_tuning] backend = "kubernetes" needs the kubernetes client: {INSTALL_HINT}')
 
     def base_model(self, model: ModelConfig) -> str:
         # As the pod sees it: the image's bundled model, or a path on a mounted volume.

@@ -45,6 +45,12 @@ STUCK_REASONS = frozenset({
 INSTALL_HINT = "pip install 'llamahost[kubernetes]'"
 
 
+def client_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("kubernetes") is not None
+
+
 def require_client() -> None:
     try:
         import kubernetes  # noqa: F401
@@ -79,6 +85,8 @@ def render_job(job_id: str, trainer_args: list[str], settings: KubernetesConfig)
         mounts.append(k8s.V1VolumeMount(name="config", mount_path=CONFIG_DIR, read_only=True))
         volumes.append(k8s.V1Volume(name="config", config_map=k8s.V1ConfigMapVolumeSource(name=settings.config_map)))
     env += [k8s.V1EnvVar(name=key, value=value) for key, value in sorted(settings.env.items())]
+    volumes += [_validated(k8s.V1Volume, v, "volumes") for v in settings.volumes]
+    mounts += [_validated(k8s.V1VolumeMount, m, "volume_mounts") for m in settings.volume_mounts]
 
     quantities = {k: v for k, v in (("cpu", settings.cpu), ("memory", settings.memory)) if v}
     limits = dict(quantities)
@@ -103,7 +111,7 @@ def render_job(job_id: str, trainer_args: list[str], settings: KubernetesConfig)
         # The trainer never calls the Kubernetes API: no token in the pod.
         automount_service_account_token=False,
         node_selector=settings.node_selector or None,
-        tolerations=[_toleration(k8s, t) for t in settings.tolerations] or None,
+        tolerations=[_validated(k8s.V1Toleration, t, "tolerations") for t in settings.tolerations] or None,
         image_pull_secrets=[k8s.V1LocalObjectReference(name=s) for s in settings.image_pull_secrets] or None,
         volumes=volumes,
         # SIGTERM (a cancel, a drain) makes the trainer record the cancel and publish it;
@@ -138,15 +146,17 @@ def render_job(job_id: str, trainer_args: list[str], settings: KubernetesConfig)
     )
 
 
-def _toleration(k8s: Any, raw: dict[str, Any]) -> Any:
+def _validated(model: Any, raw: dict[str, Any], key: str) -> Any:
+    """A setting in Kubernetes' own shape as the client's model; model_validate, not
+    from_dict: an unknown key (a typo) is an error instead of being dropped."""
     from pydantic import ValidationError
 
-    try:  # model_validate, not from_dict: an unknown key (a typo) is an error, not dropped
-        return k8s.V1Toleration.model_validate(raw)
+    try:
+        return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"[fine_tuning.kubernetes] tolerations: {raw}: {where}: {first['msg']}") from None
+        raise ConfigError(f"[fine_tuning.kubernetes] {key}: {raw}: {where}: {first['msg']}") from None
 
 
 def manifest(job: V1Job) -> dict[str, Any]:
