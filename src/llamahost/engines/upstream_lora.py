@@ -63,6 +63,8 @@ class UpstreamLoras:
         self.wanted: dict[str, TunedModel] = {}
         self._loaded: dict[str, set[str]] = {}  # replica URL -> adapter names
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # One writer per folder: replicas loading the same adapter at once wait for it.
+        self._folder_locks: dict[str, asyncio.Lock] = {}
 
     def name(self, model: TunedModel) -> str:
         """The name the upstream serves the adapter under (the tuned model's own id)."""
@@ -131,7 +133,8 @@ class UpstreamLoras:
         async with lock:
             if name in self._loaded.get(url, ()):
                 return
-            await asyncio.to_thread(self._write_folder, model)
+            async with self._folder_locks.setdefault(name, asyncio.Lock()):
+                await asyncio.to_thread(self._write_folder, model)
             response = await client.post(
                 url + LOAD_PATH, json={"lora_name": name, "lora_path": self.upstream_path(model)}, headers=headers
             )
