@@ -201,9 +201,12 @@ def test_a_restarted_replica_gets_the_adapter_again_on_the_404_and_the_request_i
     source = Source(TUNED)
 
     async def scenario() -> None:
-        engine = engine_for([replica], tmp_path, source)  # no health pass in between: the 404 path alone
+        engine = engine_for([replica], tmp_path, source)  # one health pass at start, then none: the 404 path alone
         await engine.load()
         try:
+            # The start's health pass loads the existing tuned model; once it has, it is over.
+            while TUNED.id not in (engine.loras.loaded_on(replica.url) if engine.loras else ()):
+                await asyncio.sleep(0.01)
             assert "r=4" in await ask(engine, chat(TUNED.id))
             replica.restart()  # forgets its adapters
             assert TUNED.id not in replica.models()
@@ -214,7 +217,7 @@ def test_a_restarted_replica_gets_the_adapter_again_on_the_404_and_the_request_i
     asyncio.run(scenario())
     paths = [(c["path"], c["body"].get("model") or c["body"].get("lora_name")) for c in replica.calls() if c["path"] != "/v1/models"]
     assert paths == [
-        ("/v1/load_lora_adapter", TUNED.id),
+        ("/v1/load_lora_adapter", TUNED.id),  # preloaded
         ("/v1/chat/completions", TUNED.id),
         ("/v1/chat/completions", TUNED.id),  # 404: the restarted replica does not know it
         ("/v1/load_lora_adapter", TUNED.id),
