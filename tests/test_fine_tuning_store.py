@@ -34,7 +34,7 @@ from llamahost.fine_tuning.store import (
     FineTuningStore,
     NewEvent,
 )
-from llamahost.finetune.backends import gguf_base_model
+from llamahost.finetune.backends import base_model_path
 from llamahost.jobs.service import open_jobs
 from llamahost.tenancy.stores import open_stores
 
@@ -173,12 +173,14 @@ def test_tuned_models_and_their_adapters(env):
         assert s.execute(text("SELECT count(*) FROM file_chunks")).scalar() == 0
 
 
-def test_only_embedded_models_can_be_tuned_here():
+def test_embedded_models_and_upstream_ones_with_hf_weights_can_be_tuned():
     upstream = ModelConfig(id="big", engine="openai", replicas=["http://10.0.0.5:8000/v1"])
     with pytest.raises(InvalidRequest) as refused:
-        gguf_base_model(upstream)
-    assert refused.value.param == "model" and "upstream" in refused.value.message
-    assert gguf_base_model(ModelConfig(id="small")) == "bundled"
+        base_model_path(upstream)
+    assert refused.value.param == "model" and "upstream" in refused.value.message and "hf_weights" in refused.value.message
+    assert base_model_path(ModelConfig(id="small")) == "bundled"
+    with_weights = ModelConfig(id="big", engine="openai", replicas=["http://10.0.0.5:8000/v1"], hf_weights="/models/big")
+    assert base_model_path(with_weights) == "/models/big"
     assert auto_hyperparameters(10) == {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 2.0}
     assert auto_hyperparameters(1000)["batch_size"] == 8
 
