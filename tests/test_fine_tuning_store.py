@@ -220,3 +220,27 @@ def test_adapter_blobs_on_an_s3_backend(tmp_path, monkeypatch):
         stores.db.close()
     finally:
         moto.stop()
+
+
+def test_a_job_the_queue_gave_up_on_is_failed_not_left_running(env):
+    """Its last worker killed: the queue fails the queue job; reading the fine-tuning job
+    (or creating another, which counts the team's active ones) fails it too."""
+    from llamahost.fine_tuning import runner
+
+    store, files, stores, team, _ = env
+    jobs = open_jobs(stores, (runner.register,))
+    service = open_fine_tuning(stores, files, jobs.queue)
+    job_id = _job(store, team)
+    queue_job = jobs.queue.enqueue("fine_tune", {"fine_tuning_job_id": job_id}, team_id=team)
+    store.set_queue_job(job_id, queue_job)
+    store.transition(job_id, RUNNING, only_from=ACTIVE)
+    for attempt in range(stores.config.fine_tuning.max_attempts):
+        claimed = jobs.queue.claim(f"w{attempt}", ["fine_tune"], 30)
+        assert claimed is not None and claimed.id == queue_job
+        assert service.get_job(team, job_id)["status"] == "running"  # still retrying
+        jobs.queue.fail(queue_job, f"w{attempt}", "the worker running it stopped renewing its lease", 0)
+    assert store.count_active(team) == 1  # nobody has looked yet
+    job = service.get_job(team, job_id)
+    assert job["status"] == "failed" and job["error"]["code"] == "training_interrupted"
+    assert "stopped renewing its lease" in job["error"]["message"] and job["finished_at"] is not None
+    assert store.count_active(team) == 0

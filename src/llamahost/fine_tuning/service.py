@@ -132,6 +132,9 @@ class FineTuningService:
         if seed is None:
             # OpenAI picks one when none is given, and reports it: a rerun with it repeats the job.
             seed = int.from_bytes(hashlib.sha256(f"{team_id}:{body.training_file}".encode()).digest()[:4]) & MAX_SEED
+        # A job whose queue job ended unseen (its last worker was killed) must not hold a slot.
+        for active in self.store.active_jobs(team_id):
+            self._reconcile(active)
         job_id = self.store.create_job(
             team_id, key_id, model=model.id, training_file=body.training_file, validation_file=body.validation_file,
             hyperparameters=hyperparameters, seed=seed, suffix=body.suffix, metadata=body.metadata, status=QUEUED,

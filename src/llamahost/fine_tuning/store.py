@@ -230,6 +230,12 @@ class FineTuningStore:
                     break
         return jobs
 
+    def active_jobs(self, team_id: int) -> list[JobRecord]:
+        with self.db.session() as s:
+            rows = s.scalars(select(FineTuningJob).where(FineTuningJob.team_id == team_id,
+                                                         FineTuningJob.status.in_(ACTIVE))).all()
+        return [self._job(row) for row in rows]
+
     def count_active(self, team_id: int) -> int:
         with self.db.session() as s:
             return int(s.scalar(select(func.count()).select_from(FineTuningJob).where(
