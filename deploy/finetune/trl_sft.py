@@ -8,7 +8,7 @@ the output layout llamahost reads (README, "Fine-tuning on a cluster").
                "deploy/finetune/trl_sft.py", "--spec", "{spec}"]
 
 Needs trl, accelerate, peft, datasets and a CUDA torch on the host; an example, not run by
-CI. The base must be a Hugging Face folder (an upstream model's `hf_weights`); no GGUF
+CI (run by hand with trl 1.16.0 on a CPU, where it trains in fp32). The base must be a Hugging Face folder (an upstream model's `hf_weights`); no GGUF
 adapter is written, so the tuned model is served by the upstream (vLLM), not llama.cpp.
 Unlike llamahost's own trainer, the loss covers whole conversations unless the model's
 chat template marks assistant turns with {% generation %} (then pass --assistant-only-loss).
@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from datasets import load_dataset
 from peft import LoraConfig
 from transformers import TrainerCallback
@@ -95,6 +96,8 @@ def main() -> int:
         eval_strategy="epoch" if valid is not None else "no", save_strategy="epoch", save_only_model=True,
         include_num_input_tokens_seen=True, assistant_only_loss=args.assistant_only_loss, report_to=[],
         max_steps=spec.get("max_steps") or -1,
+        # bf16 on GPUs that have it; a CPU (a smoke run) trains in fp32.
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), use_cpu=not torch.cuda.is_available(),
     )
     lora = LoraConfig(r=spec.get("lora_rank", 8), lora_alpha=spec.get("lora_alpha", 16),
                       lora_dropout=spec.get("lora_dropout", 0.0), target_modules=spec.get("target_modules"),
