@@ -117,6 +117,13 @@ class ModelConfig(_Strict):
     # names one (ChatRequest.adapter) runs with it at scale 1. Slots running different
     # adapters do not batch together.
     lora_adapters: dict[str, str] = Field(default_factory=dict)
+    # Tuned models (fine-tuning) of this model whose adapters a server process keeps
+    # loaded at once; one more means a reload that drops the least recently used.
+    max_tuned_adapters: int = Field(default=32, ge=1, le=1024)
+    # The KV cache's number format: f16 (llama.cpp's default) or f32, twice the memory and
+    # attention without the flash-attention kernel, for results that match an fp32
+    # reference (f16 and that kernel move log-probabilities by ~1e-2).
+    kv_cache_type: Literal["f16", "f32"] = "f16"
     # n-gram self-speculative decoding (no draft model): up to this many tokens drafted
     # from the prompt and reply so far, checked in one batch. Pays where replies repeat
     # their input (JSON, code, edits); 0 turns it off.
@@ -189,7 +196,7 @@ class ModelConfig(_Strict):
                 raise ValueError(f"model {self.id!r}: upstream_lora_dir needs lora_dir (where llamahost writes the adapters)")
             llamacpp_keys = (
                 "path", "threads", "parallel", "prefix_cache", "max_queue", "mmproj", "lora_adapters", "ngram_speculation",
-                "sampling",
+                "sampling", "max_tuned_adapters", "kv_cache_type",
             )
             for key in llamacpp_keys:
                 if key in self.model_fields_set:

@@ -106,6 +106,19 @@ PREFIX_CACHE_TOKENS = Counter(
     "Prompt tokens the embedded engine took from a slot's KV cache (a shared prefix) instead of computing",
     ["model"],
 )
+ADAPTER_RELOADS = Histogram(
+    "llamahost_adapter_reload_seconds",
+    "Embedded engine reloads that added tuned models' LoRA adapters: from fetching the "
+    "adapters to the new llama.cpp server taking requests",
+    ["model"],
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+)
+ENGINE_SERVERS = Gauge(
+    "llamahost_engine_servers",
+    "llama.cpp servers an embedded model runs: 1, or 2 while a replaced one finishes its requests after a reload",
+    ["model"],
+    multiprocess_mode="livesum",
+)
 RATE_LIMIT_REJECTIONS = Counter(
     "llamahost_rate_limit_rejections", "Requests refused with 429 by a rate limit, by the limit that refused them", ["limit"]
 )

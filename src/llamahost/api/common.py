@@ -29,6 +29,16 @@ from ..types.chat import ChatRequest, ChatResult, ImageInput
 from .errors import error_response
 
 
+def delete_tuned_model(request: Request, model_id: str) -> str:
+    """``DELETE /models/{id}`` of either surface: a team admin's (or operator's) key
+    deletes one of its own team's tuned models; a member key may call them, not delete."""
+    principal: Principal = request.state.principal
+    if principal.role not in (OPERATOR, ADMIN):
+        raise PermissionDenied("deleting a tuned model needs an admin or operator key of its team", param="authorization")
+    request.app.state.services.registry.delete_tuned(model_id, principal.team_id)
+    return model_id
+
+
 async def require_admin(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
     """An operator key, or a team's admin key (whose scope is its own team)."""
     if principal.role not in (OPERATOR, ADMIN):

@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from ..chat.service import ChatStream
 from ..engines.registry import ModelEntry
@@ -16,7 +17,7 @@ from ..errors import APIError, InvalidRequest
 from ..http_docs import CHAT_ERRORS, error_responses, operation
 from ..protocol import compat as wire
 from ..types.chat import ChatMessage, ChatRequest, ChatResult, SamplingParams, TextChunk, ToolCall, ToolSpec
-from .common import authenticate, content_images, content_text, parse_body, serve_chat
+from .common import authenticate, content_images, content_text, delete_tuned_model, parse_body, serve_chat
 from .services import Services
 
 router = APIRouter(prefix="/compat/v1", dependencies=[Depends(authenticate)], responses=error_responses(401))
@@ -196,12 +197,20 @@ def _model(entry: ModelEntry) -> wire.Model:
 
 @router.get("/models", **operation(response=wire.ModelList))
 async def list_models(request: Request) -> wire.ModelList:
-    return wire.ModelList(data=[_model(e) for e in request.app.state.services.registry.entries()])
+    # The configured models, then the calling team's tuned models.
+    team_id = request.state.principal.team_id
+    entries = await run_in_threadpool(request.app.state.services.registry.entries, team_id)  # asks the store
+    return wire.ModelList(data=[_model(e) for e in entries])
 
 
 @router.get("/models/{model_id:path}", **operation(response=wire.Model, errors=(404,)))
 async def retrieve_model(model_id: str, request: Request) -> wire.Model:
-    return _model(request.app.state.services.registry.resolve(model_id))
+    return _model(await run_in_threadpool(request.app.state.services.registry.resolve, model_id, request.state.principal.team_id))
+
+
+@router.delete("/models/{model_id:path}", **operation(response=wire.ModelDeleted, errors=(403, 404)))
+async def delete_model(model_id: str, request: Request) -> wire.ModelDeleted:
+    return wire.ModelDeleted(id=await run_in_threadpool(delete_tuned_model, request, model_id), deleted=True)
 
 
 def attach(app: FastAPI, services: Services) -> None:

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from ..chat.service import ChatStream
@@ -29,6 +30,7 @@ from .common import (
     authenticate,
     content_images,
     content_text,
+    delete_tuned_model,
     moderation_content,
     parse_body,
     serve_chat,
@@ -202,12 +204,20 @@ async def create_moderation(request: Request) -> Response:
 
 @router.get("/models", **operation(response=wire.ModelList))
 async def list_models(request: Request) -> wire.ModelList:
-    return wire.ModelList(data=[_card(e) for e in request.app.state.services.registry.entries()])
+    # The configured models, then the calling team's tuned models.
+    team_id = request.state.principal.team_id
+    entries = await run_in_threadpool(request.app.state.services.registry.entries, team_id)  # asks the store
+    return wire.ModelList(data=[_card(e) for e in entries])
 
 
 @router.get("/models/{model_id:path}", **operation(response=wire.ModelCard, errors=(404,)))
 async def retrieve_model(model_id: str, request: Request) -> wire.ModelCard:
-    return _card(request.app.state.services.registry.resolve(model_id))
+    return _card(await run_in_threadpool(request.app.state.services.registry.resolve, model_id, request.state.principal.team_id))
+
+
+@router.delete("/models/{model_id:path}", **operation(response=wire.ModelDeleted, errors=(403, 404)))
+async def delete_model(model_id: str, request: Request) -> wire.ModelDeleted:
+    return wire.ModelDeleted(id=await run_in_threadpool(delete_tuned_model, request, model_id), deleted=True)
 
 
 def _card(entry: ModelEntry) -> wire.ModelCard:

@@ -33,6 +33,7 @@ from ..types.chat import (
     Usage,
     new_call_id,
 )
+from ..types.tuned import TUNED_PREFIX
 from .images import ImagePolicy, attach_images
 from .protocols import Guard, Meter, OutputCheck
 from .tools import check_request
@@ -103,8 +104,8 @@ class ChatStream:
         self._meter = meter
         self._check_output = check_output
         # Children looked up once: these are observed for every piece of output.
-        self._ttft = obs.TIME_TO_FIRST_TOKEN.labels(entry.name)
-        self._itl = obs.INTER_TOKEN_LATENCY.labels(entry.name)
+        self._ttft = obs.TIME_TO_FIRST_TOKEN.labels(entry.label)
+        self._itl = obs.INTER_TOKEN_LATENCY.labels(entry.label)
         self.result: ChatResult | None = None
 
     async def __aiter__(self) -> AsyncIterator[ChatEvent]:
@@ -198,7 +199,7 @@ class ChatStream:
             return
         self._recorded = True
         duration = time.monotonic() - self._started
-        model = self.entry.name
+        model = self.entry.label
         obs.REQUESTS.labels(model, status).inc()
         obs.IN_FLIGHT.labels(model).dec()
         obs.REQUEST_DURATION.labels(model).observe(duration)
@@ -277,13 +278,18 @@ class ChatService:
         ``guarded=False`` skips the guardrails (for the moderation models' own calls)."""
         started = time.monotonic()
         try:
-            entry = self.registry.resolve(request.model)
+            # Team-aware: a tuned model resolves for its own team only, which asks the
+            # tuned-model store (a database query: off the event loop).
+            if request.model.startswith(TUNED_PREFIX):
+                entry = await asyncio.to_thread(self.registry.resolve, request.model, request.team_id)
+            else:
+                entry = self.registry.resolve(request.model)
         except NotFound as exc:
             obs.REQUESTS.labels("unknown", "404").inc()
             if meter is not None:
                 meter.end(Outcome(status_of(exc), request.model, 0, 0, None, (time.monotonic() - started) * 1000))
             raise
-        model = entry.name
+        model = entry.label
         obs.IN_FLIGHT.labels(model).inc()
         try:
             if not entry.engine.ready:
@@ -303,6 +309,11 @@ class ChatService:
                 # and the meter records it as refused.
                 on_check = meter.record_check if meter is not None else None
                 check_output = await self.guard.check_input(request, on_check)
+            if entry.tuned is not None:
+                # The first request for a tuned model in this process loads its adapter
+                # (requests in flight go on undisturbed); then this request runs with it.
+                await entry.engine.ensure_adapter(entry.tuned)
+                request.adapter = entry.tuned.id
             prepared = await entry.engine.prepare(request)
             max_tokens = self._token_budget(entry, prepared.prompt_tokens, request.max_tokens)
             if meter is not None:

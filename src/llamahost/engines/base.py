@@ -18,7 +18,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import InvalidRequest
 from ..types.chat import ChatMessage, ChatRequest, StopReason, ToolCallDelta
+from ..types.tuned import TunedModel, TunedModelSource
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class Engine(abc.ABC):
     # and those it serves unless the model's config says otherwise.
     capabilities: frozenset[str] = frozenset()
     default_capabilities: frozenset[str] = frozenset()
+    # Where this model's tuned models' adapters come from (set by the registry).
+    tuned_source: TunedModelSource | None = None
 
     @property
     @abc.abstractmethod
@@ -83,6 +87,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def generate(self, prepared: PreparedPrompt, max_tokens: int) -> AsyncGenerator[EngineEvent, None]:
         """Stream the completion. Closing the iterator early cancels the generation."""
+
+    async def ensure_adapter(self, model: TunedModel) -> None:
+        """Make ``model``'s LoRA adapter servable, loading it if this process has not yet;
+        afterwards a request with ``adapter = model.id`` runs with it. Engines that cannot
+        serve tuned models refuse."""
+        raise InvalidRequest(f"model {model.id!r}: its base model's engine cannot serve LoRA adapters", param="model")
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         return None

@@ -15,7 +15,13 @@ prefix reuse, grammars, images, LoRA adapters. llamahost keeps what defines its 
   a stop, a finished consumer or a disconnect ends the sequence at its next token;
 - the wait queue: requests wait in Python for one of ``parallel`` slots and are handed
   to llama.cpp only when one is free, so the bound (``max_queue``, then 503) and the
-  queue-depth metric are exact.
+  queue-depth metric are exact;
+- tuned models' LoRA adapters. llama.cpp loads adapters only when its server starts, so a
+  tuned model this process has not loaded yet means a reload: a second server starts
+  with the new set of adapters beside the running one, new requests go to it, and the
+  old one is closed once the requests it is generating (or holding) are done. The slots
+  are the engine's, not a server's, so the two together never generate more than
+  ``parallel`` sequences, and the queue and its 503 count requests as before.
 
 A llama.cpp call blocks its thread for the whole generation (the streaming callback runs
 on it), so calls run on a pool of this engine's own, not the event loop's default one.
@@ -29,7 +35,9 @@ import importlib.util
 import io
 import logging
 import os
+import tempfile
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -40,8 +48,9 @@ from PIL import Image
 
 from .. import observability as obs
 from ..config import ModelConfig, ModelSampling
-from ..errors import EngineFailure, InvalidRequest, ServiceUnavailable
+from ..errors import EngineFailure, InvalidRequest, NotFound, ServiceUnavailable
 from ..types.chat import ChatRequest, SamplingParams, StopReason, ToolCallDelta
+from ..types.tuned import TunedModel
 from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut
 from .chat_template import ChatTemplate
 from .grammar import check_grammar
@@ -176,7 +185,31 @@ class _Job:
     stops: list[str]
     parser: ToolStreamParser | None
     emit: Callable[[EngineEvent | BaseException], None]
+    adapter: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(eq=False)
+class _Instance:
+    """One running llama.cpp server, and how many requests use it (tokenizing, waiting
+    for a slot or generating): a replaced one is closed when that reaches zero."""
+
+    server: EmbeddedServer
+    users: int = 0
+    retired: bool = False
+    closed: bool = False
+
+    def serves(self, adapter: str | None) -> bool:
+        return adapter is None or adapter in self.server.adapter_ids
+
+
+def write_private(directory: Path, name: str, data: bytes) -> Path:
+    """``data`` in a new file only this user can read (the directory is mkdtemp's 0700)."""
+    path = directory / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    return path
 
 
 class LlamaCppEngine(Engine):
@@ -188,23 +221,27 @@ class LlamaCppEngine(Engine):
         self.model_path = resolve_model_path(config.path)
         self.threads = config.threads or os.cpu_count() or 1
         self.projector_path = resolve_projector_path(config.mmproj) if config.mmproj else None
-        adapters = tuple((name, resolve_adapter_path(name, path)) for name, path in config.lora_adapters.items())
+        # The configured adapters (lora_adapters) are in every server this engine starts.
+        self._static_adapters = tuple((name, resolve_adapter_path(name, path)) for name, path in config.lora_adapters.items())
         self.description = f"llama.cpp, {self.model_path.name}, {config.parallel} parallel sequences"
         if self.projector_path is not None:
             self.capabilities = self.default_capabilities = type(self).capabilities | {"vision"}
             self.description += f", vision projector {self.projector_path.name}"
-        self._server = EmbeddedServer(
-            ServerSettings(
-                model_path=self.model_path,
-                parallel=config.parallel,
-                context_per_slot=config.context_window,
-                threads=self.threads,
-                prefix_cache=config.prefix_cache,
-                projector_path=self.projector_path,
-                lora_adapters=adapters,
-                ngram_draft_max=config.ngram_speculation,
-            )
-        )
+        self._live = _Instance(EmbeddedServer(self._settings(self._static_adapters)))
+        # Tuned models: those the live server has loaded (id -> model), when each was
+        # last asked for (which to drop first over max_tuned_adapters), and the reload.
+        self._tuned: dict[str, TunedModel] = {}
+        self._last_used: dict[str, float] = {}
+        self._pending: dict[str, TunedModel] = {}  # asked for while a reload without them ran
+        self._reload_task: asyncio.Task | None = None
+        self._reload_batch: dict[str, TunedModel] = {}
+        self._seen: dict[str, TunedModel] = {}  # every tuned model asked for, by id
+        self._retired: set[_Instance] = set()  # replaced servers, until closed
+        self._closing: set[asyncio.Task] = set()  # servers being closed
+        self._closed = False
+        self.reloads = 0  # servers started after the first, for observability and tests
+        self.last_reload_seconds: float | None = None
+        self._servers_gauge = obs.ENGINE_SERVERS.labels(config.id)
         # One thread per slot generates; waiting requests hold no thread (they wait on
         # the semaphore), but the pool is sized for the queue too so a burst never waits
         # for a thread where it waits for a slot.
@@ -222,9 +259,28 @@ class LlamaCppEngine(Engine):
         self.generations = 0  # generations started, for observability and tests
         self._jobs: dict[int, _Job] = {}  # generations admitted, by id(job): cancelled at close
 
+    def _settings(self, adapters: tuple[tuple[str, Path], ...]) -> ServerSettings:
+        config = self.config
+        return ServerSettings(
+            model_path=self.model_path,
+            parallel=config.parallel,
+            context_per_slot=config.context_window,
+            threads=self.threads,
+            prefix_cache=config.prefix_cache,
+            projector_path=self.projector_path,
+            lora_adapters=adapters,
+            ngram_draft_max=config.ngram_speculation,
+            kv_cache_type=config.kv_cache_type,
+        )
+
     @property
     def ready(self) -> bool:
         return self._ready
+
+    @property
+    def _server(self) -> EmbeddedServer:
+        """The server new requests go to."""
+        return self._live.server
 
     @property
     def adapters(self) -> list[str]:
@@ -235,8 +291,27 @@ class LlamaCppEngine(Engine):
         await asyncio.to_thread(self._load_sync)
 
     def _load_sync(self) -> None:
-        server = self._server
-        server.start()
+        # The tuned models of this base, preloaded (the newest, up to the cap): requests
+        # for them then never wait for a reload. If one of them keeps the server from
+        # starting, the model still comes up without them (each loads on its first request).
+        preload: list[TunedModel] = []
+        if self.tuned_source is not None:
+            try:
+                preload = sorted(self.tuned_source.all_for_base(self.config.id), key=lambda m: m.created, reverse=True)
+            except Exception:  # the store is down: the base model still serves
+                log.exception("model %s: listing its tuned models failed; they load on first use", self.config.id)
+            preload = preload[: self.config.max_tuned_adapters]
+        try:
+            server = self._start_server(preload)
+        except Exception:
+            if not preload:
+                raise
+            log.exception("model %s: starting with %d tuned adapters failed; starting without them", self.config.id, len(preload))
+            preload = []
+            server = self._start_server(preload)
+        self._live = _Instance(server)
+        self._servers_gauge.inc()
+        self._tuned = {m.id: m for m in preload}
         props = server.props
         template = server.chat_template
         if not template:
@@ -247,25 +322,52 @@ class LlamaCppEngine(Engine):
         self._tool_format = format_for_template(template)
         if bos and server.tokenize_sync("", add_special=True):
             self._strip_bos = bos
-        self._warm_up()
+        self._warm_up(server)
+        if self.projector_path is not None:
+            self._image_tokens = self._probe_image_tokens(server)
         self._ready = True
 
-    def _warm_up(self) -> None:
-        """Serve one constrained request before saying ready: llama.cpp builds LLGuidance's
-        view of the vocabulary on the first grammar (seconds), and the first images
-        through the projector tell how many positions an image takes."""
-        greedy = sampling_fields(SamplingParams(temperature=0.0))
-        self._blocking_complete({"prompt": "Hi", "max_tokens": 1, "grammar": '%llguidance {}\nstart: "ok"\n', **greedy})
-        if self.projector_path is not None:
-            marker = self._server.media_marker
-            text = self._server.tokenize_sync("Hi", add_special=True)
-            payload = _image_payload(_probe_image())
-            usage = self._blocking_complete(
-                {"prompt": {"prompt_string": marker + "Hi", "multimodal_data": [payload]}, "max_tokens": 1, **greedy}, native=True
-            )
-            self._image_tokens = max(1, (usage.get("prompt_tokens") or 0) - len(text))
+    def _start_server(self, tuned: list[TunedModel]) -> EmbeddedServer:
+        """A started llama.cpp server with the configured adapters and ``tuned``'s (blocking).
 
-    def _blocking_complete(self, body: dict[str, Any], native: bool = False) -> dict[str, Any]:
+        The adapters arrive decrypted from the tuned-model source and exist as files only
+        while llama.cpp loads them: llama_adapter_lora_init reads each tensor into
+        buffers of its own and closes the file (it never maps it), so the private
+        directory is gone before the first request uses them."""
+        if not tuned:
+            server = EmbeddedServer(self._settings(self._static_adapters))
+            server.start()
+            return server
+        assert self.tuned_source is not None
+        with tempfile.TemporaryDirectory(prefix="llamahost-lora-") as directory:  # mode 0700
+            paths = tuple(
+                (model.id, write_private(Path(directory), f"{i}.gguf", self.tuned_source.adapter_gguf(model)))
+                for i, model in enumerate(tuned)
+            )
+            server = EmbeddedServer(self._settings(self._static_adapters + paths))
+            server.start()
+        return server
+
+    def _warm_up(self, server: EmbeddedServer) -> None:
+        """Serve one constrained request before a server takes requests: llama.cpp builds
+        LLGuidance's view of the vocabulary on the first grammar (seconds)."""
+        greedy = sampling_fields(SamplingParams(temperature=0.0))
+        self._blocking_complete(server, {"prompt": "Hi", "max_tokens": 1, "grammar": '%llguidance {}\nstart: "ok"\n', **greedy})
+
+    def _probe_image_tokens(self, server: EmbeddedServer) -> int:
+        """How many positions an image takes: the projector's count for a first image."""
+        greedy = sampling_fields(SamplingParams(temperature=0.0))
+        marker = server.media_marker
+        text = server.tokenize_sync("Hi", add_special=True)
+        payload = _image_payload(_probe_image())
+        usage = self._blocking_complete(
+            server,
+            {"prompt": {"prompt_string": marker + "Hi", "multimodal_data": [payload]}, "max_tokens": 1, **greedy},
+            native=True,
+        )
+        return max(1, (usage.get("prompt_tokens") or 0) - len(text))
+
+    def _blocking_complete(self, server: EmbeddedServer, body: dict[str, Any], native: bool = False) -> dict[str, Any]:
         result: dict[str, Any] = {}
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
@@ -275,7 +377,7 @@ class LlamaCppEngine(Engine):
             result.update(chunk.get("usage") or {})
             return False
 
-        complete = self._server.complete_native if native else self._server.complete
+        complete = server.complete_native if native else server.complete
         complete({**body, "stream_options": {"include_usage": True}}, on_chunk)
         if "error" in result:
             raise RuntimeError(f"llama.cpp refused the warm-up request: {result['error'].get('message')}")
@@ -284,14 +386,21 @@ class LlamaCppEngine(Engine):
     # --- prompts -----------------------------------------------------------------------
 
     async def prepare(self, request: ChatRequest) -> PreparedPrompt:
-        server = self._server
+        # Held while tokenizing: a reload must not close the server under the call.
+        instance = self._acquire(self._live)
+        try:
+            return await self._prepare(request, instance.server)
+        finally:
+            self._release(instance)
+
+    async def _prepare(self, request: ChatRequest, server: EmbeddedServer) -> PreparedPrompt:
         if request.raw_prompt is not None:
             # A caller-rendered prompt (e.g. the Llama Guard template): no chat template, no grammar.
             tokens = await server.tokenize(request.raw_prompt, add_special=True)
             prepared = _Prepared(tokens, None, None, request.raw_prompt)
             return PreparedPrompt(request=request, prompt_tokens=len(tokens), engine_data=prepared)
         assert self._template is not None and self._tool_format is not None
-        if request.adapter is not None and request.adapter not in server.adapter_ids:
+        if request.adapter is not None and request.adapter not in server.adapter_ids and request.adapter not in self._seen:
             available = ", ".join(server.adapter_ids) or "none"
             raise InvalidRequest(
                 f"model {self.config.id!r} has no LoRA adapter {request.adapter!r} (loaded: {available})", param="model"
@@ -360,26 +469,47 @@ class LlamaCppEngine(Engine):
             except RuntimeError:  # the loop closed during shutdown; nobody is listening
                 job.cancel.set()
 
+        adapter = prepared.request.adapter
         job = _Job(
             body=self._body(prepared, max_tokens),
             prompt_tokens=prepared.prompt_tokens,
             stops=prepared.request.stop,
             parser=prepared.engine_data.parser,
             emit=emit,
+            adapter=adapter,
         )
         self._in_flight += 1
         self._jobs[id(job)] = job
         self._observe_queue()
+        instance: _Instance | None = None
+        dispatched = False
         try:
+            if not self._live.serves(adapter) and adapter in self._seen:
+                # Dropped by a reload since this request's adapter was loaded (more tuned
+                # models in use than max_tuned_adapters): loaded again, or NotFound if deleted.
+                await self.ensure_adapter(self._seen[adapter])
+            # Held from here: a server replaced while this request waits for a slot stays
+            # up for it unless the new one serves its adapter too.
+            instance = self._acquire(self._live)
             await self._slots.acquire()  # waiting here is the queue
+            if instance.retired and self._live.serves(adapter):
+                self._release(instance)
+                instance = self._acquire(self._live)
             try:
-                future = loop.run_in_executor(self._pool, self._run, job)
+                future = loop.run_in_executor(self._pool, self._run, job, instance.server)
             except BaseException:
                 self._slots.release()
                 raise
-            # The slot is free when llama.cpp's call returns, which a cancel makes it do
-            # at its next token; only then may a waiting request take it.
-            future.add_done_callback(lambda _: self._slots.release())
+            dispatched = True
+
+            # The slot is free, and the server may close, when llama.cpp's call returns,
+            # which a cancel makes it do at its next token; only then may a waiting
+            # request take the slot.
+            def done(_: Any, instance: _Instance = instance) -> None:
+                self._slots.release()
+                self._release(instance)
+
+            future.add_done_callback(done)
             self.generations += 1
             while True:
                 event = await queue.get()
@@ -390,6 +520,8 @@ class LlamaCppEngine(Engine):
                     return
         finally:
             job.cancel.set()
+            if instance is not None and not dispatched:
+                self._release(instance)
             self._jobs.pop(id(job), None)
             self._in_flight -= 1
             self._observe_queue()
@@ -406,13 +538,16 @@ class LlamaCppEngine(Engine):
         }
         if data.grammar is not None:
             body["grammar"] = data.grammar
-        if self._server.adapter_ids:
-            # Adapters not listed run at scale 0; slots with different adapters do not batch together.
-            chosen = self._server.adapter_ids.get(request.adapter) if request.adapter else None
-            body["lora"] = [{"id": chosen, "scale": 1.0}] if chosen is not None else []
         return body
 
-    def _run(self, job: _Job) -> None:
+    @staticmethod
+    def _lora(server: EmbeddedServer, adapter: str | None) -> list[dict[str, Any]]:
+        # By the index this server loaded the adapter at (servers differ after a reload).
+        # Adapters not listed run at scale 0; slots with different adapters do not batch together.
+        chosen = server.adapter_ids.get(adapter) if adapter else None
+        return [{"id": chosen, "scale": 1.0}] if chosen is not None else []
+
+    def _run(self, job: _Job, server: EmbeddedServer) -> None:
         """On a pool thread: one llama.cpp completion, its chunks turned into events."""
         stops = StopMatcher(job.stops)
         repeats = RepeatedCallCutter()
@@ -474,11 +609,12 @@ class LlamaCppEngine(Engine):
                 state["done"] = True
                 return True
 
+        body = {**job.body, "lora": self._lora(server, job.adapter)} if server.adapter_ids else job.body
         # Images go over llama.cpp's native endpoint: the in-process one takes text only
         # when a projector is loaded.
-        complete = self._server.complete_native if isinstance(job.body["prompt"], dict) else self._server.complete
+        complete = server.complete_native if isinstance(body["prompt"], dict) else server.complete
         try:
-            complete(job.body, on_chunk)
+            complete(body, on_chunk)
         except Exception as exc:
             log.exception("llama.cpp completion failed")
             job.emit(EngineFailure(f"generation failed: {exc}"))
@@ -489,15 +625,127 @@ class LlamaCppEngine(Engine):
     def _observe_queue(self) -> None:
         obs.QUEUE_DEPTH.labels(self.config.id).set(max(0, self._in_flight - self.config.parallel))
 
+    # --- tuned models: adapters loaded by reloading ---------------------------------------
+
+    async def ensure_adapter(self, model: TunedModel) -> None:
+        """Load ``model``'s adapter unless the live server has it. Concurrent requests for
+        adapters not loaded yet share reloads: one runs at a time, and those asked for
+        meanwhile are loaded together by the next."""
+        if self.tuned_source is None:
+            raise InvalidRequest(f"model {model.id!r}: no tuned-model store is configured", param="model")
+        self._seen[model.id] = model
+        while not self._live.serves(model.id):
+            task = self._reload_task
+            if task is None or task.done():
+                batch, self._pending = {**self._pending, model.id: model}, {}
+                task = self._reload_task = asyncio.create_task(self._reload(batch))
+                self._reload_batch = batch
+            elif model.id not in self._reload_batch:
+                self._pending[model.id] = model
+            mine = model.id in self._reload_batch
+            try:
+                await asyncio.shield(task)  # a request that goes away leaves the reload running
+            except Exception:
+                if mine:
+                    raise
+                continue  # a reload without this adapter failed; the next one has it
+            if mine and not self._live.serves(model.id):
+                # Deleted between resolving and loading: as if it never existed.
+                raise NotFound(f"model {model.id!r} not found", param="model", code="model_not_found")
+        self._last_used[model.id] = time.monotonic()
+
+    async def _reload(self, batch: dict[str, TunedModel]) -> None:
+        """Start a server with the adapters loaded now plus ``batch``, make it the live one,
+        and retire the old one (closed when its last request is done). Tuned models
+        deleted since are dropped here; over max_tuned_adapters, the least recently used."""
+        source = self.tuned_source
+        assert source is not None
+        started = time.monotonic()
+        try:
+            candidates = [m for i, m in batch.items() if i not in self._tuned] + list(self._tuned.values())
+            existing = await asyncio.to_thread(lambda: {m.id for m in candidates if source.get(m.team_id, m.id) is not None})
+            new = [m for i, m in batch.items() if i in existing and i not in self._tuned]
+            if not new:
+                return  # deleted meanwhile: nothing to load
+            kept = sorted(
+                (m for i, m in self._tuned.items() if i in existing and i not in batch),
+                key=lambda m: self._last_used.get(m.id, 0.0),
+                reverse=True,
+            )
+            chosen = new + kept[: max(0, self.config.max_tuned_adapters - len(new))]
+            server = await asyncio.to_thread(self._start_server, chosen)
+            try:
+                await asyncio.to_thread(self._warm_up, server)
+            except BaseException:
+                await self._close_server(server)
+                raise
+        except Exception as exc:
+            log.exception("model %s: loading tuned adapters %s failed", self.config.id, ", ".join(batch))
+            raise EngineFailure(f"loading the adapter of {', '.join(batch)} failed: {exc}") from exc
+        if self._closed:
+            await self._close_server(server)
+            raise ServiceUnavailable(f"model {self.config.id!r} is shutting down", code="model_loading")
+        old, self._live = self._live, _Instance(server)
+        self._servers_gauge.inc()
+        self._retired.add(old)
+        self._tuned = {m.id: m for m in chosen}
+        self._retire(old)
+        self.reloads += 1
+        self.last_reload_seconds = time.monotonic() - started
+        obs.ADAPTER_RELOADS.labels(self.config.id).observe(self.last_reload_seconds)
+        log.info(
+            "model %s reloaded with %d tuned adapters in %.1f s (%d requests finishing on the previous server)",
+            self.config.id, len(chosen), self.last_reload_seconds, old.users,
+        )
+
+    def _acquire(self, instance: _Instance) -> _Instance:
+        instance.users += 1
+        return instance
+
+    def _release(self, instance: _Instance) -> None:
+        instance.users -= 1
+        if instance.retired and instance.users == 0:
+            self._close_later(instance)
+
+    def _retire(self, instance: _Instance) -> None:
+        instance.retired = True
+        if instance.users == 0:
+            self._close_later(instance)
+
+    @property
+    def draining(self) -> int:
+        """Replaced servers still finishing requests (for tests and observability)."""
+        return len(self._retired)
+
+    def _close_later(self, instance: _Instance) -> None:
+        if instance.closed:
+            return
+        instance.closed = True
+        self._retired.discard(instance)
+        task = asyncio.get_running_loop().create_task(self._close_server(instance.server))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        if instance.server.running:
+            task.add_done_callback(lambda _: self._servers_gauge.dec())
+
+    @staticmethod
+    async def _close_server(server: EmbeddedServer) -> None:
+        await server.aclose()
+        await asyncio.to_thread(server.close)
+
     async def close(self) -> None:
         self._ready = False
+        self._closed = True
         # Every running llama.cpp call returns (at its next token) before the server it
         # runs in is destroyed.
         for job in list(self._jobs.values()):
             job.cancel.set()
+        if self._reload_task is not None:
+            await asyncio.gather(self._reload_task, return_exceptions=True)
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
-        await self._server.aclose()
-        await asyncio.to_thread(self._server.close)
+        for instance in (*self._retired, self._live):  # a tuple: closing edits the set
+            self._close_later(instance)
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 def _probe_image() -> bytes:

@@ -57,6 +57,7 @@ class ServerSettings:
     lora_adapters: tuple[tuple[str, Path], ...] = ()
     # n-gram self-speculation (no draft model): up to this many drafted tokens, 0 = off.
     ngram_draft_max: int = 0
+    kv_cache_type: str = "f16"  # "f16" | "f32" (keys and values, and no flash attention)
 
 
 class EmbeddedServer:
@@ -95,6 +96,11 @@ class EmbeddedServer:
         params.cpuparams.n_threads = s.threads
         params.cpuparams_batch.n_threads = s.threads
         params.cache_prompt = s.prefix_cache
+        if s.kv_cache_type == "f32":
+            params.cache_type_k = params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
+            # And no flash attention, whose CPU kernel rounds through F16 on the way (it
+            # alone moved log-probabilities by ~5e-3 against an fp32 reference; off: 2e-4).
+            params.flash_attn_type = 0
         # No host-memory prompt cache beside the slots' own: memory stays what `parallel`
         # x `context_window` says (llama.cpp's default would keep up to 8 GiB of old
         # prompts' state).
@@ -159,6 +165,10 @@ class EmbeddedServer:
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
 
     # --- what the server knows -----------------------------------------------------------
 

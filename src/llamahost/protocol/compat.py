@@ -236,3 +236,9 @@ class Model(_Response):
 class ModelList(_Response):
     object: Literal["list"] = "list"
     data: list[Model]
+
+
+class ModelDeleted(_Response):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool

@@ -214,6 +214,12 @@ class ModelList(_Response):
     data: list[ModelCard]
 
 
+class ModelDeleted(_Response):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool
+
+
 class ModerationResult(_Response):
     flagged: bool
     flagged_categories: list[str]

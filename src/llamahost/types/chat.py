@@ -86,8 +86,9 @@ class ChatRequest:
     # embedded engine tokenizes it as is instead of applying the model's chat template
     # (upstream engines, which only take messages, use ``messages``).
     raw_prompt: str | None = None
-    # A LoRA adapter of the model (its config's lora_adapters) to run this request
-    # with; None: the base model. Set by whoever routes to a tuned model, not the wire.
+    # A LoRA adapter of the model (its config's lora_adapters, or a tuned model's id) to
+    # run this request with; None: the base model. Set by whoever routes to a tuned
+    # model (the chat service, from the registry's entry), never by the wire.
     adapter: str | None = None
     # What the guardrails' moderation found in this request (stage, categories, blocked),
     # for its stored record.
