@@ -29,8 +29,9 @@ from tuned_models import DirectorySource, tuned_model
 TESTS = Path(__file__).resolve().parent
 BASE = "smol"
 # Greedy, and a reply with no end in sight: the bundled model counts on well past these
-# token budgets, so each stream runs to exactly its max_completion_tokens.
-COUNTING = [{"role": "user", "content": "Count from 1 to 5000, one number per line, and nothing else."}]
+# token budgets (measured: 1,500 tokens of "1, 2, 3, ..."), so each stream runs to exactly
+# its max_completion_tokens.
+COUNTING = [{"role": "user", "content": "Write the numbers from 1 to 2000, separated by commas."}]
 CONFIG = f"""
 [[models]]
 id = "{BASE}"
@@ -260,7 +261,7 @@ def test_a_new_tuned_model_reloads_without_cutting_requests_in_flight(served):
         result = results[i]
         assert "error" not in result, result
         assert result["finish"] == "length" and result["usage"].completion_tokens == budget, result
-        assert result["text"].startswith("1\n2\n3\n")
+        assert ", 100, 101, 102, " in result["text"]  # the sequence, uncut
     assert tuned_text and tuned_text != base_before
     assert greedy(client, BASE, max_tokens=24) == base_before  # the new server: the same base model
     assert metric(server, "llamahost_adapter_reload_seconds_count") == reloads_before + 1

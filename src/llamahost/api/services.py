@@ -66,6 +66,8 @@ def build_services(config: Config) -> Services:
     stores.teams.on_delete.append(evals.delete_team)
     fine_tuning = open_fine_tuning(stores, files, jobs.queue)
     stores.teams.on_delete.append(fine_tuning.delete_team)
+    # Tuned models are served by name from here on (before the engines load: they preload theirs).
+    registry.set_tuned_source(fine_tuning.models)
     return Services(
         **vars(stores),
         registry=registry,
