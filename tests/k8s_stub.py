@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 JOBS = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
+POD_LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
 
 
 def status_object(code: int, reason: str, message: str, name: str | None = None) -> dict:
@@ -115,6 +116,7 @@ class KubeStub:
         self.kubelet = kubelet
         self.jobs: dict[tuple[str, str], dict] = {}
         self.pods: dict[tuple[str, str], list[dict]] = {}
+        self.pod_logs: dict[str, Path] = {}
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         stub = self
@@ -125,10 +127,10 @@ class KubeStub:
             def log_message(self, *args) -> None:
                 pass
 
-            def _reply(self, code: int, body: dict) -> None:
-                raw = json.dumps(body).encode()
+            def _reply(self, code: int, body: dict | str) -> None:
+                raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)
@@ -181,7 +183,14 @@ class KubeStub:
         path.write_text(json.dumps(config))  # YAML is a superset of JSON
         return path
 
-    def route(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict]:
+    def route(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict | str]:
+        log = POD_LOG.match(path)
+        if log and method == "GET":
+            log_path = self.pod_logs.get(log.group(2))
+            if log_path is None:
+                return 404, status_object(404, "NotFound", f'pods "{log.group(2)}" not found', log.group(2))
+            lines = log_path.read_text(errors="replace").splitlines()
+            return 200, "\n".join(lines[-int(query.get("tailLines", len(lines) or 1)):]) + "\n"
         jobs = JOBS.match(path)
         if jobs:
             namespace, name = jobs.groups()
@@ -242,6 +251,7 @@ class KubeStub:
             job["status"].update(startTime=_now(), active=1, ready=0)
             return
         log_path = self.kubelet.root / f"{pod_name}.log"
+        self.pod_logs[pod_name] = log_path
         process = self.kubelet.start(job, log_path)
         job.setdefault("_processes", []).append(process)
         pod = {"metadata": {"name": pod_name, "namespace": key[0], "labels": labels, "creationTimestamp": _now()},

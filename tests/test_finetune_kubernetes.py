@@ -431,8 +431,28 @@ def test_the_deploy_manifests_for_fine_tuning_are_valid_objects() -> None:
     role = V1Role.model_validate(docs["Role"])
     V1RoleBinding.model_validate(docs["RoleBinding"])
     allowed = {(g, r, v) for rule in role.rules or () for g in rule.api_groups or () for r in rule.resources or () for v in rule.verbs}
-    assert {("batch", "jobs", "create"), ("batch", "jobs", "get"), ("batch", "jobs", "delete"), ("", "pods", "list")} <= allowed
+    needed = {("batch", "jobs", "create"), ("batch", "jobs", "get"), ("batch", "jobs", "delete"), ("", "pods", "list"),
+              ("", "pods/log", "get")}
+    assert needed <= allowed
     secrets = [d for d in yaml.safe_load_all((deploy / "secrets.example.yaml").read_text()) if d]
     trainer_env = next(V1Secret.model_validate(d) for d in secrets if d["metadata"]["name"] == "llamahost-trainer-env")
     assert {"LLAMAHOST_DATABASE_URL", "LLAMAHOST_MASTER_KEY"} <= set(trainer_env.string_data or {})
     assert "fine-tuning.yaml" in (deploy / "kustomization.yaml").read_text()
+
+
+def test_a_pod_without_the_servers_database_fails_the_run_with_its_log(cluster, tmp_path) -> None:
+    """A Secret that lacks the database URL: the pod finds no inputs, says what it needs
+    and exits 2 (final: no retry); the run fails with the end of the pod's log."""
+    import asyncio
+
+    from llamahost.finetune.kube_backend import run_on_kubernetes
+
+    stub, kubelet, files, team_id, db = cluster
+    kubelet.secrets["llamahost-db"] = {"LLAMAHOST_MASTER_KEY": kubelet.secrets["llamahost-db"]["LLAMAHOST_MASTER_KEY"]}
+    run = training_run(tmp_path, team_id, tmp_path)
+    assert asyncio.run(run_on_kubernetes(kube_settings(stub, tmp_path), files, run)) == 1
+    message = json.loads((run.output_dir / "result.json").read_text())["error"]["message"]
+    assert "the trainer failed" in message and "exited with 2" in message
+    assert "cannot read this run's inputs" in message and "LLAMAHOST_DATABASE_URL" in message
+    assert len([r for r in stub.requests if r["method"] == "POST"]) == 1  # not retried
+    assert run_blobs(db) == []

@@ -308,6 +308,17 @@ class KubeJobs:
         pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"{LABEL_JOB}={name}").items
         return job, sorted(pods, key=lambda p: _created(p))
 
+    def log_tail(self, pod: str, lines: int = 20) -> str:
+        """The end of a pod's trainer log ('' if it cannot be read): why a pod that published
+        no verdict ended (a missing setting, a traceback before training)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            text = self.core.read_namespaced_pod_log(pod, self.namespace, container=CONTAINER, tail_lines=lines)
+        except (ApiException, OSError):
+            return ""
+        return str(text or "").strip()
+
     def delete(self, name: str) -> bool:
         """Deletes the Job and its pods (their trainer gets SIGTERM, then the grace period);
         False if there was none."""

@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 # After a cancel deletes the Job, how long the trainer's published "cancelled" may take
 # (its grace period is 30 s; it needs a few).
 CANCEL_WAIT_SECONDS = 45.0
-# After the Job ends, how long its pod's last publish may take to show.
-OUTCOME_WAIT_SECONDS = 30.0
+# After the Job ends, how long its pod's last publish may take to show (the pod publishes
+# before it exits, so this only covers a store slow to show a write).
+OUTCOME_WAIT_SECONDS = 5.0
 # The run crashed without a verdict (the Job vanished, or ended without publishing one).
 EXIT_LOST = 70
 
@@ -99,6 +100,7 @@ class _Follower:
     async def _follow(self, run: Run, jobs: KubeJobs, name: str, mirror: Mirror) -> int:
         told: set[str] = set()
         phase = ""
+        last_pod: str | None = None
         stuck_since: float | None = None
         while True:
             await asyncio.to_thread(mirror.pull)
@@ -107,6 +109,8 @@ class _Follower:
                 mirror.note("Kubernetes Job deleted (cancelled)")
                 return await self._outcome(mirror, CANCEL_WAIT_SECONDS, default=EXIT_CANCELLED)
             job, pods = await asyncio.to_thread(jobs.read, name)
+            if pods and pods[-1].metadata is not None:
+                last_pod = pods[-1].metadata.name
             if job is None:
                 mirror.note(f"Kubernetes Job {name} disappeared (deleted from outside?)", level="warn")
                 return await self._outcome(mirror, 0, default=EXIT_LOST)
@@ -125,7 +129,9 @@ class _Follower:
                 code = await self._outcome(mirror, OUTCOME_WAIT_SECONDS, default=None)
                 if code is not None and code in (0, 1, EXIT_CANCELLED):
                     return code
-                return self._failed(run, mirror, state.message)
+                # No verdict of the trainer's: the pod's own last words say why.
+                tail = await asyncio.to_thread(jobs.log_tail, last_pod) if last_pod else ""
+                return self._failed(run, mirror, state.message + (f"; the pod's log ends: {tail[-1500:]}" if tail else ""))
             if state.stuck:
                 stuck_since = stuck_since or time.monotonic()
                 if time.monotonic() - stuck_since > self.settings.start_timeout_seconds:

@@ -49,6 +49,9 @@ OUTPUT = "output"
 SEGMENT_BYTES = 1024 * 1024
 # A line longer than a segment (a traceback in an error event's data) is cut to this.
 LONG_LINE_BYTES = 64 * 1024
+# The pod's exit status when its outcome could not be published (the store unreachable):
+# not one of the trainer's verdicts, so the Job retries the pod.
+EXIT_UNPUBLISHED = 75
 
 
 class BlobStore(Protocol):
@@ -382,10 +385,19 @@ def run_remote(run: RemoteRun, work_dir: Path) -> int:
     from ..files.service import open_files
     from ..store.keyring import open_store
 
-    config = load_config()
-    db, keyring = open_store(config.data_dir)
-    files = open_files(config, db, keyring)
-    spec_path = unpack_inputs(files, run, work_dir)
+    try:
+        config = load_config()
+        db, keyring = open_store(config.data_dir)
+        files = open_files(config, db, keyring)
+        spec_path = unpack_inputs(files, run, work_dir)
+    except Exception as exc:  # the pod's environment, not the run, is wrong: say which part
+        print(
+            f"error: cannot read this run's inputs from the files backend ({type(exc).__name__}: {exc}); the pod needs "
+            "the server's database (LLAMAHOST_DATABASE_URL), master key (LLAMAHOST_MASTER_KEY) and [files] settings "
+            "(LLAMAHOST_CONFIG): [fine_tuning.kubernetes] env_from_secrets and config_map",
+            file=sys.stderr, flush=True,
+        )
+        return 2
     output_dir = work_dir / OUTPUT
     publisher = Publisher(files, run, output_dir)
     restored = publisher.restore_newest()
@@ -410,7 +422,16 @@ def run_remote(run: RemoteRun, work_dir: Path) -> int:
         status = child.returncode
         # A child killed by a signal (the OOM killer) reports -N; a pod reports 128+N.
         exit_status = 128 - status if status < 0 else status
-        publisher.finish(exit_status)
+        for attempt in range(5):
+            try:
+                publisher.finish(exit_status)
+                break
+            except Exception as exc:
+                print(f"publishing the outcome failed: {exc}", file=sys.stderr, flush=True)
+                time.sleep(2 * (attempt + 1))
+        else:
+            # Not a verdict the Job should keep: a status Kubernetes retries (resuming).
+            return EXIT_UNPUBLISHED
         return exit_status
     finally:
         if child.poll() is None:
