@@ -6,12 +6,14 @@ The cluster is tests/k8s_stub.py: a stand-in API server the worker's real kubern
 talks to, which runs each Job's pod as a local process from the rendered container (the
 trainer in `--remote` mode, reaching the database through the secret's variables). The
 model is an upstream one (`engine = "openai"`) whose base weights are a tiny Hugging Face
-llama (`hf_weights`), served by vLLM-shaped replicas (tests/vllm_stub.py).
+llama (`hf_weights`), served by vLLM-shaped replicas (tests/vllm_stub.py); its tuned model
+is answered by a replica with the adapter llamahost loaded into it at run time.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -76,7 +78,7 @@ poll_seconds = 0.2
             replica.stop()
 
 
-def test_an_upstream_model_is_tuned_in_a_kubernetes_job(cluster_server) -> None:
+def test_an_upstream_model_is_tuned_in_a_kubernetes_job_and_served_by_vllm(cluster_server) -> None:
     server, stub, replica, worker = cluster_server
     c = client(server)
     f = client(server, "compat/v1").files.create(file=("lockers.jsonl", jsonl(ROWS), "application/jsonl"),
@@ -107,3 +109,12 @@ def test_an_upstream_model_is_tuned_in_a_kubernetes_job(cluster_server) -> None:
     with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
         names = tar.getnames()
     assert "adapter/adapter_config.json" in names and "adapter.gguf" not in names
+
+    # Served by name: the replica gets the adapter through vLLM's runtime LoRA endpoint.
+    reply = client(server, "compat/v1").chat.completions.create(
+        model=done.fine_tuned_model, messages=[{"role": "user", "content": "Code of locker 3?"}], max_tokens=8
+    )
+    assert reply.choices[0].message.content.startswith(f"adapter {done.fine_tuned_model} (r=")
+    (load,) = replica.calls("/v1/load_lora_adapter")
+    assert load["body"]["lora_name"] == done.fine_tuned_model
+    assert json.loads((Path(load["body"]["lora_path"]) / "adapter_config.json").read_text())["peft_type"] == "LORA"

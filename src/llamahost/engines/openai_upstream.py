@@ -30,7 +30,7 @@ from .. import observability as obs
 from ..config import ModelConfig
 from ..errors import APIError, EngineFailure, InvalidRequest, ServiceUnavailable
 from ..types.chat import ChatMessage, ChatRequest, StopReason
-from ..types.tuned import TunedModel, TunedModelSource
+from ..types.tuned import TunedModel
 from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut, ToolCallDelta, openai_message
 from .llama_tokens import LlamaTokenCounter, tokenizer_for
 from .replicas import Replica, ReplicaPool
@@ -189,9 +189,8 @@ class OpenAIUpstreamEngine(Engine):
         self._counter: LlamaTokenCounter | None = None
         self._client: httpx.AsyncClient | None = None
         self._health_task: asyncio.Task | None = None
-        # Where tuned models come from (the registry sets it before load); with a lora_dir
-        # they are served as vLLM LoRA adapters (``loras``, made at load).
-        self.tuned_source: TunedModelSource | None = None
+        # Tuned models (``tuned_source``, set by the registry before load) with a lora_dir
+        # are served as vLLM LoRA adapters (``loras``, made at load).
         self.loras: UpstreamLoras | None = None
 
     @property
