@@ -238,7 +238,7 @@ def cluster(tmp_path, pg_env, monkeypatch):
     db.close()
 
 
-def training_run(tmp_path: Path, team_id: int, base: Path, **spec):
+def training_run(tmp_path: Path, team_id: int, base: Path, attempt: int = 1, **spec):
     from llamahost.finetune.backends import TrainingRun
     from llamahost.finetune.spec import TrainingSpec
 
@@ -251,7 +251,7 @@ def training_run(tmp_path: Path, team_id: int, base: Path, **spec):
     )
     values.update(spec)
     training = TrainingSpec(**values)
-    return TrainingRun(job_id="ftjob-e2e", team_id=team_id, attempt=1, spec=training, spec_path=work / "job.json",
+    return TrainingRun(job_id="ftjob-e2e", team_id=team_id, attempt=attempt, spec=training, spec_path=work / "job.json",
                        work_dir=work, log_path=work / "trainer.log")
 
 
@@ -455,4 +455,32 @@ def test_a_pod_without_the_servers_database_fails_the_run_with_its_log(cluster, 
     assert "the trainer failed" in message and "exited with 2" in message
     assert "cannot read this run's inputs" in message and "LLAMAHOST_DATABASE_URL" in message
     assert len([r for r in stub.requests if r["method"] == "POST"]) == 1  # not retried
+    assert run_blobs(db) == []
+
+
+def test_an_earlier_attempts_job_and_its_run_are_removed_before_the_next(cluster, tmp_path) -> None:
+    """A worker that died left its Job running and its run's blobs: the next attempt deletes
+    that Job and, through the run named in its annotation, the blobs."""
+    import asyncio
+
+    from llamahost.finetune.kube import ANNOTATION_RUN
+    from llamahost.finetune.kube_backend import run_on_kubernetes
+    from llamahost.finetune.remote import Publisher, RemoteRun
+
+    stub, kubelet, files, team_id, db = cluster
+    kubelet.pull_fails = True  # no pod runs: this is about what the next attempt clears away
+    settings = kube_settings(stub, tmp_path, start_timeout_seconds=1)
+    left = RemoteRun(team_id, RemoteRun.new_id(), 0)
+    (tmp_path / "left").mkdir()
+    (tmp_path / "left" / "events.jsonl").write_text('{"type": "message", "message": "hello"}\n')
+    Publisher(files, left, tmp_path / "left").finish(137)
+    jobs = KubeJobs(settings)
+    jobs.submit(render_job("ftjob-e2e-1", ["--remote", left.to_arg()], settings, annotations={ANNOTATION_RUN: left.run}))
+    jobs.close()
+    assert run_blobs(db)
+
+    run = training_run(tmp_path, team_id, tmp_path, attempt=2)
+    assert asyncio.run(run_on_kubernetes(settings, files, run)) == 1  # its own pod cannot start either
+    deleted = [r["path"].rsplit("/", 1)[1] for r in stub.requests if r["method"] == "DELETE"]
+    assert deleted == ["llamahost-ft-ftjob-e2e-1", "llamahost-ft-ftjob-e2e-2"]
     assert run_blobs(db) == []

@@ -36,6 +36,8 @@ CONFIG_KEY = "llamahost.toml"
 # 1 failed, 2 unusable spec, 3 cancelled. Retrying them would only repeat them.
 FINAL_EXIT_CODES = [1, 2, 3]
 LABEL_JOB = "llamahost.dev/fine-tuning-job"
+# The Job's run (remote.RemoteRun): whoever deletes a Job its worker left behind frees its blobs.
+ANNOTATION_RUN = "llamahost.dev/run"
 COMMON_LABELS = {"app.kubernetes.io/name": "llamahost", "app.kubernetes.io/component": "fine-tuning"}
 # Pod waiting reasons that do not fix themselves: the pod never starts while they last.
 STUCK_REASONS = frozenset({
@@ -64,7 +66,9 @@ def job_name(job_id: str) -> str:
     return f"llamahost-ft-{slug}"[:52].rstrip("-")  # room for the pods' "-xxxxx" suffixes
 
 
-def render_job(job_id: str, trainer_args: list[str], settings: KubernetesConfig) -> V1Job:
+def render_job(
+    job_id: str, trainer_args: list[str], settings: KubernetesConfig, annotations: dict[str, str] | None = None
+) -> V1Job:
     """The Job for one fine-tuning job, as the client's model (validated as it is built)."""
     require_client()
     from kubernetes import client as k8s
@@ -141,7 +145,7 @@ def render_job(job_id: str, trainer_args: list[str], settings: KubernetesConfig)
     return k8s.V1Job(
         api_version="batch/v1",
         kind="Job",
-        metadata=k8s.V1ObjectMeta(name=name, namespace=settings.namespace, labels=labels),
+        metadata=k8s.V1ObjectMeta(name=name, namespace=settings.namespace, labels=labels, annotations=annotations),
         spec=spec,
     )
 

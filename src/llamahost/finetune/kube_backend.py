@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import KubernetesConfig
-from .kube import KubeJobs, job_name, job_state, render_job
-from .remote import BlobStore, Mirror, pack_inputs
+from .kube import ANNOTATION_RUN, KubeJobs, job_name, job_state, render_job
+from .remote import BlobStore, Mirror, RemoteRun, pack_inputs
 from .spec import EXIT_CANCELLED, TrainingSpec
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,12 @@ class _Follower:
         jobs = await asyncio.to_thread(KubeJobs, self.settings)
         name = job_name(f"{run.job_id}-{run.attempt}")
         try:
-            # An earlier attempt's Job (its worker died) would race this one: it goes first.
+            # An earlier attempt's Job (its worker died) would race this one: it goes first,
+            # and the blobs of its run with it.
             for earlier in range(1, run.attempt):
-                await asyncio.to_thread(jobs.delete, job_name(f"{run.job_id}-{earlier}"))
+                await asyncio.to_thread(self._remove_left_behind, jobs, run, job_name(f"{run.job_id}-{earlier}"))
             job = render_job(f"{run.job_id}-{run.attempt}", ["--remote", remote.to_arg(), "--work-dir", "/scratch"],
-                             self.settings)
+                             self.settings, annotations={ANNOTATION_RUN: remote.run})
             await asyncio.to_thread(jobs.submit, job)
             mirror.note(f"Kubernetes Job {self.settings.namespace}/{name} submitted")
             return await self._follow(run, jobs, name, mirror)
@@ -96,6 +97,18 @@ class _Follower:
         finally:
             await asyncio.to_thread(jobs.close)
             await asyncio.to_thread(mirror.delete)
+
+    def _remove_left_behind(self, jobs: KubeJobs, run: Run, name: str) -> None:
+        job, _ = jobs.read(name)
+        if job is None:
+            return
+        jobs.delete(name)
+        annotations = (job.metadata.annotations if job.metadata else None) or {}
+        try:
+            left = RemoteRun(run.team_id, annotations[ANNOTATION_RUN], 0)
+        except KeyError:
+            return
+        Mirror(self.files, left, run.output_dir).delete(probe=True)
 
     async def _follow(self, run: Run, jobs: KubeJobs, name: str, mirror: Mirror) -> int:
         told: set[str] = set()

@@ -241,9 +241,15 @@ class Mirror:
             self.epochs.add(epoch)
             epoch += 1
 
-    def delete(self) -> None:
-        """Removes the run's blobs (the job keeps its own copies of the checkpoints)."""
+    def delete(self, *, probe: bool = False) -> None:
+        """Removes the run's blobs (the job keeps its own copies of the checkpoints);
+        ``probe``: a run this mirror did not read (left by a dead worker): find them first."""
         team = self.run.team_id
+        if probe:
+            while read_small(self.files, team, self.run.segment(self.segments)) is not None:
+                self.segments += 1
+            while read_small(self.files, team, self.run.marker(max(self.epochs, default=0) + 1)) is not None:
+                self.epochs.add(max(self.epochs, default=0) + 1)
         ids = [self.run.inputs, self.run.result]
         ids += [self.run.segment(n) for n in range(self.segments + 1)]
         for epoch in range(1, max(self.epochs, default=0) + 2):
