@@ -75,6 +75,11 @@ class EvalRuntime:
     def build(cls, services: Any) -> EvalRuntime:
         config: Config = services.config
         registry = ModelRegistry(config)
+        # The team's tuned models (ft:...) resolve here as in the server: on their base
+        # model's engine, with their adapter, for the team that started the run only.
+        fine_tuning = getattr(services, "fine_tuning", None)
+        if fine_tuning is not None:
+            registry.set_tuned_source(fine_tuning.models)
         return cls(
             registry, ChatService(registry),
             # Journalled like a server's: a loop killed mid-item loses none of the usage
@@ -91,8 +96,8 @@ class EvalRuntime:
             self._started = True
             await self.metering.start()
 
-    async def ready(self, model: str) -> None:
-        entry = self.registry.resolve(model)
+    async def ready(self, model: str, team_id: int) -> None:
+        entry = self.registry.resolve(model, team_id)
         if entry.engine.ready:
             return
         task = self._loading.get(entry.config.id)
@@ -139,7 +144,7 @@ async def _complete(ctx: RunContext, request: ChatRequest, tokens: list[int]) ->
     """One metered completion as the run's key; 429 and "model busy/loading" wait for
     Retry-After and try again, ``retries`` times."""
     runtime = ctx.runtime
-    await runtime.ready(request.model)
+    await runtime.ready(request.model, ctx.team_id)
     attempt = 0
     while True:
         request.team, request.team_id = ctx.principal.team_name, ctx.team_id
@@ -293,7 +298,7 @@ async def run_job(job: JobContext) -> dict[str, Any]:
     if run.status not in (QUEUED, IN_PROGRESS):
         return {"run_id": run_id, "status": run.status}
     definition = (await asyncio.to_thread(evals.get_eval, run.team_id, run.eval_id)).definition
-    graders = services.evals.graders(definition)
+    graders = services.evals.graders(definition, run.team_id)
     principal = Principal(
         key_id=run.key_id or "", key_pk=0, team_id=run.team_id, team_name=services.teams.name(run.team_id), role="member"
     )

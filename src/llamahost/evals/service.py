@@ -5,6 +5,7 @@ team; another team's eval or run is "not found"."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,16 +62,21 @@ class EvalService:
 
     # --- evals ---------------------------------------------------------------------------------
 
-    def judge_capabilities(self, model: str) -> frozenset[str] | None:
-        try:
-            return self.registry.resolve(model).capabilities
-        except NotFound:
-            return None
+    def judge_capabilities(self, team_id: int) -> Callable[[str], frozenset[str] | None]:
+        """What a judge model serves, as the team sees models (its own tuned models too)."""
 
-    def graders(self, definition: dict[str, Any]) -> list[g.Grader]:
+        def capabilities(model: str) -> frozenset[str] | None:
+            try:
+                return self.registry.resolve(model, team_id).capabilities
+            except NotFound:
+                return None
+
+        return capabilities
+
+    def graders(self, definition: dict[str, Any], team_id: int) -> list[g.Grader]:
         return g.compile_criteria(
             definition["testing_criteria"], item_fields=g.item_fields_of(definition["item_schema"]),
-            judge_capabilities=self.judge_capabilities,
+            judge_capabilities=self.judge_capabilities(team_id),
         )
 
     def create_eval(self, team_id: int, body: wire.EvalCreate) -> dict[str, Any]:
@@ -91,7 +97,7 @@ class EvalService:
                                  param="data_source_config.item_schema")
         include_sample = bool(config.get("include_sample_schema", False))
         g.compile_criteria(body.testing_criteria, item_fields=g.item_fields_of(item_schema),
-                           judge_capabilities=self.judge_capabilities)
+                           judge_capabilities=self.judge_capabilities(team_id))
         schema: dict[str, Any] = {"type": "object", "properties": {"item": item_schema}, "required": ["item"]}
         if include_sample:
             schema["properties"]["sample"] = {"type": "object"}
@@ -157,7 +163,7 @@ class EvalService:
         rows = self._rows(team_id, source.get("source"), f"{param}.source")
         checked: dict[str, Any] = {"type": kind}
         if kind == "completions":
-            checked |= self._completions(source, item_fields, param)
+            checked |= self._completions(team_id, source, item_fields, param)
         return checked, rows
 
     def _rows(self, team_id: int, source: Any, param: str) -> list[dict[str, Any]]:
@@ -218,12 +224,16 @@ class EvalService:
             raise InvalidRequest(f"{param}.sample must be an object", param=f"{param}.sample")
         return dict(row)
 
-    def _completions(self, source: dict[str, Any], item_fields: frozenset[str] | None, param: str) -> dict[str, Any]:
+    def _completions(
+        self, team_id: int, source: dict[str, Any], item_fields: frozenset[str] | None, param: str
+    ) -> dict[str, Any]:
         model = source.get("model")
         if not isinstance(model, str):
             raise InvalidRequest(f"{param}.model: field required", param=f"{param}.model")
         try:
-            capabilities = self.registry.resolve(model).capabilities
+            # Team-aware: the team's own tuned models (ft:...) run beside the base models;
+            # another team's are not found, as for any request of this team's keys.
+            capabilities = self.registry.resolve(model, team_id).capabilities
         except NotFound as exc:
             raise InvalidRequest(exc.message, param=f"{param}.model") from None
         out: dict[str, Any] = {"model": model}
