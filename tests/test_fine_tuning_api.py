@@ -267,16 +267,27 @@ def test_trained_tokens_are_usage(server, finished):
     assert [(r["model"], r["prompt_tokens"]) for r in records] == [("SmolLM2-135M-Instruct", job.trained_tokens)]
 
 
-@pytest.mark.skip(reason="serving tuned models is ftserve's part (registry resolution, engine LoRA reload)")
 def test_chat_with_the_tuned_model(server, finished):
+    """The job's tuned model and its first checkpoint answer by name on both surfaces, to
+    the job's team only (the server resolves the names the worker registered)."""
+    from llama_api_client import LlamaAPIClient
+
     job, _ = finished
-    for surface in ("v1", "compat/v1"):
-        reply = client(server, surface).chat.completions.create(
-            model=job.fine_tuned_model, messages=[{"role": "system", "content": "Be brief."},
-                                                  {"role": "user", "content": "Code of locker 3?"}],
-            temperature=0, max_tokens=16,
-        )
-        assert reply.model == job.fine_tuned_model and reply.choices[0].message.content
+    checkpoint = f"{job.fine_tuned_model}:ckpt-step-1"
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Code of locker 3?"}]
+    for model in (job.fine_tuned_model, checkpoint):
+        reply = client(server, "compat/v1").chat.completions.create(model=model, messages=messages, temperature=0,
+                                                                    max_tokens=12)
+        assert reply.model == model and reply.choices[0].message.content
+        native = LlamaAPIClient(api_key=server.key, base_url=server.base_url, max_retries=0, timeout=120)
+        answer = native.chat.completions.create(model=model, messages=messages, temperature=0, max_completion_tokens=12)
+        assert answer.completion_message.content.text  # type: ignore[union-attr]
+    listed = {m.id for m in client(server, "compat/v1").models.list()}
+    assert {job.fine_tuned_model, checkpoint, f"{job.fine_tuned_model}:ckpt-step-2"} <= listed
+    other = server.cli("keys", "create", "--team", "fourth-team").stdout.strip()
+    with pytest.raises(openai.NotFoundError):
+        client(server, "compat/v1", key=other).chat.completions.create(model=job.fine_tuned_model, messages=messages,
+                                                                       max_tokens=4)
 
 
 def test_cancel_stops_the_training(server, training_file, finished):

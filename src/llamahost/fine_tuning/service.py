@@ -355,16 +355,6 @@ class FineTuningService:
         name = f"{job.id}-adapter.tar.gz"
         return name, out  # type: ignore[return-value]
 
-    # --- tuned models ------------------------------------------------------------------------
-
-    def delete_model(self, team_id: int, role: str, model_id: str) -> dict[str, object]:
-        """``DELETE /v1/models/{id}`` of a tuned model (OpenAI's answer shape); the route is
-        the serving side's, the rule who may is this slice's: an admin or operator key."""
-        require_admin(role, "deleting a tuned model")
-        if not self.models.delete(team_id, model_id):
-            raise NotFound(f"no tuned model {model_id[:400]!r}", param="model")
-        return {"id": model_id, "object": "model", "deleted": True}
-
     # --- teams --------------------------------------------------------------------------------
 
     def delete_team(self, team_id: int) -> dict[str, int]:
