@@ -117,6 +117,8 @@ class KubeStub:
         self.jobs: dict[tuple[str, str], dict] = {}
         self.pods: dict[tuple[str, str], list[dict]] = {}
         self.pod_logs: dict[str, Path] = {}
+        # Set by a test: (method, path) -> (status, body) to answer instead, or None.
+        self.route_override = None
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         stub = self
@@ -184,6 +186,8 @@ class KubeStub:
         return path
 
     def route(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict | str]:
+        if self.route_override is not None and (answer := self.route_override(method, path)) is not None:
+            return answer  # a test's answer (e.g. RBAC's 403)
         log = POD_LOG.match(path)
         if log and method == "GET":
             log_path = self.pod_logs.get(log.group(2))

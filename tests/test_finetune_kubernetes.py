@@ -484,3 +484,31 @@ def test_an_earlier_attempts_job_and_its_run_are_removed_before_the_next(cluster
     deleted = [r["path"].rsplit("/", 1)[1] for r in stub.requests if r["method"] == "DELETE"]
     assert deleted == ["llamahost-ft-ftjob-e2e-1", "llamahost-ft-ftjob-e2e-2"]
     assert run_blobs(db) == []
+
+
+def test_settings_kubernetes_refuses_fail_the_run_saying_what_to_fix(cluster, tmp_path) -> None:
+    """Not crashes to retry: no kubeconfig to reach the API with, and a namespace the API
+    server does not serve (its 404 Status message quoted)."""
+    import asyncio
+
+    from llamahost.finetune.kube_backend import run_on_kubernetes
+
+    stub, kubelet, files, team_id, db = cluster
+    run = training_run(tmp_path, team_id, tmp_path)
+    missing = kube_settings(stub, tmp_path, kubeconfig=str(tmp_path / "no-such-kubeconfig"))
+    assert asyncio.run(run_on_kubernetes(missing, files, run)) == 1
+    message = json.loads((run.output_dir / "result.json").read_text())["error"]["message"]
+    assert "cannot reach the Kubernetes API" in message and "kubeconfig" in message
+    assert run_blobs(db) == []
+
+    (run.output_dir / "result.json").unlink()
+    stub.route_override = lambda method, path: (
+        (403, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+               "message": 'jobs.batch is forbidden: User "system:serviceaccount:llamahost:default" cannot create '
+                          'resource "jobs" in API group "batch" in the namespace "training"'})
+        if method == "POST" else None
+    )
+    assert asyncio.run(run_on_kubernetes(kube_settings(stub, tmp_path), files, run)) == 1
+    message = json.loads((run.output_dir / "result.json").read_text())["error"]["message"]
+    assert message.startswith("Kubernetes refused the Job (HTTP 403: jobs.batch is forbidden")
+    assert run_blobs(db) == []

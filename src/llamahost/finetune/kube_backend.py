@@ -75,8 +75,18 @@ class _Follower:
         remote = await asyncio.to_thread(
             pack_inputs, self.files, run.team_id, spec, run.spec.training_file, run.spec.validation_file, run.output_dir
         )
+        from kubernetes.client.exceptions import ApiException
+
         mirror = Mirror(self.files, remote, run.output_dir)
-        jobs = await asyncio.to_thread(KubeJobs, self.settings)
+        try:
+            jobs = await asyncio.to_thread(KubeJobs, self.settings)
+        except Exception as exc:  # no kubeconfig, no service account: a setting, not a crash to retry
+            await asyncio.to_thread(mirror.delete)
+            return self._failed(
+                run, mirror,
+                f"cannot reach the Kubernetes API ({exc}); set [fine_tuning.kubernetes] kubeconfig (and context), or run "
+                "the job loop in the cluster with a service account allowed to manage Jobs",
+            )
         name = job_name(f"{run.job_id}-{run.attempt}")
         try:
             # An earlier attempt's Job (its worker died) would race this one: it goes first,
@@ -85,7 +95,12 @@ class _Follower:
                 await asyncio.to_thread(self._remove_left_behind, jobs, run, job_name(f"{run.job_id}-{earlier}"))
             job = render_job(f"{run.job_id}-{run.attempt}", ["--remote", remote.to_arg(), "--work-dir", "/scratch"],
                              self.settings, annotations={ANNOTATION_RUN: remote.run})
-            await asyncio.to_thread(jobs.submit, job)
+            try:
+                await asyncio.to_thread(jobs.submit, job)
+            except ApiException as exc:
+                if exc.status not in (400, 401, 403, 404, 422):
+                    raise  # the API server's trouble (5xx): a failed attempt, retried
+                return self._failed(run, mirror, f"Kubernetes refused the Job (HTTP {exc.status}: {_reason(exc)})")
             mirror.note(f"Kubernetes Job {self.settings.namespace}/{name} submitted")
             return await self._follow(run, jobs, name, mirror)
         except BaseException:
@@ -174,3 +189,11 @@ class _Follower:
         result = {"status": "failed", "error": {"message": message, "param": None}}
         (run.output_dir / "result.json").write_text(json.dumps(result, indent=2))
         return 1
+
+
+def _reason(exc: Any) -> str:
+    """The API server's message (a Status object's), else its HTTP reason."""
+    try:
+        return str(json.loads(exc.body)["message"])[:500]
+    except (TypeError, ValueError, KeyError):
+        return str(exc.reason)
