@@ -15,7 +15,7 @@ import llama_cpp
 import pytest
 
 from llamahost.chat.tools import check_request
-from llamahost.config import ModelConfig, ModelSampling
+from llamahost.config import BUNDLED_SAMPLING, ModelConfig, ModelSampling
 from llamahost.engines.base import Finished
 from llamahost.engines.llamacpp import SAMPLERS, LlamaCppEngine, bundled_model_path, sampling_fields
 from llamahost.errors import InvalidRequest
@@ -84,9 +84,16 @@ def test_every_sampler_is_set_explicitly():
 
 @pytest.mark.anyio
 async def test_a_models_dry_default_applies_to_its_requests(engine):
-    # Off unless the model's config sets it; then in every request's sampler chain.
+    # The bundled model's own defaults (BUNDLED_SAMPLING: DRY on) are in every request's
+    # sampler chain; a model's config overrides them key by key; other GGUFs have none.
     hi = await engine.prepare(ChatRequest(model="m", messages=[ChatMessage("user", "Hi")]))
-    assert "dry" not in engine._body(hi, 8)["samplers"]
+    body = engine._body(hi, 8)
+    assert BUNDLED_SAMPLING.dry_multiplier > 0
+    assert "dry" in body["samplers"] and body["dry_multiplier"] == BUNDLED_SAMPLING.dry_multiplier
+    assert ModelConfig(id="x", sampling={"dry_base": 2.0}).resolved_sampling == BUNDLED_SAMPLING.model_copy(update={"dry_base": 2.0})
+    assert ModelConfig(id="x", path="/m.gguf").resolved_sampling.dry_multiplier == 0.0
+    off = engine.config.model_copy(update={"sampling": ModelSampling(dry_multiplier=0.0)})
+    assert off.resolved_sampling.dry_multiplier == 0.0
     dry = ModelSampling(dry_multiplier=2.0, dry_allowed_length=2)
     fields = sampling_fields(SamplingParams(temperature=0.0, repetition_penalty=1.2), dry)
     assert fields["samplers"] == ["penalties", "dry", "top_k", "top_p", "temperature"]
@@ -98,12 +105,15 @@ async def test_a_models_dry_default_applies_to_its_requests(engine):
     )
     check_request(request)
     prepared = await engine.prepare(request)
-    plain = [e async for e in engine.generate(prepared, 24)]
-    engine.config = engine.config.model_copy(update={"sampling": dry})
+    default = engine.config
     try:
+        engine.config = off
+        assert "dry" not in engine._body(prepared, 8)["samplers"]
+        plain = [e async for e in engine.generate(prepared, 24)]
+        engine.config = default.model_copy(update={"sampling": dry})
         with_dry = [e async for e in engine.generate(prepared, 24)]
     finally:
-        engine.config = engine.config.model_copy(update={"sampling": ModelSampling()})
+        engine.config = default
     assert text_of(with_dry) != text_of(plain), text_of(plain)
 
 

@@ -119,6 +119,76 @@ def test_sdk_tool_example_streaming(client):
     assert text.strip()
 
 
+# --- the SDK's example as it is: tool_choice unset ("auto"), temperature 0.6 ---------------
+# Its question, tool and parameters (examples/tool_call.py). Under auto the bundled model
+# calls when its probability of opening a call passes auto_tool_threshold (probed greedily
+# before the reply, so the choice does not depend on sampling); the call's arguments are
+# sampled at 0.6 but held to the tool's schema by the grammar, so every assertion below
+# holds whatever the seed.
+EXAMPLE_QUESTION = "Is it raining in Bellevue?"
+EXAMPLE = {"max_completion_tokens": 2048, "temperature": 0.6}
+
+
+def example_create(client, messages, **kw):
+    return client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, **{**EXAMPLE, **kw})
+
+
+def test_sdk_example_under_auto_non_streaming(client):
+    messages = [{"role": "user", "content": EXAMPLE_QUESTION}]
+    message = example_create(client, messages).completion_message
+    assert message.stop_reason == "tool_calls"
+    completion_message = message.model_dump()
+    messages.append(completion_message)
+    answer_tool_calls(messages, completion_message["tool_calls"])
+    assert json.loads(completion_message["tool_calls"][0]["function"]["arguments"])["location"]
+
+    message = example_create(client, messages).completion_message
+    assert message.tool_calls == [] and message.content.text.strip()  # after the result: the answer
+
+
+def test_sdk_example_under_auto_streaming(client):
+    messages = [{"role": "user", "content": EXAMPLE_QUESTION}]
+    tool_call: dict = {"function": {"arguments": ""}}
+    stop_reason = None
+    for chunk in example_create(client, messages, stream=True):  # read exactly as the example reads it
+        if chunk.event.delta.type == "tool_call":
+            if chunk.event.delta.id:
+                tool_call["id"] = chunk.event.delta.id
+            if chunk.event.delta.function.name:
+                tool_call["function"]["name"] = chunk.event.delta.function.name
+            if chunk.event.delta.function.arguments:
+                tool_call["function"]["arguments"] += chunk.event.delta.function.arguments
+        if chunk.event.stop_reason is not None:
+            stop_reason = chunk.event.stop_reason
+    assert stop_reason == "tool_calls"
+    completion_message = {
+        "role": "assistant",
+        "content": {"type": "text", "text": ""},
+        "tool_calls": [tool_call],
+        "stop_reason": stop_reason,
+    }
+    messages.append(completion_message)
+    answer_tool_calls(messages, [tool_call])
+
+    text = ""
+    for chunk in example_create(client, messages, stream=True):
+        text += chunk.event.delta.text  # the example prints every delta's text: no tool_call deltas here
+    assert text.strip()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_auto_answers_in_text_when_no_tool_is_needed(client, stream):
+    # Far under the threshold (the probe gives the call opening no visible probability).
+    messages = [{"role": "user", "content": "Tell me a joke."}]
+    if not stream:
+        message = example_create(client, messages, max_completion_tokens=48).completion_message
+        assert message.tool_calls == [] and message.stop_reason != "tool_calls" and message.content.text.strip()
+    else:
+        chunks = list(example_create(client, messages, stream=True, max_completion_tokens=48))
+        assert all(c.event.delta.type == "text" for c in chunks)
+        assert "".join(c.event.delta.text for c in chunks).strip()
+
+
 def test_tool_choice_none_never_calls(client):
     for question in (QUESTION, "Call get_weather for Berlin now."):
         response = create(client, [{"role": "user", "content": question}], tool_choice="none", max_completion_tokens=24)

@@ -10,6 +10,7 @@ import llama_cpp
 import pytest
 
 from llamahost.chat.tools import check_request
+from llamahost.config import BUNDLED_AUTO_TOOL_THRESHOLD, ModelConfig
 from llamahost.engines.grammar import check_grammar
 from llamahost.engines.llamacpp import bundled_model_path
 from llamahost.engines.schema import check_schema
@@ -21,6 +22,7 @@ from llamahost.engines.tool_format import (
     format_for_template,
     render_messages,
 )
+from llamahost.engines.tool_decision import opening_probability, probe_body, tool_decision
 from llamahost.errors import InvalidRequest
 from llamahost.types.chat import ChatMessage, ChatRequest, ToolCall, ToolCallDelta, ToolSpec
 
@@ -35,6 +37,12 @@ TIME = ToolSpec("get_time", None, None)
 def request(**kw) -> ChatRequest:
     kw.setdefault("messages", [ChatMessage("user", "hi")])
     return ChatRequest(model="m", **kw)
+
+
+def checked(**kw) -> ChatRequest:
+    req = request(**kw)
+    check_request(req)  # as the chat service does: tool_choice defaults to auto with tools
+    return req
 
 
 def error_of(req: ChatRequest) -> InvalidRequest:
@@ -152,12 +160,12 @@ def compiler():
     yield tokenizer, llm
 
 
-def accepts(compiler, req: ChatRequest, text: str, fmt=OWN_FORMAT) -> bool:
+def accepts(compiler, req: ChatRequest, text: str, fmt=OWN_FORMAT, branch="both") -> bool:
     from llguidance import LLMatcher
 
     tokenizer, llm = compiler
     check_request(req)
-    grammar = fmt.grammar(req)
+    grammar = fmt.grammar(req, branch)
     check_grammar(grammar, "tools")
     matcher = LLMatcher(tokenizer, LLMatcher.grammar_from_lark(grammar), log_level=0)
     tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
@@ -195,6 +203,62 @@ def test_auto_with_json_schema_answers_in_the_schema_or_calls(compiler):
     assert accepts(compiler, request(tools=[TIME], json_schema=schema), '{"answer": "noon"}')
     assert not accepts(compiler, request(tools=[TIME], json_schema=schema), "noon")
     assert accepts(compiler, request(tools=[TIME], json_schema=schema), '<tool_call>[{"name": "get_time", "arguments": {}}]</tool_call>')
+
+
+def test_auto_branches_once_decided(compiler):
+    # After the auto decision (tool_decision.py) the reply is held to one side.
+    weather = '<tool_call>[{"name": "get_weather", "arguments": {"location": "X"}}]</tool_call>'
+    auto = request(tools=[WEATHER, TIME])
+    assert accepts(compiler, auto, weather, branch="calls")
+    assert not accepts(compiler, auto, "It is sunny.", branch="calls")
+    assert accepts(compiler, auto, "It is sunny.", branch="answer")
+    assert not accepts(compiler, auto, weather, branch="answer")
+    assert not accepts(compiler, auto, "Calling <tool_call> now", branch="answer")
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    with_schema = request(tools=[TIME], json_schema=schema)
+    assert accepts(compiler, with_schema, '{"answer": "noon"}', branch="answer")
+    assert not accepts(compiler, with_schema, '<tool_call>[{"name": "get_time", "arguments": {}}]</tool_call>', branch="answer")
+    # Outside auto the branch changes nothing.
+    required = request(tools=[WEATHER], tool_choice="required")
+    assert OWN_FORMAT.grammar(required, "answer") == OWN_FORMAT.grammar(required)
+
+
+def test_auto_decision_reads_the_openings_first_token():
+    opening = OWN_FORMAT.call_prefix
+    top = [("Yes", 0.3), ("<", 0.09), ("<tool", 0.01), ("<tool_call>[{\"name\": \"get", 0.02), ("<b>", 0.2), ("", 0.1)]
+    # Tokens that start the opening or span all of it count; "<b>" starts something else.
+    assert opening_probability(top, opening) == pytest.approx(0.12)
+    config = ModelConfig(id="m", auto_tool_threshold=0.1)
+    decision = tool_decision(checked(tools=[WEATHER]), OWN_FORMAT, config)
+    assert decision is not None and decision.opening == opening
+    assert decision.grammar_for(0.12) == decision.calls_grammar and decision.grammar_for(0.1) == decision.answer_grammar
+    # Only auto with tools is decided, and not where the model's threshold is "off".
+    assert tool_decision(checked(tools=[WEATHER], tool_choice="required"), OWN_FORMAT, config) is None
+    assert tool_decision(checked(), OWN_FORMAT, config) is None
+    assert tool_decision(checked(tools=[WEATHER]), OWN_FORMAT, ModelConfig(id="m", auto_tool_threshold="off")) is None
+    # Llama 3 calls open with "{" like a JSON answer does: the first token tells nothing.
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    assert tool_decision(checked(tools=[WEATHER], json_schema=schema), LLAMA3_JSON_FORMAT, config) is None
+    assert tool_decision(checked(tools=[WEATHER], json_schema=schema), OWN_FORMAT, config) is not None
+
+
+def test_probe_is_one_greedy_unconstrained_step_on_the_same_prompt():
+    body = {"prompt": [1, 2, 3], "max_tokens": 300, "temperature": 0.6, "grammar": "x", "cache_prompt": True, "stream_options": {}}
+    probe = probe_body(body)
+    assert probe["prompt"] == [1, 2, 3] and probe["cache_prompt"] is True  # the reply reuses its prefix
+    assert probe["max_tokens"] == 1 and probe["temperature"] == 0.0 and probe["n_probs"] > 0
+    assert "grammar" not in probe  # the model's own distribution, not the grammar's
+
+
+def test_auto_tool_threshold_config():
+    assert ModelConfig(id="m").resolved_auto_tool_threshold == BUNDLED_AUTO_TOOL_THRESHOLD
+    assert ModelConfig(id="m", path="/models/other.gguf").resolved_auto_tool_threshold is None  # calibrated per model
+    assert ModelConfig(id="m", auto_tool_threshold=0.3).resolved_auto_tool_threshold == 0.3
+    assert ModelConfig(id="m", auto_tool_threshold="off").resolved_auto_tool_threshold is None
+    with pytest.raises(ValueError, match="auto_tool_threshold"):
+        ModelConfig(id="m", auto_tool_threshold=1.5)
+    with pytest.raises(ValueError, match="auto_tool_threshold"):
+        ModelConfig(id="m", engine="openai", replicas=["http://x/v1"], auto_tool_threshold=0.2)
 
 
 def test_llama3_json_grammar(compiler):

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -75,6 +75,17 @@ class ModelSampling(_Strict):
     dry_allowed_length: int = Field(default=2, ge=1, le=1000)
     # How many recent tokens to search for repeats.
     dry_penalty_last_n: int = Field(default=1024, ge=1, le=10_485_760)
+    # A repeat is not followed back across these. llama.cpp's default without '"': in JSON
+    # a quote starts every string, so with it a list repeating one item ("milk", "milk",
+    # ...) never counts as a repeat.
+    dry_sequence_breakers: list[str] = Field(default_factory=lambda: ["\n", ":", "*"], max_length=32)
+
+
+# The bundled model's defaults, chosen on benchmarks (README, "A small model that behaves"):
+# the auto tool-choice threshold on bench/tool_decision.py's labelled prompts, the DRY
+# guard on bench/structured.py's JSON-closing set.
+BUNDLED_AUTO_TOOL_THRESHOLD = 0.05
+BUNDLED_SAMPLING = ModelSampling(dry_multiplier=0.8)
 
 
 class ModelConfig(_Strict):
@@ -128,8 +139,14 @@ class ModelConfig(_Strict):
     # from the prompt and reply so far, checked in one batch. Pays where replies repeat
     # their input (JSON, code, edits); 0 turns it off.
     ngram_speculation: int = Field(default=0, ge=0, le=64)
-    # This model's sampling defaults (DRY), applied to every request on it.
+    # This model's sampling defaults (DRY), applied to every request on it. Keys not set
+    # here keep the model's defaults: BUNDLED_SAMPLING for the bundled model, off otherwise.
     sampling: ModelSampling = Field(default_factory=ModelSampling)
+    # tool_choice "auto": call tools when the model's probability of opening a call (its
+    # first token, probed before the reply) is above this; "off" leaves the choice to the
+    # model's first sampled token. Unset: BUNDLED_AUTO_TOOL_THRESHOLD for the bundled
+    # model, "off" for other GGUFs (a threshold is calibrated per model).
+    auto_tool_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["off"] | None = None
 
     # --- engine = "openai" ---
     # Base URLs of the upstream's OpenAI API, e.g. "http://10.0.0.5:8000/v1".
@@ -196,7 +213,7 @@ class ModelConfig(_Strict):
                 raise ValueError(f"model {self.id!r}: upstream_lora_dir needs lora_dir (where llamahost writes the adapters)")
             llamacpp_keys = (
                 "path", "threads", "parallel", "prefix_cache", "max_queue", "mmproj", "lora_adapters", "ngram_speculation",
-                "sampling", "max_tuned_adapters", "kv_cache_type",
+                "sampling", "max_tuned_adapters", "kv_cache_type", "auto_tool_threshold",
             )
             for key in llamacpp_keys:
                 if key in self.model_fields_set:
@@ -206,6 +223,19 @@ class ModelConfig(_Strict):
                 if key in self.model_fields_set:
                     raise ValueError(f"model {self.id!r}: {key} is an openai-engine key; set engine = \"openai\"")
         return self
+
+    @property
+    def resolved_auto_tool_threshold(self) -> float | None:
+        """The threshold in effect, None for the model's own sampled choice."""
+        if self.auto_tool_threshold is None:
+            return BUNDLED_AUTO_TOOL_THRESHOLD if self.path == "bundled" else None
+        return None if self.auto_tool_threshold == "off" else self.auto_tool_threshold
+
+    @property
+    def resolved_sampling(self) -> ModelSampling:
+        """The sampling defaults in effect: the keys this config sets, over the model's own."""
+        base = BUNDLED_SAMPLING if self.path == "bundled" else ModelSampling()
+        return base.model_copy(update={k: getattr(self.sampling, k) for k in self.sampling.model_fields_set})
 
     @property
     def names(self) -> list[str]:

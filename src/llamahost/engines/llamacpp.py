@@ -56,6 +56,7 @@ from .chat_template import ChatTemplate
 from .grammar import check_grammar
 from .llamacpp_server import EmbeddedServer, ServerSettings
 from .stops import StopMatcher
+from .tool_decision import ToolDecision, probe, probe_top, tool_decision
 from .tool_format import RepeatedCallCutter, ToolFormat, ToolStreamParser, format_for_template, render_messages
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ def sampling_fields(s: SamplingParams, model: ModelSampling | None = None) -> di
             dry_base=model.dry_base,
             dry_allowed_length=model.dry_allowed_length,
             dry_penalty_last_n=model.dry_penalty_last_n,
+            dry_sequence_breakers=model.dry_sequence_breakers,
         )
     return fields
 
@@ -176,6 +178,7 @@ class _Prepared:
     grammar: str | None
     parser: ToolStreamParser | None
     rendered: str = ""  # the prompt as text
+    decision: ToolDecision | None = None  # tool_choice "auto": the branch is probed for first
 
 
 @dataclass
@@ -187,6 +190,7 @@ class _Job:
     emit: Callable[[EngineEvent | BaseException], None]
     adapter: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    decision: ToolDecision | None = None
 
 
 @dataclass(eq=False)
@@ -436,7 +440,8 @@ class LlamaCppEngine(Engine):
             rendered = self._render(messages, tools)
             prompt = await server.tokenize(rendered, add_special=False)
             count = len(prompt)
-        prepared = _Prepared(prompt, grammar, fmt.stream_parser(request), rendered)
+        decision = tool_decision(request, fmt, self.config)
+        prepared = _Prepared(prompt, grammar, fmt.stream_parser(request), rendered, decision)
         return PreparedPrompt(request=request, prompt_tokens=count, engine_data=prepared)
 
     def _render(self, messages: list[dict[str, Any]], tools: list[dict] | None) -> str:
@@ -477,6 +482,7 @@ class LlamaCppEngine(Engine):
             parser=prepared.engine_data.parser,
             emit=emit,
             adapter=adapter,
+            decision=prepared.engine_data.decision,
         )
         self._in_flight += 1
         self._jobs[id(job)] = job
@@ -534,7 +540,7 @@ class LlamaCppEngine(Engine):
             "max_tokens": max_tokens,
             "cache_prompt": self.config.prefix_cache,
             "stream_options": {"include_usage": True},
-            **sampling_fields(request.sampling, self.config.sampling),
+            **sampling_fields(request.sampling, self.config.resolved_sampling),
         }
         if data.grammar is not None:
             body["grammar"] = data.grammar
@@ -614,6 +620,8 @@ class LlamaCppEngine(Engine):
         # when a projector is loaded.
         complete = server.complete_native if isinstance(body["prompt"], dict) else server.complete
         try:
+            if job.decision is not None:
+                body = {**body, "grammar": self._decide(job.decision, complete, body)}
             complete(body, on_chunk)
         except Exception as exc:
             log.exception("llama.cpp completion failed")
@@ -621,6 +629,24 @@ class LlamaCppEngine(Engine):
             return
         if not state["done"] and not job.cancel.is_set():
             job.emit(EngineFailure("llama.cpp ended the stream without finishing it"))
+
+    def _decide(self, decision: ToolDecision, complete: Callable, body: dict[str, Any]) -> str:
+        p_call = probe(complete, body, decision.opening)
+        log.debug("tool_choice auto: p(call) = %.3f, threshold %.3f", p_call, decision.threshold)
+        return decision.grammar_for(p_call)
+
+    async def first_token_probabilities(self, prepared: PreparedPrompt) -> list[tuple[str, float]]:
+        """The likeliest first tokens of ``prepared``'s reply with their probabilities,
+        as the auto tool-choice decision reads them (for calibrating ``auto_tool_threshold``)."""
+        body = self._body(prepared, 1)
+        instance = self._acquire(self._live)
+        try:
+            server = instance.server
+            complete = server.complete_native if isinstance(body["prompt"], dict) else server.complete
+            async with self._slots:
+                return await asyncio.get_running_loop().run_in_executor(self._pool, probe_top, complete, body)
+        finally:
+            self._release(instance)
 
     def _observe_queue(self) -> None:
         obs.QUEUE_DEPTH.labels(self.config.id).set(max(0, self._in_flight - self.config.parallel))

@@ -217,6 +217,8 @@ class EmbeddedServer:
                     on_chunk(data)
                     return
                 chunk: dict[str, Any] = {"choices": [{"text": data.get("content") or "", "finish_reason": None}]}
+                if data.get("completion_probabilities"):  # asked for with n_probs
+                    chunk["completion_probabilities"] = data["completion_probabilities"]
                 if data.get("stop"):
                     chunk["choices"][0]["finish_reason"] = "length" if data.get("stop_type") == "limit" else "stop"
                     chunk["usage"] = {

@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..types.chat import ChatMessage, ChatRequest, ToolCallDelta, ToolSpec
 
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 CHOICES = ("none", "auto", "required")
+# Which side of an ``auto`` reply a grammar allows: both (the model's own choice), calls only, or the answer only.
+Branch = Literal["both", "calls", "answer"]
 
 # How JSON is laid out under a grammar: one space after ':' and ',' like the JSON a
 # model has mostly seen, and no other whitespace, so a small model cannot stall in an
@@ -80,21 +82,26 @@ class ToolFormat:
             return "\n".join(self.open + b + self.close for b in body)
         return self.open + self.separator.join(body) + self.close
 
-    def grammar(self, request: ChatRequest) -> str | None:
-        """The Lark grammar a reply to ``request`` must match, or None for free text."""
+    def grammar(self, request: ChatRequest, branch: Branch = "both") -> str | None:
+        """The Lark grammar a reply to ``request`` must match, or None for free text.
+
+        Under ``auto`` a reply is calls or an answer; ``branch`` narrows that choice to
+        one side once it is made outside the grammar (``tool_decision.py``)."""
         answer = _lark_json(request.json_schema) if request.json_schema is not None else None
         choice = request.tool_choice
         if choice == "none" or not request.tools:
             return json_schema_grammar(request.json_schema) if request.json_schema is not None else None
         tools = request.tools if choice in CHOICES else [t for t in request.tools if t.name == choice]
         lines = ["%llguidance {}"]
-        if choice == "auto":
+        if choice == "auto" and branch != "calls":
             if answer is None:
                 # Free text that never contains the call trigger: a reply that starts
                 # a call is held to the call grammar, so no half-call passes as text.
                 answer = "TEXT"
                 lines.append(f"TEXT: /(?s:.+)/ & ~/(?s:.*{_regex_escape(self.trigger)}.*)/")
-            lines.append(f"start: calls | {answer}")
+            lines.append(f"start: calls | {answer}" if branch == "both" else f"start: {answer}")
+            if branch == "answer":
+                return "\n".join(lines) + "\n"
         else:
             lines.append("start: calls")
         repeat = f" ({_lark_string(self.separator)} call)*" if self.separator is not None else ""
