@@ -84,8 +84,8 @@ class ModelSampling(_Strict):
 # The bundled model's defaults, chosen on benchmarks (README, "A small model that behaves"):
 # the auto tool-choice threshold on bench/tool_decision.py's labelled prompts, the DRY
 # guard on bench/structured.py's JSON-closing set.
-BUNDLED_AUTO_TOOL_THRESHOLD = 0.05
-BUNDLED_SAMPLING = ModelSampling(dry_multiplier=0.8)
+BUNDLED_AUTO_TOOL_THRESHOLD = 0.036
+BUNDLED_SAMPLING = ModelSampling(dry_multiplier=1.5)
 
 
 class ModelConfig(_Strict):
