@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from llama_api_client import LlamaAPIClient
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 MODEL = "Llama-4-Maverick-17B-128E-Instruct-FP8"
 
@@ -205,3 +206,54 @@ def test_random_schemas_always_validate(client):
     check()
     assert len(outcomes) == 200
     assert outcomes.count("length") <= 40, f"{outcomes.count('length')} of 200 ran out of budget"
+
+
+# --- closing within budget at temperature 0 (the bundled model's sampling defaults) ----------
+
+
+class Joke(BaseModel):
+    setup: str = Field(description="The setup of the joke")
+    punchline: str = Field(description="The punchline")
+
+
+class Recipe(BaseModel):
+    dish: str
+    ingredients: list[str]
+
+
+# Greedy replies that, without the bundled model's DRY default, repeat one sentence or one
+# list item inside a JSON string until max_tokens 512 runs out (bench/structured.py --close
+# measures the same on 50 pairs).
+CLOSING = [
+    (Joke, "Tell me a joke about cats."),
+    (Recipe, "Give me a recipe for pancakes."),
+    (Recipe, "How do I make a salad?"),
+]
+
+
+def structured(url: str, key: str, schema: type[BaseModel], prompt: str):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=url + "/compat/v1", api_key=key, model=MODEL, temperature=0, max_tokens=512, max_retries=0)
+    return llm.with_structured_output(schema, include_raw=True).invoke(prompt)
+
+
+@pytest.mark.parametrize(("schema", "prompt"), CLOSING)
+def test_langchain_structured_output_closes_within_budget(server, schema, prompt):
+    result = structured(server.url, server.key, schema, prompt)
+    assert result["raw"].response_metadata["finish_reason"] == "stop"
+    assert result["parsing_error"] is None and isinstance(result["parsed"], schema)
+
+
+def test_sampling_defaults_are_the_models_and_overridable(server_factory):
+    # The same request on a server whose config turns the bundled model's DRY default off:
+    # the greedy reply repeats a list item until the budget ends, and the JSON is cut.
+    off = server_factory('[[models]]\nid = "SmolLM2-135M-Instruct"\naliases = ["' + MODEL + '"]\nsampling = { dry_multiplier = 0.0 }\n')
+    schema = {**Recipe.model_json_schema(), "additionalProperties": False}
+    body = {
+        "model": MODEL, "messages": [{"role": "user", "content": "Give me a recipe for pancakes."}], "temperature": 0, "max_tokens": 512,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "Recipe", "strict": True, "schema": schema}},
+    }
+    response = httpx.post(off.url + "/compat/v1/chat/completions", json=body, headers=off.headers(), timeout=600)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["finish_reason"] == "length"
