@@ -12,7 +12,8 @@ the server, `[fine_tuning] threads` as given), uploads the dataset with the `ope
 (`files.create(purpose="fine-tune")`), asks the base model the held-out questions over
 HTTP, measures serving speed idle (a streamed chat load against the base model), creates
 the job (`fine_tuning.jobs.create`), runs the same load while the job trains, polls the job
-to `succeeded`, then asks the tuned model, by its `ft:...` name, the same questions.
+to `succeeded`, then asks the tuned model, by its `ft:...` name, the same questions; last,
+one eval (`client.evals`, issue 18) runs on both models side by side.
 
     PYTHONPATH=src nice -n 10 .venv/bin/python bench/finetune.py [--threads 2] [--epochs 1]
 
@@ -294,6 +295,35 @@ def adapter_rate(server: Server, job_id: str, prompts: list[str], threads: int) 
     return rate(replies), replies
 
 
+def compare_in_an_eval(client, models: list[str], prompts: list[str]) -> dict[str, tuple[int, int, int]]:
+    """Issue 18's comparison: one eval (the `openai` SDK's client.evals) run on each model,
+    graded by a string_check (the reply contains the format's "[lh]"): passed, total and
+    the output items listed, per model."""
+    ev = client.evals.create(
+        name="house answer format",
+        data_source_config={"type": "custom", "item_schema": {"type": "object", "properties": {"question": {"type": "string"}}}},
+        testing_criteria=[{"type": "string_check", "name": "house format", "operation": "like",
+                           "input": "{{sample.output_text}}", "reference": "[lh]"}],
+    )
+    runs = {
+        model: client.evals.runs.create(ev.id, name=model, data_source={
+            "type": "completions", "model": model,
+            "input_messages": {"type": "template", "template": [
+                SYSTEM, {"role": "user", "content": "{{item.question}}"}]},
+            "sampling_params": {"temperature": 0, "max_completion_tokens": 48},
+            "source": {"type": "file_content", "content": [{"item": {"question": q}} for q in prompts]},
+        }).id
+        for model in models
+    }
+    out = {}
+    for model, run_id in runs.items():
+        while (run := client.evals.runs.retrieve(run_id, eval_id=ev.id)).status in ("queued", "in_progress"):
+            time.sleep(1)
+        items = list(client.evals.runs.output_items.list(run_id, eval_id=ev.id, limit=100))
+        out[model] = (run.result_counts.passed, run.result_counts.total, len(items))
+    return out
+
+
 def load_average() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
@@ -372,6 +402,7 @@ def main() -> None:
         print(f"held-out success after tuning:  {after:.2f} ({how})  e.g. {after_replies[0]!r}")
         for q, r in [(q, r) for q, r in zip(heldout, after_replies, strict=True) if not FORMAT.match(r)][:5]:
             print(f"  miss: {q!r} -> {r!r}")
+        compared = compare_in_an_eval(client, [BASE, job.fine_tuned_model], heldout) if not args.adapter else {}
         threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
         api_seconds = job.finished_at - job.created_at
         print(
@@ -383,6 +414,9 @@ def main() -> None:
               f"{idle_after.tokens_per_second:.1f}), {busy.tokens_per_second:.1f} while training "
               f"(x{busy.tokens_per_second / idle_rate:.2f}); load average after the job {load_after_job}, "
               f"now {load_average()}")
+        for model, (passed, total, items) in compared.items():
+            print(f"eval (openai SDK client.evals, string_check contains '[lh]'): {model}: {passed}/{total} passed "
+                  f"({items} output items listed)")
         print(
             f"target: before <= 0.2 {'ok' if before <= 0.2 else 'MISSED'}, after >= 0.8 {'ok' if after >= 0.8 else 'MISSED'}, "
             f"wall < 600 s {'ok' if api_seconds < 600 else 'MISSED'}"
