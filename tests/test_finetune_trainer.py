@@ -256,6 +256,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @needs_training_stack
+@pytest.mark.training
 def test_run_resumes_and_reports(trained_run: Path) -> None:
     result = json.loads((trained_run / "result.json").read_text())
     assert result["status"] == "succeeded" and result["epochs"] == 2 and result["steps"] == 2
@@ -273,6 +274,7 @@ def test_run_resumes_and_reports(trained_run: Path) -> None:
 
 
 @needs_training_stack
+@pytest.mark.training
 def test_adapter_gguf_is_a_llamacpp_lora(trained_run: Path) -> None:
     import gguf
 
@@ -288,6 +290,7 @@ def test_adapter_gguf_is_a_llamacpp_lora(trained_run: Path) -> None:
 
 
 @needs_training_stack
+@pytest.mark.training
 def test_llamacpp_serves_the_adapter_faithfully(trained_run: Path, bundled: Path, tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """llama.cpp with the GGUF adapter on an F32 twin of the base vs transformers with the
     PEFT adapter merged: the same next-token log-probabilities, and the base unchanged."""
@@ -348,6 +351,7 @@ def test_llamacpp_serves_the_adapter_faithfully(trained_run: Path, bundled: Path
 
 
 @needs_training_stack
+@pytest.mark.training
 @pytest.mark.parametrize("how", ["cancel file", "SIGTERM"])
 def test_cancel_stops_a_run(tmp_path: Path, how: str) -> None:
     out = tmp_path / "out"
