@@ -162,12 +162,15 @@ async def test_the_adapter_is_served_faithfully_and_the_base_unchanged(engine, h
 
     model = source.add(tuned_model(BASE, "t0a1b2c3", "faithful", TEAM, "ftjob-faithful"), gguf.read_bytes())
     reloads = engine.reloads
+    # Only directories this load makes count: a process killed mid-load elsewhere (another
+    # test run on the machine) may have left one of its own in the shared temp dir.
+    tmpdir = tempfile.gettempdir()
+    before = {p for p in os.listdir(tmpdir) if p.startswith("llamahost-lora-")}
     await engine.ensure_adapter(model)
     assert engine.reloads == reloads + 1 and model.id in engine.adapters
     print(f"reload with one adapter: {engine.last_reload_seconds:.2f} s")
     # The adapter's file existed only while llama.cpp loaded it, and nothing maps it.
-    tmpdir = tempfile.gettempdir()
-    assert not [p for p in os.listdir(tmpdir) if p.startswith("llamahost-lora-")]
+    assert not [p for p in os.listdir(tmpdir) if p.startswith("llamahost-lora-") and p not in before]
     assert mappings_of("llamahost-lora-") == []
 
     base_after = [await asyncio.to_thread(llamacpp_steps, engine, seq, None) for seq in ids]
