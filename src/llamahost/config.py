@@ -334,6 +334,9 @@ class ImagesConfig(_Strict):
 
 
 DEFAULT_MODERATION_MODEL = "Llama-Guard"
+# The id the bundled prompt-attack classifier answers to by default (after Meta's
+# Prompt Guard models, which classify prompts as benign, injection or jailbreak).
+DEFAULT_PROMPT_GUARD_MODEL = "Prompt-Guard"
 
 
 class ModerationModelConfig(_Strict):
@@ -342,10 +345,20 @@ class ModerationModelConfig(_Strict):
     id: str = Field(default=DEFAULT_MODERATION_MODEL, min_length=1, max_length=128)
     # builtin: the classifier shipped in the package. llama-guard: a configured chat
     # model (``model``) whose GGUF is a Llama Guard 3 model, prompted with its template.
-    provider: Literal["builtin", "llama-guard"] = "builtin"
+    # cascade: the builtin classifier, which passes the messages whose P(unsafe) falls in
+    # ``band`` to the llama-guard moderation model ``escalate_to``.
+    # builtin-prompt-guard: the shipped prompt-injection and jailbreak classifier.
+    provider: Literal["builtin", "llama-guard", "cascade", "builtin-prompt-guard"] = "builtin"
     model: str | None = None
-    # builtin only: flag when P(unsafe) is at least this (default: the trained threshold).
+    # builtin and builtin-prompt-guard: flag when the classifier's probability is at least
+    # this (default: the trained threshold).
     threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
+    # cascade only: [low, high]. The builtin model's P(unsafe) below low is "not flagged",
+    # at or above high "flagged" (its category head names the categories); in between
+    # the escalation model decides.
+    band: list[float] | None = None
+    # cascade only: the id of a configured moderation model with provider "llama-guard".
+    escalate_to: str | None = None
     aliases: list[str] = Field(default_factory=list)
 
     @property
@@ -354,12 +367,27 @@ class ModerationModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _provider_fields(self) -> ModerationModelConfig:
+        where = f"moderation model {self.id!r}"
         if self.provider == "llama-guard" and not self.model:
-            raise ValueError(f"moderation model {self.id!r}: provider 'llama-guard' needs 'model' (a configured chat model)")
-        if self.provider == "builtin" and self.model:
-            raise ValueError(f"moderation model {self.id!r}: 'model' is only for provider 'llama-guard'")
-        if self.provider == "llama-guard" and self.threshold is not None:
-            raise ValueError(f"moderation model {self.id!r}: 'threshold' is only for provider 'builtin'")
+            raise ValueError(f"{where}: provider 'llama-guard' needs 'model' (a configured chat model)")
+        if self.provider != "llama-guard" and self.model:
+            raise ValueError(f"{where}: 'model' is only for provider 'llama-guard'")
+        if self.provider not in ("builtin", "builtin-prompt-guard") and self.threshold is not None:
+            raise ValueError(
+                f"{where}: 'threshold' is only for providers 'builtin' and 'builtin-prompt-guard'"
+                + (" (a cascade's is its 'band')" if self.provider == "cascade" else "")
+            )
+        if self.provider == "cascade":
+            if self.band is None:
+                raise ValueError(f"{where}: provider 'cascade' needs 'band' = [low, high], P(unsafe) bounds in [0, 1]")
+            if len(self.band) != 2 or not 0.0 <= self.band[0] < self.band[1] <= 1.0:
+                raise ValueError(f"{where}: 'band' must be [low, high] with 0 <= low < high <= 1, got {self.band}")
+            if not self.escalate_to:
+                raise ValueError(f"{where}: provider 'cascade' needs 'escalate_to' (the id of a 'llama-guard' moderation model)")
+        else:
+            for key in ("band", "escalate_to"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{where}: {key!r} is only for provider 'cascade'")
         return self
 
 
@@ -576,12 +604,25 @@ class Config(_Strict):
         if not self.models:
             self.models = [ModelConfig(id=BUNDLED_MODEL_ID, aliases=list(HOSTED_CATALOG_ALIASES))]
         if not self.moderation_models:
-            self.moderation_models = [ModerationModelConfig()]
+            # The prompt-attack classifier costs one small matrix product on the encoder
+            # the default model already runs, so it is on by default too.
+            self.moderation_models = [
+                ModerationModelConfig(),
+                ModerationModelConfig(id=DEFAULT_PROMPT_GUARD_MODEL, provider="builtin-prompt-guard"),
+            ]
         chat_names = _unique_names(self.models, "model")
         moderation_names = _unique_names(self.moderation_models, "moderation model")
+        by_id = {mod.id: mod for mod in self.moderation_models}
         for mod in self.moderation_models:
             if mod.model is not None and mod.model not in chat_names:
                 raise ValueError(f"moderation model {mod.id!r}: model {mod.model!r} is not a configured model")
+            if mod.escalate_to is not None:
+                target = by_id.get(mod.escalate_to)
+                if target is None or target.provider != "llama-guard":
+                    raise ValueError(
+                        f"moderation model {mod.id!r}: escalate_to {mod.escalate_to!r} is not the id of a configured "
+                        "moderation model with provider 'llama-guard'"
+                    )
         if self.moderation.model not in moderation_names:
             raise ValueError(f"moderation.model: {self.moderation.model!r} is not a configured moderation model")
         return self

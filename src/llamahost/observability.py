@@ -141,6 +141,21 @@ UPSTREAM_ATTEMPTS = Counter(
     ["model", "replica", "outcome"],
 )
 
+MODERATION_CASCADE = Counter(
+    "llamahost_moderation_cascade_decisions",
+    "Messages a cascade moderation model judged, by who decided: 'builtin' (P(unsafe) outside "
+    "the band) or 'escalated' (inside it: the Llama Guard model decided). The share escalated "
+    "is escalated / (builtin + escalated).",
+    ["model", "decided_by"],
+)
+MODERATION_ESCALATION_SECONDS = Histogram(
+    "llamahost_moderation_cascade_escalation_seconds",
+    "The latency an escalation adds to a cascade moderation call: the Llama Guard model's "
+    "call alone (the builtin model's pass before it is paid by every call)",
+    ["model"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
 
 def process_exiting() -> None:
     """Drop this process's live gauges from the multiprocess files when it stops."""

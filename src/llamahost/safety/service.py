@@ -8,11 +8,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from .. import observability as obs
 from ..config import Config, ModerationModelConfig
 from ..errors import APIError, NotFound, ServiceUnavailable
 from ..types.chat import ChatMessage, ChatRequest, ChatResult, SamplingParams
@@ -20,6 +22,7 @@ from .llama_guard import UnparseableVerdict, Verdict, conversation_turns, parse_
 
 if TYPE_CHECKING:
     from .builtin import BuiltinClassifier
+    from .prompt_guard import PromptGuardClassifier
 
 log = logging.getLogger(__name__)
 
@@ -152,18 +155,120 @@ class LlamaGuardModerator(Moderator):
             ) from None
 
 
+class CascadeModerator(Moderator):
+    """The builtin classifier for clear cases, a Llama Guard moderation model for the band
+    in between (``cascade.py``); its metrics give the share escalated and the latency added."""
+
+    def __init__(self, config: ModerationModelConfig, executor: ThreadPoolExecutor, escalation: LlamaGuardModerator) -> None:
+        super().__init__(config)
+        assert config.band is not None
+        self.low, self.high = config.band
+        self._executor = executor
+        self.builtin = BuiltinModerator(config, executor)
+        self.escalation = escalation
+        self._decided_builtin = obs.MODERATION_CASCADE.labels(config.id, "builtin")
+        self._decided_escalated = obs.MODERATION_CASCADE.labels(config.id, "escalated")
+        self._escalation_seconds = obs.MODERATION_ESCALATION_SECONDS.labels(config.id)
+
+    @property
+    def ready(self) -> bool:
+        return self.builtin.ready and self.escalation.ready
+
+    async def load(self) -> None:
+        await self.builtin.load()
+
+    async def classify(self, messages: Sequence[ChatMessage]) -> Verdict:
+        from .cascade import first_stage
+
+        classifier = BuiltinModerator._shared
+        if classifier is None:
+            raise ServiceUnavailable(
+                f"moderation model {self.config.id!r} is still loading", code="model_loading", headers={"Retry-After": "1"}
+            )
+        if not messages[-1].content.strip():
+            return Verdict(flagged=False)
+        loop = asyncio.get_running_loop()
+        verdict, p = await loop.run_in_executor(
+            self._executor, first_stage, classifier, list(messages), self.low, self.high
+        )
+        if verdict is not None:
+            self._decided_builtin.inc()
+            return verdict
+        self._decided_escalated.inc()
+        start = time.perf_counter()
+        try:
+            verdict = await self.escalation.classify(messages)
+        finally:
+            self._escalation_seconds.observe(time.perf_counter() - start)
+        log.debug("moderation model %s escalated P(unsafe)=%.3f to %s: %s", self.config.id, p, self.escalation.config.id, verdict)
+        return verdict
+
+
+class PromptGuardModerator(Moderator):
+    """The prompt-injection and jailbreak classifier shipped in the package
+    (``prompt_guard.py``), on the builtin model's encoder and thread."""
+
+    _shared: PromptGuardClassifier | None = None
+
+    def __init__(self, config: ModerationModelConfig, executor: ThreadPoolExecutor) -> None:
+        super().__init__(config)
+        self._executor = executor
+
+    @property
+    def ready(self) -> bool:
+        return PromptGuardModerator._shared is not None
+
+    async def load(self) -> None:
+        if PromptGuardModerator._shared is None:
+            loop = asyncio.get_running_loop()
+            PromptGuardModerator._shared = await loop.run_in_executor(self._executor, _load_prompt_guard)
+
+    async def classify(self, messages: Sequence[ChatMessage]) -> Verdict:
+        classifier = PromptGuardModerator._shared
+        if classifier is None:
+            raise ServiceUnavailable(
+                f"moderation model {self.config.id!r} is still loading", code="model_loading", headers={"Retry-After": "1"}
+            )
+        # The last message alone, whatever its role: an injection is as much an attack
+        # in a tool result or a pasted document as in the user's own words.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, classifier.classify, messages[-1].content, self.config.threshold)
+
+
+def _load_prompt_guard() -> PromptGuardClassifier:
+    from threadpoolctl import threadpool_limits
+
+    from .minilm import MiniLMEncoder
+    from .prompt_guard import PromptGuardClassifier
+
+    threadpool_limits(1, user_api="blas")
+    # One copy of the encoder in memory when the builtin model runs the same one.
+    shared = getattr(BuiltinModerator._shared, "encoder", None)
+    return PromptGuardClassifier(shared if isinstance(shared, MiniLMEncoder) else None)
+
+
 class ModerationService:
     def __init__(self, config: Config, chat: ChatModels) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moderation")
         self._by_name: dict[str, Moderator] = {}
         self.moderators: list[Moderator] = []
-        for model in config.moderation_models:
+        by_id: dict[str, Moderator] = {}
+        # Cascades last: they refer to a llama-guard model by id.
+        for model in sorted(config.moderation_models, key=lambda m: m.provider == "cascade"):
             moderator: Moderator
             if model.provider == "builtin":
                 moderator = BuiltinModerator(model, self._executor)
+            elif model.provider == "builtin-prompt-guard":
+                moderator = PromptGuardModerator(model, self._executor)
+            elif model.provider == "cascade":
+                assert model.escalate_to is not None
+                escalation = by_id[model.escalate_to]
+                assert isinstance(escalation, LlamaGuardModerator)  # checked by the config
+                moderator = CascadeModerator(model, self._executor, escalation)
             else:
                 moderator = LlamaGuardModerator(model, chat)
             self.moderators.append(moderator)
+            by_id[model.id] = moderator
             for name in model.names:
                 self._by_name[name] = moderator
         self.default_name = config.moderation_models[0].id
@@ -184,7 +289,8 @@ class ModerationService:
         return Moderation(model=name, verdict=await moderator.classify(messages))
 
     async def load(self) -> None:
-        for moderator in self.moderators:
+        # The prompt guard last: it borrows the builtin model's encoder if one is loaded.
+        for moderator in sorted(self.moderators, key=lambda m: isinstance(m, PromptGuardModerator)):
             await moderator.load()
 
     @property
