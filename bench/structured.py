@@ -17,7 +17,7 @@ Closing (``--close``): 50 prompt x schema pairs, as LangChain's ``with_structure
 sends them (``response_format`` json_schema, strict, two or three fields), at temperature 0
 with ``max_tokens`` 512; the share of replies that finish their JSON within the budget
 (``finish_reason`` "stop" and the content parses), with the model's sampling defaults off
-("before": ``sampling = { dry_multiplier = 0 }``) and as configured ("after": the default
+("before": ``sampling = { dry_multiplier = 0, json_string_max_length = 0, json_number_decimals = 0 }``) and as configured ("after": the default
 configuration). Free text must not get worse for it: on a small set of questions with a
 known answer, the share answered right, ended within budget, and the share of distinct
 word 3-grams in the replies (repetition), both ways.
@@ -248,7 +248,7 @@ def close_bench(threads: int, parallel: int, only: str | None) -> None:
     import re
 
     configs = {
-        "before": "sampling = { dry_multiplier = 0.0 }\n",  # the model's sampling defaults off
+        "before": "sampling = { dry_multiplier = 0.0, json_string_max_length = 0, json_number_decimals = 0 }\n",  # the model's sampling defaults off
         "after": "",  # the default configuration
     }
     pairs = [(fmt, prompt) for fmt, prompts in CLOSE_SET for prompt in prompts]

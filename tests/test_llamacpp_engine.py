@@ -16,8 +16,9 @@ import pytest
 
 from llamahost.chat.tools import check_request
 from llamahost.config import BUNDLED_SAMPLING, ModelConfig, ModelSampling
-from llamahost.engines.base import Finished
+from llamahost.engines.base import Finished, TextOut
 from llamahost.engines.llamacpp import SAMPLERS, LlamaCppEngine, bundled_model_path, sampling_fields
+from llamahost.engines.schema import NUMBER_MAGNITUDE, cap_free_values
 from llamahost.errors import InvalidRequest
 from llamahost.types.chat import ChatMessage, ChatRequest, SamplingParams, ToolSpec
 
@@ -213,3 +214,66 @@ async def test_a_long_tmpdir_still_gives_the_listener_a_socket(tmp_path, monkeyp
         assert isinstance(events[-1], Finished)
     finally:
         await engine.close()
+
+
+def test_caps_only_tighten_free_strings_and_numbers():
+    schema = {
+        "type": "object",
+        "properties": {
+            "free": {"type": "string"},
+            "nullable": {"type": ["string", "null"], "minLength": 50},
+            "bounded": {"type": "string", "maxLength": 5000},
+            "choice": {"type": "string", "enum": ["a", "b"]},
+            "when": {"type": "string", "format": "date"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "either": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/inner"}]},
+            "score": {"type": "number"},
+            "count": {"type": "integer", "minimum": 0},
+            "huge": {"type": "integer", "minimum": 10**16},
+        },
+        "$defs": {"inner": {"type": "object", "properties": {"note": {"type": "string"}}}},
+    }
+    capped = cap_free_values(schema, 40, 6)
+    props = capped["properties"]
+    assert props["free"]["maxLength"] == 40 and props["tags"]["items"]["maxLength"] == 40
+    assert props["nullable"]["maxLength"] == 50  # never below the schema's own minLength
+    assert props["bounded"]["maxLength"] == 5000  # the schema's own bound stands, even above the cap
+    assert "maxLength" not in props["choice"] and "maxLength" not in props["when"]
+    assert props["either"]["anyOf"][0]["maxLength"] == 40 and capped["$defs"]["inner"]["properties"]["note"]["maxLength"] == 40
+    assert props["score"] == {"type": "number", "multipleOf": 1e-6, "maximum": NUMBER_MAGNITUDE, "minimum": -NUMBER_MAGNITUDE}
+    assert props["count"] == {"type": "integer", "minimum": 0, "maximum": NUMBER_MAGNITUDE}
+    assert props["huge"] == {"type": "integer", "minimum": 10**16}  # a cap that would leave no value is not added
+    assert schema["properties"]["free"] == {"type": "string"}  # the request's own schema is left as given
+    assert cap_free_values(schema, 0, 0) == schema
+
+
+@pytest.mark.anyio
+async def test_a_models_json_caps_close_long_strings_and_numbers(engine):
+    # Strings and numbers the schema leaves unbounded are ended by the grammar at the
+    # model's caps, whatever the model would have written: the JSON parses. (Without the
+    # number cap this greedy reply's "confidence" runs on in digits to the token limit.)
+    import json
+
+    schema = {
+        "type": "object", "properties": {"answer": {"type": "string"}, "confidence": {"type": "number"}},
+        "required": ["answer", "confidence"],
+    }
+    request = ChatRequest(
+        model="m", messages=[ChatMessage("user", "How many legs does a spider have?")], json_schema=schema,
+        sampling=SamplingParams(temperature=0.0),
+    )
+    bundled = ModelConfig(id="x").resolved_sampling
+    assert bundled.json_string_max_length > 0 and bundled.json_number_decimals > 0  # the bundled model's defaults
+    other = ModelConfig(id="x", path="/m.gguf").resolved_sampling
+    assert other.json_string_max_length == 0 and other.json_number_decimals == 0
+    default = engine.config
+    try:
+        engine.config = default.model_copy(update={"sampling": ModelSampling(json_string_max_length=24, json_number_decimals=2)})
+        _, events = await run(engine, request, max_tokens=200)
+    finally:
+        engine.config = default
+    text = "".join(e.text for e in events if isinstance(e, TextOut))
+    assert isinstance(events[-1], Finished) and events[-1].stop_reason != "length", text
+    reply = json.loads(text)
+    assert 0 < len(reply["answer"]) <= 24
+    assert len(repr(reply["confidence"]).partition(".")[2]) <= 2 and abs(reply["confidence"]) <= NUMBER_MAGNITUDE

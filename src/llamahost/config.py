@@ -79,13 +79,22 @@ class ModelSampling(_Strict):
     # a quote starts every string, so with it a list repeating one item ("milk", "milk",
     # ...) never counts as a repeat.
     dry_sequence_breakers: list[str] = Field(default_factory=lambda: ["\n", ":", "*"], max_length=32)
+    # The longest a JSON string may grow under a grammar (json_schema replies and tool
+    # arguments) where the schema sets no maxLength: the grammar then closes it. DRY stops
+    # a string repeating itself, not one rambling on in new words until the budget runs
+    # out and the client gets JSON it cannot parse. 0: no cap.
+    json_string_max_length: int = Field(default=0, ge=0, le=10_485_760)
+    # Likewise for numbers, which can run on in digits ("0.99999899999..."): a number the
+    # schema leaves unbounded gets at most this many decimals, and numbers and integers a
+    # magnitude under 10^15 (what a JSON parser's double holds exactly). 0: no cap.
+    json_number_decimals: int = Field(default=0, ge=0, le=15)
 
 
 # The bundled model's defaults, chosen on benchmarks (README, "A small model that behaves"):
 # the auto tool-choice threshold on bench/tool_decision.py's labelled prompts, the DRY
 # guard on bench/structured.py's JSON-closing set.
 BUNDLED_AUTO_TOOL_THRESHOLD = 0.036
-BUNDLED_SAMPLING = ModelSampling(dry_multiplier=1.5)
+BUNDLED_SAMPLING = ModelSampling(dry_multiplier=1.5, json_string_max_length=1000, json_number_decimals=6)
 
 
 class ModelConfig(_Strict):

@@ -55,6 +55,7 @@ from .base import Engine, EngineEvent, Finished, PreparedPrompt, TextOut
 from .chat_template import ChatTemplate
 from .grammar import check_grammar
 from .llamacpp_server import EmbeddedServer, ServerSettings
+from .schema import cap_free_values
 from .stops import StopMatcher
 from .tool_decision import ToolDecision, probe, probe_top, tool_decision
 from .tool_format import RepeatedCallCutter, ToolFormat, ToolStreamParser, format_for_template, render_messages
@@ -410,7 +411,8 @@ class LlamaCppEngine(Engine):
                 f"model {self.config.id!r} has no LoRA adapter {request.adapter!r} (loaded: {available})", param="model"
             )
         fmt = self._tool_format
-        grammar = fmt.grammar(request)
+        constrained = self._as_constrained(request)
+        grammar = fmt.grammar(constrained)
         if grammar is not None:
             tools_active = bool(request.tools) and request.tool_choice != "none"
             check_grammar(grammar, "tools" if tools_active else "response_format")
@@ -440,9 +442,27 @@ class LlamaCppEngine(Engine):
             rendered = self._render(messages, tools)
             prompt = await server.tokenize(rendered, add_special=False)
             count = len(prompt)
-        decision = tool_decision(request, fmt, self.config)
+        decision = tool_decision(constrained, fmt, self.config)
         prepared = _Prepared(prompt, grammar, fmt.stream_parser(request), rendered, decision)
         return PreparedPrompt(request=request, prompt_tokens=count, engine_data=prepared)
+
+    def _as_constrained(self, request: ChatRequest) -> ChatRequest:
+        """The request as its grammar sees it: free JSON strings and numbers capped at the
+        model's ``json_string_max_length`` and ``json_number_decimals`` (0: as given).
+        Only the grammar gets the capped schemas; everything else (the prompt, the
+        parser) keeps the request's own."""
+        sampling = self.config.resolved_sampling
+        caps = (sampling.json_string_max_length, sampling.json_number_decimals)
+        if not any(caps) or (request.json_schema is None and not request.tools):
+            return request
+        return replace(
+            request,
+            json_schema=None if request.json_schema is None else cap_free_values(request.json_schema, *caps),
+            tools=[
+                tool if tool.parameters is None else replace(tool, parameters=cap_free_values(tool.parameters, *caps))
+                for tool in request.tools
+            ],
+        )
 
     def _render(self, messages: list[dict[str, Any]], tools: list[dict] | None) -> str:
         assert self._template is not None

@@ -110,3 +110,59 @@ def _check_ref(ref: str, root: dict[str, Any], where: str) -> None:
     section, name = match.groups()
     if section is not None and name not in root.get(section, {}):
         raise InvalidRequest(f"{where}: reference {ref!r} points to no definition", param=where)
+
+
+# The magnitude the number cap allows: integers up to it are exact in a double, which is
+# what most JSON parsers read numbers into.
+NUMBER_MAGNITUDE = 10**15
+
+
+def cap_free_values(schema: dict[str, Any], string_length: int, number_decimals: int) -> dict[str, Any]:
+    """A copy of a checked schema in which free strings and numbers are bounded: a string
+    with no ``maxLength``, ``enum``, ``const``, ``pattern`` or ``format`` of its own to at
+    most ``string_length`` characters; a number with no ``multipleOf`` to at most
+    ``number_decimals`` decimals (as ``multipleOf: 10^-n``), and numbers and integers to a
+    magnitude under ``NUMBER_MAGNITUDE`` where the schema gives no bound. 0 leaves a kind
+    as given.
+
+    Like ``check_schema``'s copy it only tightens: every document it admits is valid
+    against ``schema``. It is the grammar's guard for small models, which can ramble in a
+    string, or in a number's digits, until the token budget cuts the JSON off; a value
+    that reaches the cap is ended by the grammar and the reply still parses.
+    """
+    capped = copy.deepcopy(schema)
+    _cap(capped, string_length, number_decimals)
+    return capped
+
+
+def _types(node: dict[str, Any]) -> set[str]:
+    types = node.get("type")
+    return {types} if isinstance(types, str) else set(types or ())
+
+
+def _cap(node: Any, string_length: int, number_decimals: int) -> None:
+    if not isinstance(node, dict):
+        return
+    types = _types(node)
+    fixed = "enum" in node or "const" in node
+    if string_length and "string" in types and not fixed and not any(k in node for k in ("maxLength", "pattern", "format")):
+        node["maxLength"] = max(string_length, node.get("minLength", 0))
+    if number_decimals and types & {"number", "integer"} and not fixed:
+        if "number" in types and "multipleOf" not in node:
+            node["multipleOf"] = 10.0**-number_decimals
+        # A bound is added only where it leaves values to choose from: a schema whose own
+        # lower bound is past the cap keeps its range open.
+        low = node.get("minimum", node.get("exclusiveMinimum"))
+        high = node.get("maximum", node.get("exclusiveMaximum"))
+        if high is None and (low is None or low < NUMBER_MAGNITUDE):
+            node["maximum"] = NUMBER_MAGNITUDE
+        if low is None and (high is None or high > -NUMBER_MAGNITUDE):
+            node["minimum"] = -NUMBER_MAGNITUDE
+    for key in _SUBSCHEMA_MAPS:
+        for sub in node.get(key, {}).values():
+            _cap(sub, string_length, number_decimals)
+    for key in _SUBSCHEMA_LISTS:
+        for sub in node.get(key, []):
+            _cap(sub, string_length, number_decimals)
+    for key in _SUBSCHEMAS:
+        _cap(node.get(key), string_length, number_decimals)
