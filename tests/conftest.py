@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,18 @@ def run_cli(data_dir: Path, *args: str, env: dict[str, str] | None = None, check
     )
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within ``timeout`` seconds (a clean
+    shutdown first: servers and workers release their leases and engines on the way out)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class Server:
     process: subprocess.Popen
@@ -82,13 +94,7 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_server(
@@ -184,6 +190,25 @@ def postgres_env(schema: str) -> dict[str, str]:
     """A server's environment on that schema; with PostgreSQL every replica must be
     given the same master key."""
     return {"LLAMAHOST_DATABASE_URL": postgres_url(schema), "LLAMAHOST_MASTER_KEY": secrets.token_hex(32)}
+
+
+@contextmanager
+def opened_stores(backend: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch, prefix: str) -> Iterator:
+    """The tenancy stores (``open_stores``) on SQLite under ``data_dir``, or (``backend`` =
+    "postgresql") on a schema of their own that the process's environment points at for the
+    test; closed, and the schema dropped, afterwards. For the stores' tests on both databases."""
+    from llamahost.config import load_config
+    from llamahost.tenancy.stores import open_stores
+
+    with ExitStack() as stack:
+        if backend == "postgresql":
+            for name, value in postgres_env(stack.enter_context(postgres_schema(prefix))).items():
+                monkeypatch.setenv(name, value)
+        stores = open_stores(load_config(None, data_dir=data_dir))
+        try:
+            yield stores
+        finally:
+            stores.db.close()
 
 
 @pytest.fixture

@@ -7,28 +7,20 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from contextlib import ExitStack
 
 import pytest
 from sqlalchemy import text
 
-from conftest import postgres_env, postgres_schema
-from llamahost.config import load_config
+from conftest import opened_stores
 from llamahost.errors import NotFound
 from llamahost.evals.store import EvalStore, ItemResult
-from llamahost.tenancy.stores import open_stores
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path, monkeypatch):
-    with ExitStack() as stack:
-        if request.param == "postgresql":
-            for name, value in postgres_env(stack.enter_context(postgres_schema("llh_evst"))).items():
-                monkeypatch.setenv(name, value)
-        stores = open_stores(load_config(None, data_dir=tmp_path))
+    with opened_stores(request.param, tmp_path, monkeypatch, "llh_evst") as stores:
         team, _ = stores.teams.ensure("t")
         yield EvalStore(stores.db, stores.keyring), team, stores
-        stores.db.close()
 
 
 def test_concurrent_claims_respect_the_limit_and_never_share_an_item(store):

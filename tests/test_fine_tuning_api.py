@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import llamahost_env, start_server
+from conftest import llamahost_env, start_server, stop_process
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("torch")  # the trainer's extra; CI installs it (see README, Tests)
@@ -91,13 +91,7 @@ class Worker:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=30)
 
 
 def poll(condition, what: str, deadline: float = DEADLINE, every: float = 0.2):

@@ -7,12 +7,11 @@ content sealed in the rows; which models the local backends can tune."""
 from __future__ import annotations
 
 import threading
-from contextlib import ExitStack
 
 import pytest
 from sqlalchemy import text
 
-from conftest import postgres_env, postgres_schema
+from conftest import opened_stores
 from llamahost.config import ModelConfig, load_config
 from llamahost.errors import InvalidRequest
 from llamahost.files.service import open_files
@@ -43,16 +42,11 @@ SECRET = "CANARY-metadata-7f3a"
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def env(request, tmp_path, monkeypatch):
-    with ExitStack() as stack:
-        if request.param == "postgresql":
-            for name, value in postgres_env(stack.enter_context(postgres_schema("llh_ftst"))).items():
-                monkeypatch.setenv(name, value)
-        stores = open_stores(load_config(None, data_dir=tmp_path))
+    with opened_stores(request.param, tmp_path, monkeypatch, "llh_ftst") as stores:
         team, _ = stores.teams.ensure("t")
         other, _ = stores.teams.ensure("u")
         files = open_files(stores.config, stores.db, stores.keyring)
         yield FineTuningStore(stores.db, stores.keyring), files, stores, team, other
-        stores.db.close()
 
 
 def _job(store: FineTuningStore, team: int) -> str:

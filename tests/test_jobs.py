@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import llamahost_env, run_cli
+from conftest import llamahost_env, run_cli, stop_process
 from llamahost.config import ConfigError, load_config
 from llamahost.errors import InvalidRequest, NotFound
 from llamahost.jobs.kinds import JobContext, JobKinds
@@ -264,16 +264,6 @@ def _start_worker(env: dict[str, str], data_dir: Path, traces: Path, lease: floa
     )
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def test_worker_processes_share_postgresql(pg_env, tmp_path, local_env, monkeypatch) -> None:
     for name, value in pg_env.items():
         monkeypatch.setenv(name, value)
@@ -319,7 +309,7 @@ def test_worker_processes_share_postgresql(pg_env, tmp_path, local_env, monkeypa
         assert done.started_at >= running.leased_until
     finally:
         for worker in workers:
-            _stop(worker)
+            stop_process(worker)
         stores.db.close()
 
 
@@ -371,7 +361,7 @@ def test_retention_runs_as_a_job_of_llamahost_jobs_work(tmp_path, local_env) -> 
         row = next(line for line in table if line.startswith(purged[0].id)).split()
         assert row[1:5] == ["retention.purge", "succeeded", "-", "1/3"]
     finally:
-        _stop(worker)
+        stop_process(worker)
         stores.db.close()
     assert worker.returncode == 0, (tmp_path / "worker.log").read_text()
     unknown = run_cli(data_dir, "jobs", "cancel", "job_nope", check=False)

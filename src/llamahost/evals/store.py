@@ -15,16 +15,15 @@ item's one result (a late one from a lost claim changes nothing).
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 
 from ..errors import NotFound
-from ..store.db import Database, affected_rows, aware_utc
+from ..store.db import Database, affected_rows, aware_utc, new_id, utc_now
 from ..store.keyring import Keyring, Sealed
 from ..store.models import Eval, EvalItem, EvalRun
 
@@ -33,14 +32,6 @@ DONE = (PASSED, FAILED, ERRORED)
 QUEUED, IN_PROGRESS, COMPLETED, CANCELED, RUN_FAILED = "queued", "in_progress", "completed", "canceled", "failed"
 RUN_STATUSES = (QUEUED, IN_PROGRESS, COMPLETED, CANCELED, RUN_FAILED)
 RUN_ACTIVE = (QUEUED, IN_PROGRESS)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
 
 
 @dataclass(frozen=True)
@@ -116,7 +107,7 @@ class EvalStore:
     # --- evals ---------------------------------------------------------------------------
 
     def create_eval(self, team_id: int, definition: dict[str, Any]) -> EvalRecord:
-        eval_id, now = new_id("eval"), _now()
+        eval_id, now = new_id("eval", "_"), utc_now()
         row = Eval(id=eval_id, team_id=team_id, created_at=now, updated_at=now,
                    definition_sealed=self._seal(team_id, definition, "evals", eval_id, "definition"))
         with self.db.session() as s:
@@ -154,7 +145,7 @@ class EvalStore:
     def update_eval(self, team_id: int, eval_id: str, changes: dict[str, Any]) -> EvalRecord:
         current = self.get_eval(team_id, eval_id)
         definition = {**current.definition, **changes}
-        now = _now()
+        now = utc_now()
         with self.db.session() as s:
             s.execute(update(Eval).where(Eval.id == eval_id, Eval.team_id == team_id).values(
                 updated_at=now, definition_sealed=self._seal(team_id, definition, "evals", eval_id, "definition")
@@ -172,7 +163,7 @@ class EvalStore:
     def purge(self, retention_days, now: datetime | None = None) -> int:
         """Delete finished runs (with their output items) older than their team's
         retention (``retention_days(team_id)``); returns the runs deleted."""
-        now = now or _now()
+        now = now or utc_now()
         with self.db.session() as s:
             teams = list(s.scalars(select(EvalRun.team_id).distinct()))
         deleted = 0
@@ -202,7 +193,7 @@ class EvalStore:
     def create_run(
         self, team_id: int, eval_id: str, key_id: str | None, spec: dict[str, Any], rows: Sequence[dict[str, Any]]
     ) -> RunRecord:
-        run_id, now = new_id("evalrun"), _now()
+        run_id, now = new_id("evalrun", "_"), utc_now()
         with self.db.session() as s:
             s.add(EvalRun(id=run_id, eval_id=eval_id, team_id=team_id, key_id=key_id, status=QUEUED, total=len(rows),
                           created_at=now, updated_at=now,
@@ -253,7 +244,7 @@ class EvalStore:
         with self.db.session() as s:
             return bool(affected_rows(s.execute(
                 update(EvalRun).where(EvalRun.id == run_id, EvalRun.status.in_(only_from))
-                .values(status=status, error=error, updated_at=_now()).execution_options(synchronize_session=False)
+                .values(status=status, error=error, updated_at=utc_now()).execution_options(synchronize_session=False)
             )))
 
     def delete_run(self, team_id: int, eval_id: str, run_id: str) -> None:
@@ -294,7 +285,7 @@ class EvalStore:
         held by ``worker``; each counts one more generation."""
         if limit <= 0:
             return []
-        now = _now()
+        now = utc_now()
         claimable = or_(EvalItem.status == PENDING, and_(EvalItem.status == CLAIMED, EvalItem.claimed_until < now))
         # Two statements in one transaction, not UPDATE ... WHERE idx IN (SELECT ... LIMIT n
         # FOR UPDATE SKIP LOCKED): PostgreSQL may run such a subquery once per outer row,
@@ -327,7 +318,7 @@ class EvalStore:
             s.execute(update(EvalItem).where(
                 EvalItem.run_id == run_id, EvalItem.idx.in_(list(indices)), EvalItem.status == CLAIMED,
                 EvalItem.claimed_by == worker,
-            ).values(claimed_until=_now() + timedelta(seconds=lease_seconds)).execution_options(synchronize_session=False))
+            ).values(claimed_until=utc_now() + timedelta(seconds=lease_seconds)).execution_options(synchronize_session=False))
 
     def finish(self, run_id: str, team_id: int, idx: int, worker: str, outcome: ItemResult) -> bool:
         """Record the item's one result, if this worker still holds it; else nothing changes."""
@@ -339,7 +330,7 @@ class EvalStore:
                 ).values(
                     status=outcome.status, passes=outcome.passes, result_sealed=sealed, claimed_by=None, claimed_until=None,
                     prompt_tokens=EvalItem.prompt_tokens + outcome.prompt_tokens,
-                    completion_tokens=EvalItem.completion_tokens + outcome.completion_tokens, updated_at=_now(),
+                    completion_tokens=EvalItem.completion_tokens + outcome.completion_tokens, updated_at=utc_now(),
                 ).execution_options(synchronize_session=False)
             )))
 

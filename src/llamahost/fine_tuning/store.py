@@ -15,17 +15,16 @@ the same moment leave one outcome.
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import NotFound
-from ..store.db import Database, affected_rows, aware_utc
+from ..store.db import Database, affected_rows, aware_utc, new_id, utc_now
 from ..store.keyring import Keyring, Sealed
 from ..store.models import FineTuningCheckpoint, FineTuningEvent, FineTuningJob, TunedModel
 
@@ -35,14 +34,6 @@ VALIDATING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
 STATUSES = (VALIDATING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 ACTIVE = (VALIDATING, QUEUED, RUNNING)
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
 
 
 @dataclass(frozen=True)
@@ -151,7 +142,7 @@ class FineTuningStore:
         metadata: dict[str, str] | None,
         status: str = QUEUED,
     ) -> str:
-        job_id, now = new_id("ftjob"), _now()
+        job_id, now = new_id("ftjob"), utc_now()
         with self.db.session() as s:
             s.add(FineTuningJob(
                 id=job_id, team_id=team_id, key_id=key_id, status=status, model=model, training_file=training_file,
@@ -244,7 +235,7 @@ class FineTuningStore:
     def transition(self, job_id: str, status: str, *, only_from: Sequence[str], error: dict[str, Any] | None = None,
                    **values: Any) -> bool:
         """Move the job to ``status`` if it is in one of ``only_from``; whether it moved."""
-        now = _now()
+        now = utc_now()
         values = dict(values, status=status, updated_at=now)
         if status in FINISHED:
             values.setdefault("finished_at", now)
@@ -261,7 +252,7 @@ class FineTuningStore:
     def update_running(self, job_id: str, **values: Any) -> None:
         with self.db.session() as s:
             s.execute(update(FineTuningJob).where(FineTuningJob.id == job_id, FineTuningJob.status == RUNNING)
-                      .values(updated_at=_now(), **values).execution_options(synchronize_session=False))
+                      .values(updated_at=utc_now(), **values).execution_options(synchronize_session=False))
 
     def status(self, job_id: str) -> str | None:
         with self.db.session() as s:
@@ -271,7 +262,7 @@ class FineTuningStore:
                 models: Sequence[tuple[str, str]]) -> bool:
         """Succeeded, with its tuned models ((model id, checkpoint id) pairs) made callable in
         the same transaction; False (and nothing registered) if the job was no longer running."""
-        now = _now()
+        now = utc_now()
         with self.db.session() as s:
             moved = affected_rows(s.execute(
                 update(FineTuningJob).where(FineTuningJob.id == job.id, FineTuningJob.status == RUNNING)
@@ -307,7 +298,7 @@ class FineTuningStore:
                         step = data.get("step") if event.type == "metrics" and isinstance(data.get("step"), int) else None
                         s.add(FineTuningEvent(
                             id=event_id, job_id=job_id, team_id=team_id, seq=seq + offset,
-                            created_at=event.created_at or _now(), level=event.level, type=event.type, step=step,
+                            created_at=event.created_at or utc_now(), level=event.level, type=event.type, step=step,
                             body_sealed=self._seal(team_id, {"message": event.message, "data": data},
                                                    "fine_tuning_events", event_id, "body"),
                         ))
@@ -356,7 +347,7 @@ class FineTuningStore:
             with self.db.session() as s:
                 s.add(FineTuningCheckpoint(
                     id=checkpoint_id, job_id=job.id, team_id=job.team_id, epoch=epoch, step=step,
-                    trained_tokens=trained_tokens, model_id=model_id, created_at=_now(),
+                    trained_tokens=trained_tokens, model_id=model_id, created_at=utc_now(),
                     metrics_sealed=self._seal(job.team_id, metrics, "fine_tuning_checkpoints", checkpoint_id, "metrics"),
                     gguf_blob=gguf.id if gguf else None, gguf_chunks=gguf.chunks if gguf else 0,
                     gguf_bytes=gguf.bytes if gguf else 0,

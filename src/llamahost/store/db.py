@@ -7,6 +7,7 @@ PostgreSQL (or another SQLite file) instead. Both run the same Alembic migration
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -58,6 +59,17 @@ def aware_utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+def utc_now() -> datetime:
+    """What a row's timestamp columns are written with: aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str, sep: str = "-") -> str:
+    """A row's public id: ``prefix``, ``sep`` and 96 random bits in hex (unguessable, so an
+    id names one row of one team and says nothing about how many others there are)."""
+    return f"{prefix}{sep}{secrets.token_hex(12)}"
 
 
 class Database:
