@@ -162,6 +162,30 @@ def server(tmp_path_factory) -> Server:
     s.stop()
 
 
+# Session-wide: three modules train on it (test_finetune_hf, test_finetune_kubernetes,
+# test_fine_tuning_cluster) and only read it; building it loads the bundled GGUF's tokenizer.
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory) -> Path:
+    """A base in Hugging Face format (what ``hf_weights`` names): a tiny llama (two layers,
+    random weights) with SmolLM2's tokenizer and chat template, saved by transformers."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llamahost.finetune.base_model import load_tokenizer, resolve_base_gguf
+
+    folder = tmp_path_factory.mktemp("hf-base")
+    tokenizer = load_tokenizer(resolve_base_gguf("bundled"))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 @pytest.fixture
 def anyio_backend():
     return "asyncio"

@@ -27,14 +27,14 @@ pytest.importorskip("kubernetes", reason="the kubernetes extra is not installed"
 
 from k8s_stub import Kubelet, KubeStub  # noqa: E402
 from test_fine_tuning_api import ROWS, Worker, client, jsonl, poll  # noqa: E402
-from test_finetune_hf import MISSING, hf_folder  # noqa: E402,F401  (a fixture)
+from test_finetune_hf import MISSING  # noqa: E402
 from test_upstream_lora import Replica  # noqa: E402
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason="fine-tuning extra not installed")
 
 
 @pytest.fixture
-def cluster_server(tmp_path, pg_env, hf_folder):  # noqa: F811
+def cluster_server(tmp_path, pg_env, hf_folder):
     replica = Replica(tmp_path, "vllm").start()
     base_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
                 "PYTHONPATH": str(SRC)}

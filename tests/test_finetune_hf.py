@@ -1,7 +1,7 @@
 """Training an upstream model: base weights in Hugging Face format from a local folder
 (``hf_weights``), offline, giving a PEFT adapter (what vLLM loads) and no GGUF.
 
-The folder is made here: a tiny llama (two layers, random weights) with SmolLM2's tokenizer
+The folder is conftest's ``hf_folder`` (one per session): a tiny llama (two layers, random weights) with SmolLM2's tokenizer
 and chat template, saved by transformers as any Hugging Face checkpoint is. Nothing is
 downloaded (the trainer runs with HF_HUB_OFFLINE=1); a step takes well under a second.
 """
@@ -25,26 +25,6 @@ pytestmark = pytest.mark.skipif(
     bool(MISSING),
     reason=f"fine-tuning extra not installed (missing {', '.join(MISSING)}): pip install torch==2.13.0 && pip install -e '.[finetune]'",
 )
-
-
-@pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from llamahost.finetune.base_model import load_tokenizer, resolve_base_gguf
-
-    folder = tmp_path_factory.mktemp("hf-base")
-    tokenizer = load_tokenizer(resolve_base_gguf("bundled"))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
 
 
 def test_resolve_base_tells_a_folder_from_a_gguf(hf_folder: Path, tmp_path: Path) -> None:

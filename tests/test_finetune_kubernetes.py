@@ -205,7 +205,6 @@ def test_the_client_submits_adopts_reads_and_deletes_over_http(tmp_path: Path) -
 # travel through the files backend of a real PostgreSQL database, as in a cluster.
 
 from test_finetune_hf import MISSING as TRAINING_MISSING  # noqa: E402
-from test_finetune_hf import hf_folder  # noqa: E402,F401  (a fixture)
 from test_finetune_trainer import ROWS, _write_jsonl  # noqa: E402
 
 needs_training = pytest.mark.skipif(bool(TRAINING_MISSING), reason="fine-tuning extra not installed")
@@ -279,7 +278,7 @@ def run_blobs(db) -> list[str]:
 
 
 @needs_training
-def test_a_run_trains_in_its_pod_and_is_mirrored_back_then_cleaned_up(cluster, tmp_path, hf_folder) -> None:  # noqa: F811
+def test_a_run_trains_in_its_pod_and_is_mirrored_back_then_cleaned_up(cluster, tmp_path, hf_folder) -> None:
     import asyncio
 
     from llamahost.finetune.kube_backend import run_on_kubernetes
@@ -309,7 +308,7 @@ def test_a_run_trains_in_its_pod_and_is_mirrored_back_then_cleaned_up(cluster, t
 
 
 @needs_training
-def test_a_pod_killed_mid_run_is_retried_by_the_job(cluster, tmp_path, hf_folder) -> None:  # noqa: F811
+def test_a_pod_killed_mid_run_is_retried_by_the_job(cluster, tmp_path, hf_folder) -> None:
     import asyncio
     import signal
 
@@ -333,7 +332,7 @@ def test_a_pod_killed_mid_run_is_retried_by_the_job(cluster, tmp_path, hf_folder
 
 
 @needs_training
-def test_cancel_deletes_the_job_and_the_trainer_records_it(cluster, tmp_path, hf_folder) -> None:  # noqa: F811
+def test_cancel_deletes_the_job_and_the_trainer_records_it(cluster, tmp_path, hf_folder) -> None:
     import asyncio
 
     from llamahost.finetune.kube_backend import run_on_kubernetes

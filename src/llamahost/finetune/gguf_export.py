@@ -16,6 +16,7 @@ import gguf
 import numpy as np
 
 from ..errors import InvalidRequest
+from .base_model import gguf_reader
 
 # Architectures whose q/k projections llama.cpp stores permuted (convert_hf_to_gguf.py's
 # LlamaModel.permute) and transformers un-permutes when it loads the GGUF (its
@@ -33,7 +34,7 @@ class BaseShape:
 
 
 def base_shape(base_gguf: Path) -> BaseShape:
-    reader = gguf.GGUFReader(str(base_gguf))
+    reader = gguf_reader(base_gguf)  # parsed once per process: the trainer exports at every checkpoint
 
     def field(key: str) -> Any:
         f = reader.get_field(key)
@@ -102,7 +103,7 @@ def export_lora_gguf(peft_dir: Path, base_gguf: Path, out_path: Path) -> Path:
 def write_f32_base(base_gguf: Path, out_path: Path) -> Path:
     """The base GGUF with every tensor dequantized to F32, metadata unchanged: the weights
     transformers trains against, served by llama.cpp without quantization noise."""
-    reader = gguf.GGUFReader(str(base_gguf))
+    reader = gguf_reader(base_gguf)
     arch = str(reader.get_field(gguf.Keys.General.ARCHITECTURE).contents())  # type: ignore[union-attr]
     writer = gguf.GGUFWriter(str(out_path), arch=arch)
     for field in reader.fields.values():
