@@ -13,11 +13,12 @@ beside peers measured in the same run on the same folds:
 - ``features-lr``: logistic regression (C = 0.01) on the builtin model's own features,
   i.e. the builtin model with a linear flag head (what it shipped before the MLP);
 - ``dev-only``: the builtin model's flag head trained on the dev folds alone, without
-  the extra training rows (``training/moderation/templates.py``): the previous release.
+  the extra training rows (``training/moderation/templates.py``) or source weights;
+- ``unweighted``: the builtin model without ``SOURCE_WEIGHTS`` (every dev row once).
 
 Every number is the mean over repeats of the out-of-fold score, with a 95 % bootstrap
 interval (rows of each source resampled 1,000 times; each resample scores every repeat),
-and the builtin model's gain over ``dev-only`` on the same resamples. Extra training rows
+and the builtin model's gain over ``dev-only`` and ``unweighted`` on the same resamples. Extra training rows
 are only ever trained on, never scored.
 
 Latency: p50/p95 of one ``BuiltinClassifier.classify`` call per dev row (encoder forward
@@ -43,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.moderation import data, features  # noqa: E402
 from training.moderation.model import (  # noqa: E402
-    CATEGORY_C, FLAG_ALPHA, FLAG_HIDDEN, FLAG_SEEDS, THRESHOLD, fit_lr, fit_heads,
+    CATEGORY_C, FLAG_ALPHA, FLAG_HIDDEN, FLAG_SEEDS, SOURCE_WEIGHTS, THRESHOLD, fit_lr, fit_heads, weighted_index,
 )
 from training.moderation.train import category_rows, extra_flag_rows  # noqa: E402
 
@@ -89,7 +90,8 @@ def cross_validate(rows, X, extra, Xextra, flag_extra, Xflag_extra, k, repeats):
     texts = [r.text for r in rows]
     mean_emb = X[:, 3 * DIM : 4 * DIM]
     mean_emb = mean_emb / np.linalg.norm(mean_emb, axis=1, keepdims=True)
-    results = {name: [] for name in ("builtin", "dev-only", "features-lr", "minilm-mean-lr", "tfidf-lr", "majority")}
+    results = {name: [] for name in
+               ("builtin", "dev-only", "unweighted", "features-lr", "minilm-mean-lr", "tfidf-lr", "majority")}
     probabilities = []  # the builtin model's out-of-fold P(unsafe), per repeat
     category_hits = category_total = 0
     lookup = {r.text: i for i, r in enumerate(rows)} | {r.text: len(rows) + i for i, r in enumerate(extra)}
@@ -102,9 +104,8 @@ def cross_validate(rows, X, extra, Xextra, flag_extra, Xflag_extra, k, repeats):
             cat_texts, cat_labels = category_rows(train_rows + extra + [r for r in flag_extra if r.context is None])
             lookup_extra = {r.text: j for j, r in enumerate(flag_extra) if r.context is None}
             Xcat = np.stack([Xall[lookup[t]] if t in lookup else Xflag_extra[lookup_extra[t]] for t in cat_texts])
-            Xtrain = np.vstack([X[train], Xflag_extra]) if len(flag_extra) else X[train]
-            ytrain = np.concatenate([y[train], y_extra])
-            heads = fit_heads(Xtrain, ytrain, Xcat, cat_labels)
+            rep = train[weighted_index([rows[i].source for i in train])]
+            heads = fit_heads(np.vstack([X[rep], Xflag_extra]), np.concatenate([y[rep], y_extra]), Xcat, cat_labels)
             p_unsafe[test] = heads.unsafe_probability(X[test])
             out["builtin"][test] = p_unsafe[test] >= THRESHOLD
             for i in test:
@@ -117,6 +118,8 @@ def cross_validate(rows, X, extra, Xextra, flag_extra, Xflag_extra, k, repeats):
                 out["dev-only"][test] = dev_only.unsafe_probability(X[test]) >= THRESHOLD
             else:
                 out["dev-only"][test] = out["builtin"][test]
+            unweighted = fit_heads(np.vstack([X[train], Xflag_extra]), np.concatenate([y[train], y_extra]), Xcat, cat_labels)
+            out["unweighted"][test] = unweighted.unsafe_probability(X[test]) >= THRESHOLD
             _, w, b = fit_lr(X[train], y[train].astype(int), 0.01)
             out["features-lr"][test] = X[test] @ w[:, 0] + b[0] >= 0.0  # P >= 0.5
             with warnings.catch_warnings():
@@ -206,7 +209,8 @@ def main() -> int:
 
     print(f"{args.folds}-fold cross-validation x {args.repeats} on {args.dev.name} ({len(rows)} rows; "
           f"{len(flag_extra)} extra flag-head training rows); builtin: flag head {FLAG_SEEDS} x MLP({FLAG_HIDDEN}) "
-          f"alpha {FLAG_ALPHA}, threshold {THRESHOLD}; category C={CATEGORY_C}. [95% bootstrap interval]")
+          f"alpha {FLAG_ALPHA}, source weights {SOURCE_WEIGHTS}, threshold {THRESHOLD}; category C={CATEGORY_C}. "
+          "[95% bootstrap interval]")
     print(f"{'source':<18} {'model':<15} {'n':>4} {'P':>6} {'R':>6} {'F1':>6} {'FPR':>6}   target")
     for source in SOURCES:
         m = np.flatnonzero(src == source)
@@ -220,9 +224,11 @@ def main() -> int:
             if np.isnan(scores(y[m], results["builtin"][0][m])[key]):
                 continue
             mine = bootstrap(y, results["builtin"], key, resamples)
-            before = bootstrap(y, results["dev-only"], key, resamples)
-            print(f"{'':<18} builtin {key:<4} {np.nanmean(mine):.3f} {interval(mine)}; "
-                  f"minus dev-only {np.nanmean(mine - before):+.3f} {interval(mine - before)}")
+            gains = []
+            for peer in ("dev-only", "unweighted"):
+                d = mine - bootstrap(y, results[peer], key, resamples)
+                gains.append(f"minus {peer} {np.nanmean(d):+.3f} {interval(d)}")
+            print(f"{'':<18} builtin {key:<4} {np.nanmean(mine):.3f} {interval(mine)}; " + "; ".join(gains))
     for name, runs in results.items():
         f1 = statistics.mean(scores(y, run)["F1"] for run in runs)
         print(f"all rows: {name:<15} F1 {f1:.3f}")

@@ -51,9 +51,10 @@ GUIDE_TAXES = [
 ]
 
 
-# Not met yet (issue 20): the category head names the right category for both, but the
-# flag head's P(unsafe) stays under the threshold (MODEL_CARD.md, "Limits"). Strict: the
-# day a model flags them, these fail until the marker goes.
+# The dieting example is not met yet (issue 20): the category head names self-harm, but
+# the flag head's P(unsafe) stays under the threshold (MODEL_CARD.md, "Limits"). Strict:
+# the day a model flags it, the test fails until the marker goes. The tax reply is
+# flagged, though narrowly (P(unsafe) 0.53 against the threshold 0.5).
 GUIDE_NOT_MET = pytest.mark.xfail(strict=True, reason="builtin model does not flag the guide's examples yet")
 
 
@@ -64,7 +65,6 @@ def test_guide_example_dieting_is_self_harm(client):
     assert result.flagged_categories[0] == "self-harm"
 
 
-@GUIDE_NOT_MET
 def test_guide_example_reply_is_judged_in_context(client):
     result = client.moderations.create(messages=GUIDE_TAXES).results[0]
     assert result.flagged is True

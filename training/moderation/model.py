@@ -22,6 +22,19 @@ FLAG_ALPHA = 30.0  # L2 penalty: with 1,195 rows and 2,688 features anything wea
 FLAG_SEEDS = 3
 CATEGORY_C = 0.05
 THRESHOLD = 0.5
+# Dev rows of the sources that judge *requests* (XSTest's scary-sounding safe prompts and
+# unsafe ones, HarmBench's and SimpleSafetyTests' harmful requests) appear this many times
+# in the flag head's training set; the OpenAI rows and the templated rows once. The
+# OpenAI rows (840 of 1,195, mostly long forum text) otherwise set the decision boundary
+# for short requests too: counting the request rows twice raised XSTest F1 and harmful
+# recall in 5-fold cross-validation without raising XSTest's false-positive rate
+# (MODEL_CARD.md; 3 and 4 times cost OpenAI F1).
+SOURCE_WEIGHTS = {"xstest": 2, "harmbench": 2, "simplesafetytests": 2}
+
+
+def weighted_index(sources: list[str] | np.ndarray) -> np.ndarray:
+    """Row indices with each row repeated ``SOURCE_WEIGHTS[source]`` times (else once)."""
+    return np.repeat(np.arange(len(sources)), [SOURCE_WEIGHTS.get(s, 1) for s in sources])
 
 
 def fit_lr(X: np.ndarray, y: np.ndarray, C: float):
