@@ -57,7 +57,11 @@ class CancelWatch:
         self._done.set()
         signal.set_wakeup_fd(self._previous_wakeup)
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # A cancelled run leaves with its verdict recorded; a second SIGTERM on the way out
+            # (a pod's process group gets one, and its entrypoint forwards another) must not
+            # turn the exit status EXIT_CANCELLED into death by signal (143). Seen in
+            # test_finetune_kubernetes' cancel test; SIGKILL still ends a run that hangs.
+            signal.signal(sig, signal.SIG_IGN if self.requested else handler)
 
     def _watch(self) -> None:
         while not self._done.is_set():
