@@ -72,6 +72,17 @@ async def test_prompt_tokens_are_llama_cpps_own(engine, tools):
     assert vocab.tokenize(prepared.engine_data.rendered.encode(), add_bos=False, special=True) == prepared.engine_data.prompt
 
 
+@pytest.mark.anyio
+async def test_concurrent_prompts_are_all_tokenized(engine):
+    # llama.cpp's listener serves a kept-alive connection on one of its threads until
+    # the client drops it; concurrent tokenize calls over a pool of connections once
+    # left all but one waiting for a thread (a 60 s read timeout at 8 clients).
+    requests = [ChatRequest(model="m", messages=[ChatMessage("user", f"Question number {i}?")]) for i in range(12)]
+    prepared = await asyncio.wait_for(asyncio.gather(*(engine.prepare(r) for r in requests)), timeout=30)
+    assert all(p.prompt_tokens > 0 for p in prepared)
+    assert len({tuple(p.engine_data.prompt) for p in prepared}) == len(requests)
+
+
 def test_every_sampler_is_set_explicitly():
     fields = sampling_fields(SamplingParams(temperature=0.7, top_p=0.8, top_k=0, repetition_penalty=1.1, seed=7), ModelSampling())
     # Only the Llama API's samplers run, in this order; llama.cpp's defaults (top-k 40,

@@ -139,15 +139,28 @@ def _chunk(stream: ChatStream, delta: dict, finish_reason: str | None = None) ->
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
+_SLOT = "\u0000slot\u0000"
+
+
+def _content_template(stream: ChatStream) -> tuple[bytes, bytes]:
+    """The bytes of a content chunk before and after its JSON-encoded text: one chunk
+    per generated token, so the envelope is encoded once per stream, not per token
+    (the same bytes ``_chunk`` writes)."""
+    # The last occurrence: the content comes after every field a client names.
+    head, tail = _chunk(stream, {"content": _SLOT}).rsplit(json.dumps(_SLOT).encode(), 1)
+    return head, tail
+
+
 def stream_chunks(include_usage: bool):
     async def render(stream: ChatStream) -> AsyncIterator[bytes]:
         """role chunk -> content chunks -> finish chunk -> [usage chunk] -> [DONE];
         a failure mid-stream is sent as ``data: {"error": ...}``, which the OpenAI SDK raises."""
         try:
             yield _chunk(stream, {"role": "assistant", "content": ""})
+            head, tail = _content_template(stream)
             async for out in stream:
                 if isinstance(out, TextChunk):
-                    yield _chunk(stream, {"content": out.text})
+                    yield head + json.dumps(out.text).encode() + tail
                     continue
                 call: dict = {"index": out.index}
                 if out.id:

@@ -113,6 +113,14 @@ def to_response(result: ChatResult) -> wire.ChatCompletionResponse:
     )
 
 
+_SLOT = "\u0000slot\u0000"
+
+
+def _json_text(text: str) -> bytes:
+    # As pydantic's model_dump_json encodes a string.
+    return json.dumps(text, ensure_ascii=False).encode()
+
+
 def _sse(payload: wire.StreamChunk) -> bytes:
     return b"data: " + payload.model_dump_json(exclude_none=True).encode() + b"\n\n"
 
@@ -122,10 +130,16 @@ async def stream_events(stream: ChatStream) -> AsyncIterator[bytes]:
     ``error`` event, which the SDK raises as an APIError."""
     try:
         yield _sse(wire.StreamChunk(id=stream.id, event=wire.StreamEvent(event_type="start")))
+        # A text delta per generated token: its envelope is encoded once, around the text
+        # (the bytes _sse writes for it; pydantic and json.dumps both leave non-ASCII as is).
+        progress = wire.StreamEvent(event_type="progress", delta=wire.TextDelta(text=_SLOT))
+        text_chunk = _sse(wire.StreamChunk(id=stream.id, event=progress))
+        head, tail = text_chunk.rsplit(_json_text(_SLOT), 1)
         async for event in stream:
             if isinstance(event, TextChunk):
-                delta: wire.TextDelta | wire.ToolCallDelta = wire.TextDelta(text=event.text)
-            elif event.name is not None:
+                yield head + _json_text(event.text) + tail
+                continue
+            if event.name is not None:
                 # A call opens with its id and name; its arguments follow in later deltas.
                 delta = wire.ToolCallDelta(id=event.id, function={"name": event.name})
                 yield _sse(wire.StreamChunk(id=stream.id, event=wire.StreamEvent(event_type="progress", delta=delta)))

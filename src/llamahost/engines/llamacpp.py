@@ -182,6 +182,52 @@ class _Prepared:
     decision: ToolDecision | None = None  # tool_choice "auto": the branch is probed for first
 
 
+class _Channel:
+    """Events from a generating pool thread to the request's coroutine.
+
+    One ``call_soon_threadsafe`` per token (what an ``asyncio.Queue`` fed across threads
+    costs) writes the loop's self-pipe and runs a loop callback per token, even while
+    the coroutine is still busy with the previous one; under load that work lands on
+    the cores llama.cpp computes on. Here the thread only appends, and wakes the loop
+    only when the coroutine waits for an empty channel; whatever arrived meanwhile is
+    taken in one go."""
+
+    __slots__ = ("_loop", "_lock", "_events", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._events: list[EngineEvent | BaseException] = []
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, event: EngineEvent | BaseException) -> bool:
+        """From any thread; False once the loop is closed."""
+        with self._lock:
+            self._events.append(event)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            try:
+                self._loop.call_soon_threadsafe(_wake, waiter)
+            except RuntimeError:
+                return False
+        return True
+
+    async def take(self) -> list[EngineEvent | BaseException]:
+        """On the loop: the events put since the last take, waiting for one if none."""
+        while True:
+            with self._lock:
+                if self._events:
+                    events, self._events = self._events, []
+                    return events
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+
+
+def _wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 @dataclass
 class _Job:
     body: dict[str, Any]
@@ -486,12 +532,10 @@ class LlamaCppEngine(Engine):
             yield Finished("length", prepared.prompt_tokens, 0)
             return
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()
+        channel = _Channel(loop)
 
         def emit(event: EngineEvent | BaseException) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:  # the loop closed during shutdown; nobody is listening
+            if not channel.put(event):  # the loop closed during shutdown; nobody is listening
                 job.cancel.set()
 
         adapter = prepared.request.adapter
@@ -538,12 +582,12 @@ class LlamaCppEngine(Engine):
             future.add_done_callback(done)
             self.generations += 1
             while True:
-                event = await queue.get()
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
-                if isinstance(event, Finished):
-                    return
+                for event in await channel.take():
+                    if isinstance(event, BaseException):
+                        raise event
+                    yield event
+                    if isinstance(event, Finished):
+                        return
         finally:
             job.cancel.set()
             if instance is not None and not dispatched:

@@ -135,7 +135,12 @@ class EmbeddedServer:
         key = secrets.token_urlsafe(32)
         params.hostnames = [socket_path]
         params.api_keys = [key]
-        params.n_threads_http = 1
+        # llama.cpp's listener serves a connection on one thread for as long as the
+        # client keeps it alive, and further connections wait for a free thread: with
+        # one thread, concurrent tokenize calls over several pooled connections starved
+        # (a 60 s read timeout at 8 clients). Tokenizing uses one connection (below);
+        # each prompt with images streams over one of its own, up to `parallel`.
+        params.n_threads_http = s.parallel + 2
         params.sleep_idle_seconds = -1
         try:
             self._server = xllamacpp.Server(params)
@@ -144,7 +149,10 @@ class EmbeddedServer:
             raise RuntimeError(f"llama.cpp could not load {s.model_path.name}: {exc}") from exc
         headers = {"Authorization": f"Bearer {key}"}
         self._http = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=socket_path), base_url="http://llama.cpp", headers=headers, timeout=60
+            transport=httpx.AsyncHTTPTransport(uds=socket_path, limits=httpx.Limits(max_connections=1)),
+            base_url="http://llama.cpp",
+            headers=headers,
+            timeout=60,
         )
         self._sync_http = httpx.Client(
             transport=httpx.HTTPTransport(uds=socket_path), base_url="http://llama.cpp", headers=headers, timeout=60
