@@ -37,7 +37,7 @@ async def authenticate(
     scheme, _, token = header.partition(" ")
     key = token.strip() if scheme.lower() == "bearer" else None
     keys = request.app.state.services.keys
-    principal = await run_in_threadpool(keys.authenticate, key)
+    principal = keys.recently_authenticated(key) or await run_in_threadpool(keys.authenticate, key)
     request.state.principal = principal
     return principal
 

@@ -165,6 +165,21 @@ class KeyStore:
                 key.revoked_at = _now()
         return self._info(key, self.teams.name(key.team_id), self._label(key))
 
+    def recently_authenticated(self, key: str | None) -> Principal | None:
+        """The principal of ``key`` if ``authenticate`` would answer it from its caches
+        alone (no database), else None. Cheap enough for the event loop: the request
+        path skips a thread hop, which on a busy host costs milliseconds of latency."""
+        if not key:
+            return None
+        recent = self._recent.get(_hash(key))
+        if recent is None or recent[0] <= time.monotonic():
+            return None
+        _, principal, expires_at = recent
+        deleted = self.teams.cached_deleted(principal.team_id)
+        if deleted is None or deleted or (expires_at is not None and expires_at <= _now()):
+            return None  # authenticate decides (and raises)
+        return principal
+
     def authenticate(self, key: str | None) -> Principal:
         if not key:
             raise AuthenticationFailed(

@@ -115,6 +115,13 @@ class TeamStore:
         name = self._lookup(team_id)
         return deleted_name(team_id) if name is None else name
 
+    def cached_deleted(self, team_id: int) -> bool | None:
+        """``is_deleted`` from the name cache alone; None when it would ask the database."""
+        cached = self._names.get(team_id)
+        if cached is None or cached[0] <= time.monotonic():
+            return None
+        return cached[1] is None
+
     def is_deleted(self, team_id: int) -> bool:
         return self._lookup(team_id) is None
 
