@@ -42,8 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = ROOT / "bench" / ".scratch"
 sys.path.insert(0, str(ROOT / "src"))
 
-from llamahost.engines.llamacpp import SAMPLERS, bundled_model_path  # noqa: E402
+from llamahost.config import ModelConfig  # noqa: E402
+from llamahost.engines.llamacpp import bundled_model_path, sampling_fields  # noqa: E402
 from llamahost.engines.llamacpp_server import BATCH_SIZE, MICRO_BATCH_SIZE  # noqa: E402
+from llamahost.types.chat import SamplingParams  # noqa: E402
 
 PARALLEL = 8
 CONTEXT_PER_SLOT = 1024
@@ -59,11 +61,12 @@ PROMPTS = [
     "Write an essay about the invention of the telephone.",
 ]
 # What llamahost sends llama.cpp for a request with only a temperature (the Llama API's
-# defaults for the rest), sent to llama-server explicitly so both sample alike.
+# defaults for the rest, and the bundled model's own sampling defaults: DRY), sent to
+# llama-server explicitly so both sample alike; the bench sends the temperature itself.
 PEER_SAMPLING = {
-    "top_k": 0, "top_p": 0.9, "min_p": 0.0, "typical_p": 1.0, "top_n_sigma": -1.0, "xtc_probability": 0.0,
-    "dynatemp_range": 0.0, "repeat_penalty": 1.0, "repeat_last_n": 64, "frequency_penalty": 0.0,
-    "presence_penalty": 0.0, "dry_multiplier": 0.0, "mirostat": 0, "samplers": SAMPLERS,
+    key: value
+    for key, value in sampling_fields(SamplingParams(temperature=TEMPERATURE), ModelConfig(id="bench").resolved_sampling).items()
+    if key not in ("temperature", "seed")
 }
 
 
