@@ -133,22 +133,26 @@ class Server:
             os.unlink(self.log.name)
 
 
-async def one_stream(client: httpx.AsyncClient, server: Server, prompt: str, tokens: int) -> tuple[float, int]:
-    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            "temperature": TEMPERATURE, "stream": True, **server.extra}
-    started = time.perf_counter()
-    ttft, pieces = None, 0
-    async with client.stream("POST", server.url + server.path, json=body, headers=server.headers) as r:
+async def content_times(client: httpx.AsyncClient, server: Server, body: dict) -> list[float]:
+    """Stream one chat completion; the perf_counter time of each chunk that carries content."""
+    times = []
+    async with client.stream("POST", server.url + server.path, json={**body, "stream": True}, headers=server.headers) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             if not line.startswith("data:") or line.strip() == "data: [DONE]":
                 continue
             choices = json.loads(line[5:]).get("choices") or []
             if choices and choices[0].get("delta", {}).get("content"):
-                pieces += 1
-                if ttft is None:
-                    ttft = time.perf_counter() - started
-    return ttft or float("nan"), pieces
+                times.append(time.perf_counter())
+    return times
+
+
+async def one_stream(client: httpx.AsyncClient, server: Server, prompt: str, tokens: int) -> tuple[float, int]:
+    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
+            "temperature": TEMPERATURE, **server.extra}
+    started = time.perf_counter()
+    times = await content_times(client, server, body)
+    return (times[0] - started if times else float("nan")), len(times)
 
 
 async def load(server: Server, clients: int, tokens: int) -> tuple[float, float]:

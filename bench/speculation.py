@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -59,21 +57,12 @@ FREE = bench.PROMPTS[:3]
 
 async def decode_rate(server: bench.Server, prompt: str, tokens: int) -> tuple[float, int]:
     body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            "temperature": 0.0, "stream": True, **server.extra}
-    first = last = None
-    pieces = 0
+            "temperature": 0.0, **server.extra}
     async with httpx.AsyncClient(timeout=600) as client:
-        async with client.stream("POST", server.url + server.path, json=body, headers=server.headers) as r:
-            r.raise_for_status()
-            async for line in r.aiter_lines():
-                if not line.startswith("data:") or line.strip() == "data: [DONE]":
-                    continue
-                choices = json.loads(line[5:]).get("choices") or []
-                if choices and choices[0].get("delta", {}).get("content"):
-                    pieces += 1
-                    last = time.perf_counter()
-                    first = first or last
-    return (pieces - 1) / (last - first) if first and last and last > first else float("nan"), pieces
+        times = await bench.content_times(client, server, body)
+    if len(times) < 2 or times[-1] <= times[0]:
+        return float("nan"), len(times)
+    return (len(times) - 1) / (times[-1] - times[0]), len(times)
 
 
 def main() -> None:

@@ -9,10 +9,10 @@ import abc
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import observability as obs
 from ..config import Config, ModerationModelConfig
@@ -62,39 +62,60 @@ class Moderator(abc.ABC):
         return None
 
 
-class BuiltinModerator(Moderator):
-    """The classifier shipped in the package; CPU work on one dedicated thread."""
+class _ClassifierOnThread(Moderator):
+    """A classifier shipped in the package, loaded once per process and run on the
+    service's one moderation thread (CPU work off the event loop). Subclasses name
+    their loader and keep their own ``_shared`` copy."""
 
-    _shared: BuiltinClassifier | None = None  # every builtin model shares one encoder
+    _shared: Any = None
 
     def __init__(self, config: ModerationModelConfig, executor: ThreadPoolExecutor) -> None:
         super().__init__(config)
         self._executor = executor
 
+    @staticmethod
+    @abc.abstractmethod
+    def _load_shared() -> Any: ...
+
     @property
     def ready(self) -> bool:
-        return BuiltinModerator._shared is not None
+        return type(self)._shared is not None
 
     async def load(self) -> None:
-        if BuiltinModerator._shared is None:
+        if type(self)._shared is None:
             loop = asyncio.get_running_loop()
-            BuiltinModerator._shared = await loop.run_in_executor(self._executor, _load_builtin)
+            type(self)._shared = await loop.run_in_executor(self._executor, self._load_shared)
 
-    async def classify(self, messages: Sequence[ChatMessage]) -> Verdict:
-        classifier = BuiltinModerator._shared
+    def loaded(self) -> Any:
+        """The shared classifier, or a 503 while it is still loading."""
+        classifier = type(self)._shared
         if classifier is None:
             raise ServiceUnavailable(
                 f"moderation model {self.config.id!r} is still loading", code="model_loading", headers={"Retry-After": "1"}
             )
+        return classifier
+
+    async def run_on_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+class BuiltinModerator(_ClassifierOnThread):
+    """The classifier shipped in the package; every builtin model shares one encoder."""
+
+    _shared: BuiltinClassifier | None = None
+
+    @staticmethod
+    def _load_shared() -> BuiltinClassifier:
+        return _load_builtin()
+
+    async def classify(self, messages: Sequence[ChatMessage]) -> Verdict:
+        classifier: BuiltinClassifier = self.loaded()
         # The builtin model judges the last message, an assistant reply together with the
         # user message it answers (see its model card); an empty message (an assistant
         # turn with only tool calls) is safe.
         if not messages[-1].content.strip():
             return Verdict(flagged=False)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, classifier.classify_messages, list(messages), self.config.threshold
-        )
+        return await self.run_on_thread(classifier.classify_messages, list(messages), self.config.threshold)
 
 
 def _load_builtin() -> BuiltinClassifier:
@@ -163,7 +184,6 @@ class CascadeModerator(Moderator):
         super().__init__(config)
         assert config.band is not None
         self.low, self.high = config.band
-        self._executor = executor
         self.builtin = BuiltinModerator(config, executor)
         self.escalation = escalation
         self._decided_builtin = obs.MODERATION_CASCADE.labels(config.id, "builtin")
@@ -180,17 +200,10 @@ class CascadeModerator(Moderator):
     async def classify(self, messages: Sequence[ChatMessage]) -> Verdict:
         from .cascade import first_stage
 
-        classifier = BuiltinModerator._shared
-        if classifier is None:
-            raise ServiceUnavailable(
-                f"moderation model {self.config.id!r} is still loading", code="model_loading", headers={"Retry-After": "1"}
-            )
+        classifier = self.builtin.loaded()
         if not messages[-1].content.strip():
             return Verdict(flagged=False)
-        loop = asyncio.get_running_loop()
-        verdict, p = await loop.run_in_executor(
-            self._executor, first_stage, classifier, list(messages), self.low, self.high
-        )
+        verdict, p = await self.builtin.run_on_thread(first_stage, classifier, list(messages), self.low, self.high)
         if verdict is not None:
             self._decided_builtin.inc()
             return verdict
@@ -204,35 +217,21 @@ class CascadeModerator(Moderator):
         return verdict
 
 
-class PromptGuardModerator(Moderator):
+class PromptGuardModerator(_ClassifierOnThread):
     """The prompt-injection and jailbreak classifier shipped in the package
     (``prompt_guard.py``), on the builtin model's encoder and thread."""
 
     _shared: PromptGuardClassifier | None = None
 
-    def __init__(self, config: ModerationModelConfig, executor: ThreadPoolExecutor) -> None:
-        super().__init__(config)
-        self._executor = executor
-
-    @property
-    def ready(self) -> bool:
-        return PromptGuardModerator._shared is not None
-
-    async def load(self) -> None:
-        if PromptGuardModerator._shared is None:
-            loop = asyncio.get_running_loop()
-            PromptGuardModerator._shared = await loop.run_in_executor(self._executor, _load_prompt_guard)
+    @staticmethod
+    def _load_shared() -> PromptGuardClassifier:
+        return _load_prompt_guard()
 
     async def classify(self, messages: Sequence[ChatMessage]) -> Verdict:
-        classifier = PromptGuardModerator._shared
-        if classifier is None:
-            raise ServiceUnavailable(
-                f"moderation model {self.config.id!r} is still loading", code="model_loading", headers={"Retry-After": "1"}
-            )
+        classifier: PromptGuardClassifier = self.loaded()
         # The last message alone, whatever its role: an injection is as much an attack
         # in a tool result or a pasted document as in the user's own words.
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, classifier.classify, messages[-1].content, self.config.threshold)
+        return await self.run_on_thread(classifier.classify, messages[-1].content, self.config.threshold)
 
 
 def _load_prompt_guard() -> PromptGuardClassifier:
