@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -65,6 +66,19 @@ def check_schema(schema: Any, param: str) -> dict[str, Any]:
     return normalized
 
 
+def _subschemas(node: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """The schemas directly inside ``node``, each with its path relative to it."""
+    for key in _SUBSCHEMA_MAPS:
+        for name, sub in node.get(key, {}).items():
+            yield f".{key}.{name}", sub
+    for key in _SUBSCHEMA_LISTS:
+        for i, sub in enumerate(node.get(key, [])):
+            yield f".{key}[{i}]", sub
+    for key in _SUBSCHEMAS:
+        if key in node:
+            yield f".{key}", node[key]
+
+
 def _path(parts) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
 
@@ -87,15 +101,8 @@ def _walk(node: Any, root: dict[str, Any], where: str) -> None:
         )
     if "$ref" in node:
         _check_ref(node["$ref"], root, f"{where}.$ref")
-    for key in _SUBSCHEMA_MAPS:
-        for name, sub in node.get(key, {}).items():
-            _walk(sub, root, f"{where}.{key}.{name}")
-    for key in _SUBSCHEMA_LISTS:
-        for i, sub in enumerate(node.get(key, [])):
-            _walk(sub, root, f"{where}.{key}[{i}]")
-    for key in _SUBSCHEMAS:
-        if key in node:
-            _walk(node[key], root, f"{where}.{key}")
+    for path, sub in _subschemas(node):
+        _walk(sub, root, where + path)
     if "properties" in node and "additionalProperties" not in node:
         node["additionalProperties"] = False
 
@@ -158,11 +165,5 @@ def _cap(node: Any, string_length: int, number_decimals: int) -> None:
             node["maximum"] = NUMBER_MAGNITUDE
         if low is None and (high is None or high > -NUMBER_MAGNITUDE):
             node["minimum"] = -NUMBER_MAGNITUDE
-    for key in _SUBSCHEMA_MAPS:
-        for sub in node.get(key, {}).values():
-            _cap(sub, string_length, number_decimals)
-    for key in _SUBSCHEMA_LISTS:
-        for sub in node.get(key, []):
-            _cap(sub, string_length, number_decimals)
-    for key in _SUBSCHEMAS:
-        _cap(node.get(key), string_length, number_decimals)
+    for _, sub in _subschemas(node):
+        _cap(sub, string_length, number_decimals)
