@@ -6,9 +6,15 @@ the newest llama-server: built natively (-march=native) from the llama.cpp vendo
 the xllamacpp source distribution of the installed version, into bench/.scratch (first
 run: several minutes of compiling). Both get the same slots, context per slot, batch
 and micro-batch sizes, KV layout (one cache per slot, no host-memory prompt cache),
-threads and OpenMP wait policy, and the same explicit
+threads and OpenMP wait policy (``GOMP_SPINCOUNT``), and the same explicit
 sampler settings in every request (llamahost sets every sampler; llama-server is sent
 the same values), so the difference is llamahost's own overhead against the build.
+
+A third server tells the two apart: ``xllamacpp``, the wheel llamahost runs, serving on
+its own C++ HTTP listener with llamahost's server parameters (``server_params``) and no
+llamahost around it (llama.cpp applies the chat template, as llama-server does).
+xllamacpp / llama-server is then what the prebuilt engine itself gives against the
+native build, and llamahost / xllamacpp is what llamahost's Python costs.
 
 For each client count (concurrent 128-token streamed chat completions) each server is
 measured --runs times (servers alternate, one at a time, never sharing cores);
@@ -44,7 +50,13 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from llamahost.config import ModelConfig  # noqa: E402
 from llamahost.engines.llamacpp import bundled_model_path, sampling_fields  # noqa: E402
-from llamahost.engines.llamacpp_server import BATCH_SIZE, MICRO_BATCH_SIZE  # noqa: E402
+from llamahost.engines.llamacpp_server import (  # noqa: E402
+    BATCH_SIZE,
+    MICRO_BATCH_SIZE,
+    ServerSettings,
+    server_params,
+    use_openmp_defaults,
+)
 from llamahost.types.chat import SamplingParams  # noqa: E402
 
 PARALLEL = 8
@@ -68,6 +80,14 @@ PEER_SAMPLING = {
     for key, value in sampling_fields(SamplingParams(temperature=TEMPERATURE), ModelConfig(id="bench").resolved_sampling).items()
     if key not in ("temperature", "seed")
 }
+
+
+def openmp_env() -> dict[str, str]:
+    """The environment with llamahost's OpenMP wait policy (or the one set here): what
+    llama-server gets too, so both wait alike."""
+    env = dict(os.environ)
+    use_openmp_defaults(env)
+    return env
 
 
 def free_port() -> int:
@@ -105,6 +125,23 @@ def build_llama_server() -> Path:
     return binary
 
 
+def serve_engine_alone(port: int, threads: int) -> None:
+    """Run xllamacpp's own HTTP server with llamahost's parameters until terminated."""
+    import signal
+
+    params = server_params(ServerSettings(bundled_model_path(), PARALLEL, CONTEXT_PER_SLOT, threads))
+    import xllamacpp  # type: ignore[import-untyped]  # after server_params, which sets OpenMP's policy
+
+    params.use_jinja = True  # its chat endpoint renders the template, as llama-server's does
+    params.hostnames, params.port = ["127.0.0.1"], port
+    params.n_threads_http = PARALLEL + 2  # as llamahost's listener; llama-server's default (-1) is cores
+    params.sleep_idle_seconds = -1
+    server = xllamacpp.Server(params)  # noqa: F841 (serves while referenced)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        time.sleep(3600)
+
+
 class Server:
     def __init__(self, name: str, argv: list[str], url: str, path: str, headers: dict, extra: dict, env=None):
         self.name, self.argv, self.url, self.path, self.headers, self.extra, self.env = name, argv, url, path, headers, extra, env
@@ -133,6 +170,14 @@ class Server:
             os.unlink(self.log.name)
 
 
+def load_client() -> httpx.AsyncClient:
+    # One connection per request, for every server alike (a loopback connect, well under a
+    # millisecond): llama.cpp's listener (llama-server's and xllamacpp's) now and then
+    # closed a kept-alive connection after a streamed reply without saying so, failing the
+    # next request sent on it.
+    return httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64), headers={"Connection": "close"})
+
+
 async def content_times(client: httpx.AsyncClient, server: Server, body: dict) -> list[float]:
     """Stream one chat completion; the perf_counter time of each chunk that carries content."""
     times = []
@@ -156,7 +201,7 @@ async def one_stream(client: httpx.AsyncClient, server: Server, prompt: str, tok
 
 
 async def load(server: Server, clients: int, tokens: int) -> tuple[float, float]:
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+    async with load_client() as client:
         await one_stream(client, server, PROMPTS[0], 8)  # warm
         started = time.perf_counter()
         results = await asyncio.gather(*(one_stream(client, server, PROMPTS[i % len(PROMPTS)], tokens) for i in range(clients)))
@@ -173,7 +218,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--clients", default="1,4,8,16")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--serve-engine-alone", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_engine_alone:
+        serve_engine_alone(args.serve_engine_alone, args.threads)
+        return
     levels = [int(x) for x in args.clients.split(",")]
     gguf = str(bundled_model_path())
     llama_server = build_llama_server()
@@ -197,14 +246,20 @@ def main() -> None:
                          "-c", str(PARALLEL * CONTEXT_PER_SLOT), "--no-kv-unified", "-b", str(BATCH_SIZE),
                          "-ub", str(MICRO_BATCH_SIZE), "-t", str(args.threads), "-tb", str(args.threads), "--no-webui",
                          "--cache-ram", "0"],
-        # llamahost's engine runs OpenMP's workers passively (README, Load): the same here.
+        # llamahost's engine's OpenMP wait policy (README, Load): the same here.
         f"http://127.0.0.1:{port}", "/v1/chat/completions", {}, PEER_SAMPLING,
-        {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")})
+        openmp_env())
+
+    port = free_port()
+    alone = Server(
+        "xllamacpp", [sys.executable, __file__, "--serve-engine-alone", str(port), "--threads", str(args.threads)],
+        f"http://127.0.0.1:{port}", "/v1/chat/completions", {}, PEER_SAMPLING, env)
+    servers = (ours, peer, alone)
 
     # runs[name][clients] = [(tokens/s, TTFT p95), ...]
-    runs: dict[str, dict[int, list[tuple[float, float]]]] = {s.name: {n: [] for n in levels} for s in (ours, peer)}
+    runs: dict[str, dict[int, list[tuple[float, float]]]] = {s.name: {n: [] for n in levels} for s in servers}
     for run in range(args.runs):
-        for server in (ours, peer) if run % 2 == 0 else (peer, ours):
+        for server in servers if run % 2 == 0 else servers[::-1]:
             with server:
                 for n in levels:
                     runs[server.name][n].append(asyncio.run(load(server, n, args.tokens)))
@@ -220,15 +275,24 @@ def main() -> None:
             tps = statistics.median(s[0] for s in samples)
             p95 = statistics.median(s[1] for s in samples)
             print(f"{name:<14} {n:>7} {tps:9.1f} {p95 * 1000:8.0f}ms")
+    def ratios(name: str, base: str, n: int) -> tuple[list[float], list[float]]:
+        pairs = list(zip(runs[name][n], runs[base][n], strict=True))
+        return sorted(a[0] / b[0] for a, b in pairs), sorted(a[1] / b[1] for a, b in pairs)
+
+    def spread(values: list[float]) -> str:
+        return f"{values[0]:.2f} / {statistics.median(values):.2f} / {values[-1]:.2f}x"
+
     print("\nllamahost / llama-server, per run pair: min / median / max")
     for n in levels:
-        pairs = list(zip(runs["llamahost"][n], runs["llama-server"][n], strict=True))
-        tput = sorted(a[0] / b[0] for a, b in pairs)
-        ttft = sorted(a[1] / b[1] for a, b in pairs)
+        tput, ttft = ratios("llamahost", "llama-server", n)
         target = 1.05 if n >= 8 else 1.0
-        print(f"  {n:>2} clients: throughput {tput[0]:.2f} / {statistics.median(tput):.2f} / {tput[-1]:.2f}x "
-              f"(target >= {target}), TTFT p95 {ttft[0]:.2f} / {statistics.median(ttft):.2f} / {ttft[-1]:.2f}x (target <= 1.0)")
-
+        print(f"  {n:>2} clients: throughput {spread(tput)} (target >= {target}), TTFT p95 {spread(ttft)} (target <= 1.0)")
+    print("\nwhere it comes from: the engine alone (xllamacpp / llama-server) and llamahost's Python (llamahost / xllamacpp)")
+    for n in levels:
+        tput, ttft = ratios("xllamacpp", "llama-server", n)
+        own_tput, own_ttft = ratios("llamahost", "xllamacpp", n)
+        print(f"  {n:>2} clients: engine throughput {spread(tput)}, TTFT p95 {spread(ttft)}; "
+              f"llamahost's own throughput {spread(own_tput)}, TTFT p95 {spread(own_ttft)}")
 
 if __name__ == "__main__":
     main()

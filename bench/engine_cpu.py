@@ -77,9 +77,7 @@ async def measure(server: bench.Server, clients: int, tokens: int, rounds: int, 
 
 
 async def count_tokens(server: bench.Server, clients: int, tokens: int) -> int:
-    import httpx
-
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+    async with bench.load_client() as client:
         results = await asyncio.gather(
             *(bench.one_stream(client, server, bench.PROMPTS[i % len(bench.PROMPTS)], tokens) for i in range(clients))
         )
@@ -120,7 +118,7 @@ def main() -> None:
                              str(bench.BATCH_SIZE), "-ub", str(bench.MICRO_BATCH_SIZE), "-t", str(args.threads), "-tb",
                              str(args.threads), "--no-webui", "--cache-ram", "0"],
             f"http://127.0.0.1:{port}", "/v1/chat/completions", {}, bench.PEER_SAMPLING,
-            {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}))
+            bench.openmp_env()))
     print(f"CPU ms per streamed token ({args.tokens}-token chat completions, {args.rounds} rounds per level, "
           f"{args.threads} threads); load average at start {os.getloadavg()[0]:.2f}")
     print(f"{'server':<13} {'clients':>7} {'tokens':>7} {'total':>7} {'compute':>8} {'loop':>7} {'other':>7}")

@@ -22,8 +22,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import engine as bench  # noqa: E402  (bench/engine.py: the servers and their parameters)
@@ -58,7 +56,7 @@ FREE = bench.PROMPTS[:3]
 async def decode_rate(server: bench.Server, prompt: str, tokens: int) -> tuple[float, int]:
     body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
             "temperature": 0.0, **server.extra}
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with bench.load_client() as client:
         times = await bench.content_times(client, server, body)
     if len(times) < 2 or times[-1] <= times[0]:
         return float("nan"), len(times)
@@ -103,7 +101,7 @@ def main() -> None:
              "-ub", str(bench.MICRO_BATCH_SIZE), "-t", str(args.threads), "-tb", str(args.threads), "--no-webui",
              "--cache-ram", "0", *spec],
             f"http://127.0.0.1:{port}", "/v1/chat/completions", {}, peer_sampling,
-            {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")})
+            bench.openmp_env())
 
     servers = [ours(0), ours(args.draft), peer(0), peer(args.draft)]
     rates: dict[str, dict[str, list[float]]] = {s.name: {"repeating": [], "free": []} for s in servers}

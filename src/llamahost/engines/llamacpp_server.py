@@ -27,7 +27,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,76 @@ class ServerSettings:
     kv_cache_type: str = "f16"  # "f16" | "f32" (keys and values, and no flash attention)
 
 
+# How long an idle OpenMP worker of llama.cpp spins before it sleeps (libgomp's default:
+# 300,000 iterations, about a millisecond). A token's compute is hundreds of parallel
+# steps microseconds apart:
+# - workers that sleep at once (OMP_WAIT_POLICY=PASSIVE) pay a futex wake-up at each
+#   step, which an idle core's sleep state makes slow;
+# - workers that spin long starve whatever shares their cores (a busy host,
+#   `--workers`, two models), and each step then waits for a descheduled spinner.
+# Measured with the bundled model, 2 threads on 2 cores, 128-token streams: idle, 1
+# client 37-44 tokens/s passive, 87-109 spinning 1,000 and 106 at the default; 8
+# clients 98-122, 132-157, 142. Beside 2 CPU-bound processes: 1 client 59, 46 and 17;
+# 8 clients 77, 60 and 42. Beside 4: 19 / 26 passive, 25 / 30 spinning 1,000.
+OPENMP_SPIN_COUNT = "1000"
+
+
+def use_openmp_defaults(environ: MutableMapping[str, str]) -> None:
+    """Set llamahost's OpenMP wait policy in ``environ`` unless the operator chose one.
+    libgomp reads it once, when it loads: call before importing xllamacpp."""
+    if "OMP_WAIT_POLICY" not in environ:  # PASSIVE or ACTIVE: the operator's choice stands
+        environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
+
+
+def server_params(s: ServerSettings) -> Any:
+    """llama.cpp's server parameters for ``s`` (an ``xllamacpp.CommonParams``), before the
+    listener's address and key. Also what bench/engine.py runs xllamacpp's own HTTP
+    server with, to tell llamahost's overhead from the engine's."""
+    use_openmp_defaults(os.environ)
+    import xllamacpp  # type: ignore[import-untyped]
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(s.model_path)
+    params.n_parallel = s.parallel
+    # Each slot owns context_per_slot cells of the KV cache (not one pool): no slot
+    # can starve another, and a prompt's limit is the model's context_window.
+    params.kv_unified = False
+    params.n_ctx = s.parallel * s.context_per_slot
+    params.n_batch = BATCH_SIZE
+    params.n_ubatch = MICRO_BATCH_SIZE
+    params.cpuparams.n_threads = s.threads
+    params.cpuparams_batch.n_threads = s.threads
+    params.cache_prompt = s.prefix_cache
+    if s.kv_cache_type == "f32":
+        params.cache_type_k = params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
+        # And no flash attention, whose CPU kernel rounds through F16 on the way (it
+        # alone moved log-probabilities by ~5e-3 against an fp32 reference; off: 2e-4).
+        params.flash_attn_type = 0
+    # No host-memory prompt cache beside the slots' own: memory stays what `parallel`
+    # x `context_window` says (llama.cpp's default would keep up to 8 GiB of old
+    # prompts' state).
+    params.cache_ram_mib = 0
+    params.warmup = True
+    params.verbosity = -1  # llamahost logs requests itself
+    params.endpoint_metrics = False
+    params.endpoint_slots = False
+    params.ui = False
+    # The chat template is applied by llamahost; the server sees completions only.
+    params.use_jinja = False
+    if s.projector_path is not None:
+        params.mmproj.path = str(s.projector_path)
+        params.mmproj_use_gpu = False
+    if s.lora_adapters:
+        params.lora_init_without_apply = True  # every adapter at scale 0 unless a request asks
+        params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(path), 0.0) for _, path in s.lora_adapters]
+    if s.ngram_draft_max > 0:
+        params.speculative.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
+        # Drafts come from an earlier occurrence of the last 12 tokens (llama.cpp's
+        # default lookup size) in the prompt or the reply so far.
+        params.speculative.ngram_simple.size_m = s.ngram_draft_max
+    return params
+
+
 class EmbeddedServer:
     """One llama.cpp server for one GGUF: start, tokenize, complete, stop."""
 
@@ -76,53 +146,10 @@ class EmbeddedServer:
 
     def start(self) -> None:
         """Load the model (blocking; returns once llama.cpp can serve a request)."""
-        # The wheel's llama.cpp runs its threads with OpenMP, whose idle workers spin by
-        # default: with more threads than free cores (a busy host, `--workers`, two
-        # models) each token then waits for descheduled spinners. Measured on 2 cores
-        # under load: 0.6 tokens/s spinning, 48 passive. Read once, when libgomp loads.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        import xllamacpp  # type: ignore[import-untyped]
-
         s = self.settings
-        params = xllamacpp.CommonParams()
-        params.model.path = str(s.model_path)
-        params.n_parallel = s.parallel
-        # Each slot owns context_per_slot cells of the KV cache (not one pool): no slot
-        # can starve another, and a prompt's limit is the model's context_window.
-        params.kv_unified = False
-        params.n_ctx = s.parallel * s.context_per_slot
-        params.n_batch = BATCH_SIZE
-        params.n_ubatch = MICRO_BATCH_SIZE
-        params.cpuparams.n_threads = s.threads
-        params.cpuparams_batch.n_threads = s.threads
-        params.cache_prompt = s.prefix_cache
-        if s.kv_cache_type == "f32":
-            params.cache_type_k = params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
-            # And no flash attention, whose CPU kernel rounds through F16 on the way (it
-            # alone moved log-probabilities by ~5e-3 against an fp32 reference; off: 2e-4).
-            params.flash_attn_type = 0
-        # No host-memory prompt cache beside the slots' own: memory stays what `parallel`
-        # x `context_window` says (llama.cpp's default would keep up to 8 GiB of old
-        # prompts' state).
-        params.cache_ram_mib = 0
-        params.warmup = True
-        params.verbosity = -1  # llamahost logs requests itself
-        params.endpoint_metrics = False
-        params.endpoint_slots = False
-        params.ui = False
-        # The chat template is applied by llamahost; the server sees completions only.
-        params.use_jinja = False
-        if s.projector_path is not None:
-            params.mmproj.path = str(s.projector_path)
-            params.mmproj_use_gpu = False
-        if s.lora_adapters:
-            params.lora_init_without_apply = True  # every adapter at scale 0 unless a request asks
-            params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(path), 0.0) for _, path in s.lora_adapters]
-        if s.ngram_draft_max > 0:
-            params.speculative.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
-            # Drafts come from an earlier occurrence of the last 12 tokens (llama.cpp's
-            # default lookup size) in the prompt or the reply so far.
-            params.speculative.ngram_simple.size_m = s.ngram_draft_max
+        params = server_params(s)  # first: it sets OpenMP's policy before xllamacpp loads libgomp
+        import xllamacpp
+
         self._socket_dir = tempfile.mkdtemp(prefix="llamahost-llamacpp-")  # mode 0700
         socket_path = os.path.join(self._socket_dir, "server.sock")
         if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
