@@ -134,8 +134,6 @@ def serve_engine_alone(port: int, threads: int) -> None:
 
     params.use_jinja = True  # its chat endpoint renders the template, as llama-server's does
     params.hostnames, params.port = ["127.0.0.1"], port
-    params.n_threads_http = PARALLEL + 2  # as llamahost's listener; llama-server's default (-1) is cores
-    params.sleep_idle_seconds = -1
     server = xllamacpp.Server(params)  # noqa: F841 (serves while referenced)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
@@ -275,6 +273,7 @@ def main() -> None:
             tps = statistics.median(s[0] for s in samples)
             p95 = statistics.median(s[1] for s in samples)
             print(f"{name:<14} {n:>7} {tps:9.1f} {p95 * 1000:8.0f}ms")
+
     def ratios(name: str, base: str, n: int) -> tuple[list[float], list[float]]:
         pairs = list(zip(runs[name][n], runs[base][n], strict=True))
         return sorted(a[0] / b[0] for a, b in pairs), sorted(a[1] / b[1] for a, b in pairs)
@@ -293,6 +292,7 @@ def main() -> None:
         own_tput, own_ttft = ratios("llamahost", "xllamacpp", n)
         print(f"  {n:>2} clients: engine throughput {spread(tput)}, TTFT p95 {spread(ttft)}; "
               f"llamahost's own throughput {spread(own_tput)}, TTFT p95 {spread(own_ttft)}")
+
 
 if __name__ == "__main__":
     main()

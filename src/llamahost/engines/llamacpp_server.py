@@ -122,6 +122,13 @@ def server_params(s: ServerSettings) -> Any:
     if s.lora_adapters:
         params.lora_init_without_apply = True  # every adapter at scale 0 unless a request asks
         params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(path), 0.0) for _, path in s.lora_adapters]
+    # llama.cpp's listener serves a connection on one thread for as long as the client
+    # keeps it alive, and further connections wait for a free thread: with one thread,
+    # concurrent tokenize calls over several pooled connections starved (a 60 s read
+    # timeout at 8 clients). Tokenizing uses one connection; each prompt with images
+    # streams over one of its own, up to `parallel`.
+    params.n_threads_http = s.parallel + 2
+    params.sleep_idle_seconds = -1
     if s.ngram_draft_max > 0:
         params.speculative.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
         # Drafts come from an earlier occurrence of the last 12 tokens (llama.cpp's
@@ -162,13 +169,6 @@ class EmbeddedServer:
         key = secrets.token_urlsafe(32)
         params.hostnames = [socket_path]
         params.api_keys = [key]
-        # llama.cpp's listener serves a connection on one thread for as long as the
-        # client keeps it alive, and further connections wait for a free thread: with
-        # one thread, concurrent tokenize calls over several pooled connections starved
-        # (a 60 s read timeout at 8 clients). Tokenizing uses one connection (below);
-        # each prompt with images streams over one of its own, up to `parallel`.
-        params.n_threads_http = s.parallel + 2
-        params.sleep_idle_seconds = -1
         try:
             self._server = xllamacpp.Server(params)
         except RuntimeError as exc:

@@ -83,8 +83,7 @@ class _ClassifierOnThread(Moderator):
 
     async def load(self) -> None:
         if type(self)._shared is None:
-            loop = asyncio.get_running_loop()
-            type(self)._shared = await loop.run_in_executor(self._executor, self._load_shared)
+            type(self)._shared = await self.run_on_thread(self._load_shared)
 
     def loaded(self) -> Any:
         """The shared classifier, or a 503 while it is still loading."""
