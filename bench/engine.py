@@ -16,9 +16,11 @@ llamahost around it (llama.cpp applies the chat template, as llama-server does).
 xllamacpp / llama-server is then what the prebuilt engine itself gives against the
 native build, and llamahost / xllamacpp is what llamahost's Python costs.
 
-For each client count (concurrent 128-token streamed chat completions) each server is
-measured --runs times (servers alternate, one at a time, never sharing cores);
-printed: aggregate generated tokens/s and TTFT p95, then the ratios' min / median / max.
+For each client count (concurrent 128-token streamed chat completions; each client sends
+its streams one after another, at least 16 streams in all and 2 per client, so that TTFT
+p95 is a percentile of many requests) each server is measured --runs times (servers
+alternate, one at a time, never sharing cores); printed: aggregate generated tokens/s
+and TTFT p95, then the ratios' min / median / max.
 Targets (issue 19), median of 5 runs: throughput >= 1.0x at 1 and 4 clients, >= 1.05x at
 8 and 16; TTFT p95 <= 1.0x.
 
@@ -60,6 +62,8 @@ from llamahost.engines.llamacpp_server import (  # noqa: E402
 from llamahost.types.chat import SamplingParams  # noqa: E402
 
 PARALLEL = 8
+# Streams per client count and run (rounds_for).
+MIN_STREAMS = 16
 CONTEXT_PER_SLOT = 1024
 TEMPERATURE = 0.7
 PROMPTS = [
@@ -198,12 +202,23 @@ async def one_stream(client: httpx.AsyncClient, server: Server, prompt: str, tok
     return (times[0] - started if times else float("nan")), len(times)
 
 
+def rounds_for(clients: int) -> int:
+    """Streams each client sends one after another: at least MIN_STREAMS in all, so that
+    one client's TTFT p95 is a percentile of many requests, not one request's time."""
+    return max(2, -(-MIN_STREAMS // clients))
+
+
 async def load(server: Server, clients: int, tokens: int) -> tuple[float, float]:
+    async def client_streams(client: httpx.AsyncClient, first: int) -> list[tuple[float, int]]:
+        rounds = range(rounds_for(clients))
+        return [await one_stream(client, server, PROMPTS[(first + r) % len(PROMPTS)], tokens) for r in rounds]
+
     async with load_client() as client:
         await one_stream(client, server, PROMPTS[0], 8)  # warm
         started = time.perf_counter()
-        results = await asyncio.gather(*(one_stream(client, server, PROMPTS[i % len(PROMPTS)], tokens) for i in range(clients)))
+        per_client = await asyncio.gather(*(client_streams(client, i) for i in range(clients)))
         wall = time.perf_counter() - started
+    results = [r for streams in per_client for r in streams]
     ttfts = sorted(r[0] for r in results)
     generated = sum(r[1] for r in results)
     p95 = ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))]
