@@ -240,7 +240,12 @@ class EmbeddedServer:
         ``on_chunk`` closes the connection, which llama.cpp takes as a cancel."""
         assert self._sync_http is not None
         no_read_timeout = httpx.Timeout(60, read=None)  # a long prompt with images is silent while it is read
-        with self._sync_http.stream("POST", "/completion", json={**body, "stream": True}, timeout=no_read_timeout) as r:
+        # A connection of its own, closed after the stream: llama.cpp's listener now and
+        # then closes a kept-alive connection after a streamed reply without saying so
+        # (bench/engine.py met it), and the next call sent on it would fail.
+        with self._sync_http.stream(
+            "POST", "/completion", json={**body, "stream": True}, timeout=no_read_timeout, headers={"Connection": "close"}
+        ) as r:
             if r.status_code != 200:
                 on_chunk({"error": {"code": r.status_code, "message": r.read().decode(errors="replace")}})
                 return
