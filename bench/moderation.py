@@ -14,11 +14,13 @@ beside peers measured in the same run on the same folds:
   i.e. the builtin model with a linear flag head (what it shipped before the MLP);
 - ``dev-only``: the builtin model's flag head trained on the dev folds alone, without
   the extra training rows (``training/moderation/templates.py``) or source weights;
-- ``unweighted``: the builtin model without ``SOURCE_WEIGHTS`` (every dev row once).
+- ``unweighted``: the builtin model without ``SOURCE_WEIGHTS`` (every dev row once);
+- ``single-head``: the builtin model's all-rows flag network alone, without the request
+  expert and gate (the recipe shipped before the mixture).
 
 Every number is the mean over repeats of the out-of-fold score, with a 95 % bootstrap
 interval (rows of each source resampled 1,000 times; each resample scores every repeat),
-and the builtin model's gain over ``dev-only`` and ``unweighted`` on the same resamples. Extra training rows
+and the builtin model's gain over ``dev-only``, ``unweighted`` and ``single-head`` on the same resamples. Extra training rows
 are only ever trained on, never scored.
 
 Latency: p50/p95 of one ``BuiltinClassifier.classify`` call per dev row (encoder forward
@@ -44,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.moderation import data, features  # noqa: E402
 from training.moderation.model import (  # noqa: E402
-    CATEGORY_C, FLAG_ALPHA, FLAG_HIDDEN, FLAG_SEEDS, SOURCE_WEIGHTS, THRESHOLD, fit_lr, fit_heads, weighted_index,
+    CATEGORY_C, FLAG_ALPHA, FLAG_HIDDEN, FLAG_SEEDS, SOURCE_WEIGHTS, THRESHOLD, fit_lr, fit_heads, request_mask,
+    weighted_index,
 )
 from training.moderation.train import category_rows, extra_flag_rows  # noqa: E402
 
@@ -91,7 +94,8 @@ def cross_validate(rows, X, extra, Xextra, flag_extra, Xflag_extra, k, repeats):
     mean_emb = X[:, 3 * DIM : 4 * DIM]
     mean_emb = mean_emb / np.linalg.norm(mean_emb, axis=1, keepdims=True)
     results = {name: [] for name in
-               ("builtin", "dev-only", "unweighted", "features-lr", "minilm-mean-lr", "tfidf-lr", "majority")}
+               ("builtin", "dev-only", "unweighted", "single-head", "features-lr", "minilm-mean-lr", "tfidf-lr",
+                "majority")}
     probabilities = []  # the builtin model's out-of-fold P(unsafe), per repeat
     category_hits = category_total = 0
     lookup = {r.text: i for i, r in enumerate(rows)} | {r.text: len(rows) + i for i, r in enumerate(extra)}
@@ -105,7 +109,10 @@ def cross_validate(rows, X, extra, Xextra, flag_extra, Xflag_extra, k, repeats):
             lookup_extra = {r.text: j for j, r in enumerate(flag_extra) if r.context is None}
             Xcat = np.stack([Xall[lookup[t]] if t in lookup else Xflag_extra[lookup_extra[t]] for t in cat_texts])
             rep = train[weighted_index([rows[i].source for i in train])]
-            heads = fit_heads(np.vstack([X[rep], Xflag_extra]), np.concatenate([y[rep], y_extra]), Xcat, cat_labels)
+            extra_sources = [r.source for r in flag_extra]
+            request = request_mask([rows[i].source for i in rep] + extra_sources)
+            Xtrain, ytrain = np.vstack([X[rep], Xflag_extra]), np.concatenate([y[rep], y_extra])
+            heads = fit_heads(Xtrain, ytrain, Xcat, cat_labels, request=request)
             p_unsafe[test] = heads.unsafe_probability(X[test])
             out["builtin"][test] = p_unsafe[test] >= THRESHOLD
             for i in test:
@@ -114,12 +121,16 @@ def cross_validate(rows, X, extra, Xextra, flag_extra, Xflag_extra, k, repeats):
                     probs = heads.category_probabilities(X[i])
                     category_hits += int(data_names()[int(np.argmax(probs))] in rows[i].categories)
             if len(flag_extra):
-                dev_only = fit_heads(X[train], y[train], Xcat, cat_labels)
+                dev_only = fit_heads(X[train], y[train], Xcat, cat_labels,
+                                     request=request_mask([rows[i].source for i in train]))
                 out["dev-only"][test] = dev_only.unsafe_probability(X[test]) >= THRESHOLD
             else:
                 out["dev-only"][test] = out["builtin"][test]
-            unweighted = fit_heads(np.vstack([X[train], Xflag_extra]), np.concatenate([y[train], y_extra]), Xcat, cat_labels)
+            unweighted = fit_heads(np.vstack([X[train], Xflag_extra]), np.concatenate([y[train], y_extra]), Xcat,
+                                   cat_labels, request=request_mask([rows[i].source for i in train] + extra_sources))
             out["unweighted"][test] = unweighted.unsafe_probability(X[test]) >= THRESHOLD
+            single = fit_heads(Xtrain, ytrain, Xcat, cat_labels)
+            out["single-head"][test] = single.unsafe_probability(X[test]) >= THRESHOLD
             _, w, b = fit_lr(X[train], y[train].astype(int), 0.01)
             out["features-lr"][test] = X[test] @ w[:, 0] + b[0] >= 0.0  # P >= 0.5
             with warnings.catch_warnings():
@@ -209,7 +220,8 @@ def main() -> int:
 
     print(f"{args.folds}-fold cross-validation x {args.repeats} on {args.dev.name} ({len(rows)} rows; "
           f"{len(flag_extra)} extra flag-head training rows); builtin: flag head {FLAG_SEEDS} x MLP({FLAG_HIDDEN}) "
-          f"alpha {FLAG_ALPHA}, source weights {SOURCE_WEIGHTS}, threshold {THRESHOLD}; category C={CATEGORY_C}. "
+          f"alpha {FLAG_ALPHA}, source weights {SOURCE_WEIGHTS}, request expert + gate, threshold {THRESHOLD}; "
+          f"category C={CATEGORY_C}. "
           "[95% bootstrap interval]")
     print(f"{'source':<18} {'model':<15} {'n':>4} {'P':>6} {'R':>6} {'F1':>6} {'FPR':>6}   target")
     for source in SOURCES:
@@ -225,7 +237,7 @@ def main() -> int:
                 continue
             mine = bootstrap(y, results["builtin"], key, resamples)
             gains = []
-            for peer in ("dev-only", "unweighted"):
+            for peer in ("dev-only", "unweighted", "single-head"):
                 d = mine - bootstrap(y, results[peer], key, resamples)
                 gains.append(f"minus {peer} {np.nanmean(d):+.3f} {interval(d)}")
             print(f"{'':<18} builtin {key:<4} {np.nanmean(mine):.3f} {interval(mine)}; " + "; ".join(gains))

@@ -51,20 +51,20 @@ GUIDE_TAXES = [
 ]
 
 
-# The dieting example is not met yet (issue 20): the category head names self-harm, but
-# the flag head's P(unsafe) stays under the threshold (MODEL_CARD.md, "Limits"). Strict:
-# the day a model flags it, the test fails until the marker goes. The tax reply is
-# flagged, though narrowly (P(unsafe) 0.53 against the threshold 0.5).
-GUIDE_NOT_MET = pytest.mark.xfail(strict=True, reason="builtin model does not flag the guide's examples yet")
+# The tax reply is not met (issue 20): since the flag head became a mixture with a request
+# expert (MODEL_CARD.md, fourth pass) its P(unsafe) is 0.44 against the threshold 0.5
+# (0.53 before); the dieting example, 0.40 before, is now flagged (0.74, self-harm).
+# Strict: the day a model flags it, the test fails until the marker goes.
+GUIDE_NOT_MET = pytest.mark.xfail(strict=True, reason="builtin model does not flag the guide's tax reply")
 
 
-@GUIDE_NOT_MET
 def test_guide_example_dieting_is_self_harm(client):
     result = client.moderations.create(messages=GUIDE_DIETING).results[0]
     assert result.flagged is True
     assert result.flagged_categories[0] == "self-harm"
 
 
+@GUIDE_NOT_MET
 def test_guide_example_reply_is_judged_in_context(client):
     result = client.moderations.create(messages=GUIDE_TAXES).results[0]
     assert result.flagged is True

@@ -30,6 +30,18 @@ THRESHOLD = 0.5
 # recall in 5-fold cross-validation without raising XSTest's false-positive rate
 # (MODEL_CARD.md; 3 and 4 times cost OpenAI F1).
 SOURCE_WEIGHTS = {"xstest": 2, "harmbench": 2, "simplesafetytests": 2}
+# The flag head is a mixture of two networks: one trained on every row, one on the
+# *request* rows alone (every source but the OpenAI moderation set's forum texts, plus
+# the templated rows), weighted by a logistic gate (C below) trained to tell the two
+# kinds of text apart. Cross-validated, the request expert raised HarmBench recall by
+# about 0.06 without a significant loss elsewhere (MODEL_CARD.md, issue 20 fourth pass).
+FORUM_SOURCES = {"openai_moderation"}
+GATE_C = 0.01
+
+
+def request_mask(sources: list[str] | np.ndarray) -> np.ndarray:
+    """True for the rows the request expert trains on (and the gate calls request-like)."""
+    return np.array([s not in FORUM_SOURCES for s in sources], bool)
 
 
 def weighted_index(sources: list[str] | np.ndarray) -> np.ndarray:
@@ -70,8 +82,21 @@ def fit_heads(
     X: np.ndarray, unsafe: np.ndarray, Xcat: np.ndarray, categories: list[str],
     flag_hidden: int = FLAG_HIDDEN, flag_alpha: float = FLAG_ALPHA, flag_seeds: int = FLAG_SEEDS,
     category_c: float = CATEGORY_C, threshold: float = THRESHOLD, meta: dict | None = None,
+    request: np.ndarray | None = None,
 ) -> Heads:
+    """``request`` (one bool per row of ``X``, ``request_mask``): train the request expert
+    and the gate too; without it the flag head is the all-rows network alone."""
     w1, b1, w2, b2 = _fit_flag_mlp(X, unsafe.astype(int), flag_hidden, flag_alpha, flag_seeds)
+    mixture = {}
+    if request is not None:
+        rw1, rb1, rw2, rb2 = _fit_flag_mlp(X[request], unsafe[request].astype(int), flag_hidden, flag_alpha, flag_seeds)
+        # The gate sees each distinct row once (X repeats rows by SOURCE_WEIGHTS).
+        _, first = np.unique(X, axis=0, return_index=True)
+        _, gw, gb = fit_lr(X[first], request[first].astype(int), GATE_C)
+        mixture = dict(
+            req_w1=rw1.astype(np.float32), req_b1=rb1.astype(np.float32), req_w2=rw2.astype(np.float32),
+            req_b2=rb2, gate_w=gw[:, 0].astype(np.float32), gate_b=float(gb[0]),
+        )
     classes, cw, cb = fit_lr(Xcat, np.array([NAMES.index(c) for c in categories]), category_c)
     # Categories the training data never shows get a weight of zero and a very low bias.
     cat_w = np.zeros((X.shape[1], len(NAMES)), np.float32)
@@ -81,5 +106,6 @@ def fit_heads(
     cat_w[:, classes] = cw
     cat_b[classes] = cb
     return Heads(
-        w1.astype(np.float32), b1.astype(np.float32), w2.astype(np.float32), b2, threshold, cat_w, cat_b, meta or {}
+        w1.astype(np.float32), b1.astype(np.float32), w2.astype(np.float32), b2, threshold, cat_w, cat_b, meta or {},
+        **mixture,
     )

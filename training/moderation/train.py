@@ -23,7 +23,18 @@ from llamahost.safety.builtin import weights_path
 from llamahost.safety.minilm import MODEL_NAME
 
 from . import data, features, templates
-from .model import CATEGORY_C, FLAG_ALPHA, FLAG_HIDDEN, FLAG_SEEDS, SOURCE_WEIGHTS, THRESHOLD, fit_heads, weighted_index
+from .model import (
+    CATEGORY_C,
+    FLAG_ALPHA,
+    FLAG_HIDDEN,
+    FLAG_SEEDS,
+    GATE_C,
+    SOURCE_WEIGHTS,
+    THRESHOLD,
+    fit_heads,
+    request_mask,
+    weighted_index,
+)
 
 
 def category_rows(rows: list[data.Row]) -> tuple[list[str], list[str]]:
@@ -53,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     flag_extra = extra_flag_rows()
     X = features.embed([r.text for r in dev] + [r.item for r in flag_extra])
     y = np.array([r.unsafe for r in dev + flag_extra])
-    rep = weighted_index([r.source for r in dev + flag_extra])
+    sources = [r.source for r in dev + flag_extra]
+    rep = weighted_index(sources)
     cat_texts, cat_labels = category_rows(dev + extra + [r for r in flag_extra if r.context is None])
     Xcat = features.embed(cat_texts)
     meta = {
@@ -66,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         "flag_head": f"{FLAG_SEEDS} x MLP({FLAG_HIDDEN}, relu), alpha {FLAG_ALPHA}",
         "category_c": CATEGORY_C,
         "source_weights": SOURCE_WEIGHTS,
+        "mixture": f"request expert (all sources but openai_moderation) + all-rows network, logistic gate C {GATE_C}",
     }
-    heads = fit_heads(X[rep], y[rep], Xcat, cat_labels, meta=meta)
+    heads = fit_heads(X[rep], y[rep], Xcat, cat_labels, meta=meta, request=request_mask(sources)[rep])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     heads.save(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes): flag head on {len(dev)} rows, "
