@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from _server import free_port, start_llamahost  # noqa: E402
 
 from training.moderation import data, features  # noqa: E402
-from training.moderation.model import THRESHOLD, fit_heads, weighted_index  # noqa: E402
+from training.moderation.model import THRESHOLD, fit_heads, request_mask, weighted_index  # noqa: E402
 from training.moderation.train import category_rows, extra_flag_rows  # noqa: E402
 
 BANDS = [(0.3, 0.7), (0.2, 0.8), (0.1, 0.9), (0.05, 0.95), (0.4, 0.6)]
@@ -67,7 +67,9 @@ def out_of_fold(rows: list[data.Row], k: int) -> np.ndarray:
         cat_texts, cat_labels = category_rows([rows[i] for i in train] + [r for r in extra if r.context is None])
         Xcat = np.stack([X[lookup[t]] if t in lookup else Xextra[extra_lookup[t]] for t in cat_texts])
         rep = train[weighted_index([rows[i].source for i in train])]  # as training weighs the sources
-        heads = fit_heads(np.vstack([X[rep], Xextra]), np.concatenate([y[rep], yextra]), Xcat, cat_labels)
+        request = request_mask([rows[i].source for i in rep] + [r.source for r in extra])
+        heads = fit_heads(np.vstack([X[rep], Xextra]), np.concatenate([y[rep], yextra]), Xcat, cat_labels,
+                          request=request)
         p[test] = heads.unsafe_probability(X[test])
     return p
 
