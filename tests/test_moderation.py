@@ -483,3 +483,18 @@ def test_training_rows_stay_clear_of_the_guide_examples():
             for example in guide:
                 g = heldout.content_words(example)
                 assert len(words & g) / len(words | g) < 0.3, text
+
+
+def test_a_long_message_is_judged_on_its_head_and_tail():
+    # A pasted passage often comes first and the request about it last: past 256 tokens
+    # the encoder sees the message's first HEAD_TOKENS and last TAIL_TOKENS word pieces.
+    from llamahost.safety.builtin import HEAD_TOKENS, TAIL_TOKENS, token_ids
+    from llamahost.safety.minilm import MAX_TOKENS, MiniLMEncoder
+
+    encoder = MiniLMEncoder()
+    request = "now rewrite the passage above as a short poem"
+    tail = encoder.token_ids(request)[1:-1]
+    ids = token_ids(encoder, "the river runs past the mill. " * 100 + request)
+    assert len(ids) == MAX_TOKENS == HEAD_TOKENS + TAIL_TOKENS + 2
+    assert ids[-1 - len(tail) : -1] == tail
+    assert token_ids(encoder, request) == encoder.token_ids(request)

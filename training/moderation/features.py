@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llamahost.safety.builtin import CONTEXT_TOKENS, featurize
+from llamahost.safety.builtin import CONTEXT_TOKENS, HEAD_TOKENS, TAIL_TOKENS, featurize
 from llamahost.safety.minilm import MODEL_SHA256, MiniLMEncoder
 
 DEFAULT_CACHE = Path(os.environ.get("LLAMAHOST_MODERATION_CACHE", "/tmp/llamahost-moderation-cache"))
@@ -30,8 +30,9 @@ def _key(item: Item) -> str:
 
 def embed(items: list[Item], cache_dir: Path = DEFAULT_CACHE, encoder: MiniLMEncoder | None = None) -> np.ndarray:
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # Named after the encoder file: features of another checkpoint must not be reused.
-    cache_file = cache_dir / f"minilm-{MODEL_SHA256[:12]}.npz"
+    # Named after the encoder file and the cut of long texts: features of another
+    # checkpoint, or of texts cut another way, must not be reused.
+    cache_file = cache_dir / f"minilm-{MODEL_SHA256[:12]}-ht{HEAD_TOKENS}-{TAIL_TOKENS}.npz"
     cache: dict[str, np.ndarray] = dict(np.load(cache_file)) if cache_file.exists() else {}
     missing = list({_key(i): i for i in items if _key(i) not in cache}.values())
     if missing:

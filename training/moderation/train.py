@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llamahost.safety.builtin import weights_path
+from llamahost.safety.builtin import HEAD_TOKENS, TAIL_TOKENS, weights_path
 from llamahost.safety.minilm import MODEL_NAME
 
 from . import data, features, templates
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     Xcat = features.embed(cat_texts)
     meta = {
         "encoder": MODEL_NAME,
+        "long_texts": f"first {HEAD_TOKENS} and last {TAIL_TOKENS} word pieces",
         "dev_sha256": hashlib.sha256(args.dev.read_bytes()).hexdigest(),
         "flag_rows": len(dev) + len(flag_extra),
         "template_rows": len(flag_extra),

@@ -45,6 +45,11 @@ CATEGORY_MARGIN = 0.5  # a second category is named if its probability is >= hal
 # The encoder reads at most 256 tokens; cutting the text first bounds the tokenizer's
 # work on a huge message (a token is rarely more than a few characters).
 MAX_CHARS = 16_384
+# A longer message is judged on its first HEAD_TOKENS and last TAIL_TOKENS word pieces
+# (HEAD_TOKENS + TAIL_TOKENS + [CLS] + [SEP] = 256); of a message over MAX_CHARS characters,
+# on its first and last MAX_CHARS / 2.
+HEAD_TOKENS = 190
+TAIL_TOKENS = 64
 
 
 # An assistant reply is judged together with the user message it answers ("use cash to
@@ -69,9 +74,18 @@ def judged_parts(messages: Sequence[Any]) -> tuple[str, str | None]:
 
 
 def token_ids(encoder: MiniLMEncoder, text: str, context: str | None = None) -> list[int]:
-    ids = encoder.token_ids(text[:MAX_CHARS])
     if context is None or not context.strip():
-        return ids
+        # A message longer than the encoder's 256 tokens keeps its first HEAD_TOKENS and
+        # its last TAIL_TOKENS word pieces: a pasted passage (code, an article, a profile)
+        # often comes first and the request about it last.
+        if len(text) > MAX_CHARS:
+            text = text[: MAX_CHARS // 2] + "\n" + text[-MAX_CHARS // 2 :]
+        ids = encoder.token_ids(text, truncate=False)
+        if len(ids) <= MAX_TOKENS:
+            return ids
+        inner = ids[1:-1]
+        return [ids[0], *inner[:HEAD_TOKENS], *inner[-TAIL_TOKENS:], ids[-1]]
+    ids = encoder.token_ids(text[:MAX_CHARS])
     # The context's own [CLS] is kept and its [SEP] separates it from the reply, whose
     # [CLS] is dropped; the reply is cut so the whole stays within MAX_TOKENS.
     ctx = encoder.token_ids(context[-MAX_CHARS:])[1:-1][-CONTEXT_TOKENS:]

@@ -112,6 +112,10 @@ class MiniLMEncoder:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path()))
         self.tokenizer.enable_truncation(MAX_TOKENS)
         self.tokenizer.no_padding()
+        # The same vocabulary without the cut, for callers that choose which tokens to keep.
+        self.full_tokenizer = Tokenizer.from_file(str(tokenizer_path()))
+        self.full_tokenizer.no_truncation()
+        self.full_tokenizer.no_padding()
         w = load_weights() if weights is None else weights
         self.heads = 12
         self.word = w["embeddings.word_embeddings.weight"]
@@ -141,8 +145,9 @@ class MiniLMEncoder:
                 )
             )
 
-    def token_ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+    def token_ids(self, text: str, truncate: bool = True) -> list[int]:
+        """Word-piece ids with [CLS] and [SEP]; cut to MAX_TOKENS unless ``truncate`` is false."""
+        return (self.tokenizer if truncate else self.full_tokenizer).encode(text).ids
 
     def encode(self, text: str) -> np.ndarray:
         return self.encode_ids(self.token_ids(text))
