@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from llamahost.safety.builtin import Heads
+from llamahost.safety.builtin import FlagNetwork, Heads, RequestExpert
 from llamahost.safety.taxonomy import NAMES
 
 # Chosen by 5-fold cross-validation on the dev set (MODEL_CARD.md lists what was tried).
@@ -61,7 +61,7 @@ def fit_lr(X: np.ndarray, y: np.ndarray, C: float):
     return lr.classes_, w, b
 
 
-def _fit_flag_mlp(X: np.ndarray, y: np.ndarray, hidden: int, alpha: float, seeds: int):
+def _fit_flag_mlp(X: np.ndarray, y: np.ndarray, hidden: int, alpha: float, seeds: int) -> FlagNetwork:
     from sklearn.neural_network import MLPClassifier
 
     mu, sigma = X.mean(0), X.std(0) + 1e-6
@@ -75,7 +75,10 @@ def _fit_flag_mlp(X: np.ndarray, y: np.ndarray, hidden: int, alpha: float, seeds
             b1.append(net.intercepts_[0] - (mu / sigma) @ net.coefs_[0])
             w2.append(net.coefs_[1][:, 0] / seeds)  # the merged output is the seeds' mean logit
             b2.append(float(net.intercepts_[1][0]))
-    return np.hstack(w1), np.concatenate(b1), np.concatenate(w2), float(np.mean(b2))
+    return FlagNetwork(
+        np.hstack(w1).astype(np.float32), np.concatenate(b1).astype(np.float32), np.concatenate(w2).astype(np.float32),
+        float(np.mean(b2)),
+    )
 
 
 def fit_heads(
@@ -86,17 +89,14 @@ def fit_heads(
 ) -> Heads:
     """``request`` (one bool per row of ``X``, ``request_mask``): train the request expert
     and the gate too; without it the flag head is the all-rows network alone."""
-    w1, b1, w2, b2 = _fit_flag_mlp(X, unsafe.astype(int), flag_hidden, flag_alpha, flag_seeds)
-    mixture = {}
+    flag = _fit_flag_mlp(X, unsafe.astype(int), flag_hidden, flag_alpha, flag_seeds)
+    expert = None
     if request is not None:
-        rw1, rb1, rw2, rb2 = _fit_flag_mlp(X[request], unsafe[request].astype(int), flag_hidden, flag_alpha, flag_seeds)
+        network = _fit_flag_mlp(X[request], unsafe[request].astype(int), flag_hidden, flag_alpha, flag_seeds)
         # The gate sees each distinct row once (X repeats rows by SOURCE_WEIGHTS).
         _, first = np.unique(X, axis=0, return_index=True)
         _, gw, gb = fit_lr(X[first], request[first].astype(int), GATE_C)
-        mixture = dict(
-            req_w1=rw1.astype(np.float32), req_b1=rb1.astype(np.float32), req_w2=rw2.astype(np.float32),
-            req_b2=rb2, gate_w=gw[:, 0].astype(np.float32), gate_b=float(gb[0]),
-        )
+        expert = RequestExpert(network, gw[:, 0].astype(np.float32), float(gb[0]))
     classes, cw, cb = fit_lr(Xcat, np.array([NAMES.index(c) for c in categories]), category_c)
     # Categories the training data never shows get a weight of zero and a very low bias.
     cat_w = np.zeros((X.shape[1], len(NAMES)), np.float32)
@@ -105,7 +105,4 @@ def fit_heads(
         cw, cb = np.hstack([-cw / 2, cw / 2]), np.array([-cb[0] / 2, cb[0] / 2])
     cat_w[:, classes] = cw
     cat_b[classes] = cb
-    return Heads(
-        w1.astype(np.float32), b1.astype(np.float32), w2.astype(np.float32), b2, threshold, cat_w, cat_b, meta or {},
-        **mixture,
-    )
+    return Heads(flag, threshold, cat_w, cat_b, meta or {}, expert)

@@ -106,29 +106,58 @@ def weights_path() -> Path:
     return Path(str(importlib.resources.files("llamahost.safety").joinpath(WEIGHTS)))
 
 
-def _mlp_probability(features: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: float) -> np.ndarray:
-    hidden = np.maximum(features @ w1 + b1, 0.0)
-    return 1.0 / (1.0 + np.exp(-(hidden @ w2 + b2)))
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass
+class FlagNetwork:
+    """One hidden ReLU layer (input standardisation folded in) giving P(unsafe); stored
+    under ``prefix`` in the weights file."""
+
+    w1: np.ndarray  # (dim, hidden)
+    b1: np.ndarray  # (hidden,)
+    w2: np.ndarray  # (hidden,)
+    b2: float
+
+    def probability(self, features: np.ndarray) -> np.ndarray:
+        return _sigmoid(np.maximum(features @ self.w1 + self.b1, 0.0) @ self.w2 + self.b2)
+
+    @classmethod
+    def from_arrays(cls, z: Any, prefix: str) -> FlagNetwork:
+        return cls(z[f"{prefix}_w1"].astype(np.float32), z[f"{prefix}_b1"], z[f"{prefix}_w2"], float(z[f"{prefix}_b2"]))
+
+    def arrays(self, prefix: str) -> dict[str, Any]:
+        # float16 halves the file; the probabilities it gives differ by < 1e-3.
+        return {
+            f"{prefix}_w1": self.w1.astype(np.float16), f"{prefix}_b1": self.b1.astype(np.float32),
+            f"{prefix}_w2": self.w2.astype(np.float32), f"{prefix}_b2": np.float32(self.b2),
+        }
+
+
+@dataclass
+class RequestExpert:
+    """The mixture's second network, trained on request rows alone, and the logistic gate
+    (``gate_w`` (dim,), ``gate_b``) that gives it its weight for a message."""
+
+    network: FlagNetwork
+    gate_w: np.ndarray
+    gate_b: float
+
+    def mix(self, features: np.ndarray, p_all: np.ndarray) -> np.ndarray:
+        g = _sigmoid(features @ self.gate_w + self.gate_b)
+        return g * self.network.probability(features) + (1.0 - g) * p_all
 
 
 @dataclass
 class Heads:
-    flag_w1: np.ndarray  # (dim, hidden): the flag head's hidden layer (input standardisation folded in)
-    flag_b1: np.ndarray  # (hidden,)
-    flag_w2: np.ndarray  # (hidden,)
-    flag_b2: float
+    flag: FlagNetwork  # trained on every row
     threshold: float
     cat_w: np.ndarray  # (dim, 14)
     cat_b: np.ndarray  # (14,)
     meta: dict
-    # The request expert (same shapes as flag_*) and the gate (dim,), (): absent in
-    # weights trained before the mixture, which then run the flag head alone.
-    req_w1: np.ndarray | None = None
-    req_b1: np.ndarray | None = None
-    req_w2: np.ndarray | None = None
-    req_b2: float = 0.0
-    gate_w: np.ndarray | None = None
-    gate_b: float = 0.0
+    # Absent in weights trained before the mixture, which then run the flag network alone.
+    request: RequestExpert | None = None
 
     @classmethod
     def load(cls, path: Path | None = None) -> Heads:
@@ -136,42 +165,29 @@ class Heads:
             meta = json.loads(str(z["meta"]))
             if tuple(meta["categories"]) != NAMES:
                 raise ValueError("moderation weights were trained for a different category list")
-            heads = cls(
-                z["flag_w1"].astype(np.float32), z["flag_b1"], z["flag_w2"], float(z["flag_b2"]),
-                float(z["threshold"]), z["cat_w"], z["cat_b"], meta,
-            )
+            request = None
             if "gate_w" in z:
-                heads.req_w1, heads.req_b1 = z["req_w1"].astype(np.float32), z["req_b1"]
-                heads.req_w2, heads.req_b2 = z["req_w2"], float(z["req_b2"])
-                heads.gate_w, heads.gate_b = z["gate_w"], float(z["gate_b"])
-            return heads
+                request = RequestExpert(FlagNetwork.from_arrays(z, "req"), z["gate_w"], float(z["gate_b"]))
+            return cls(
+                FlagNetwork.from_arrays(z, "flag"), float(z["threshold"]), z["cat_w"], z["cat_b"], meta, request
+            )
 
     def save(self, path: Path) -> None:
         mixture: dict[str, Any] = {}
-        if self.gate_w is not None:
-            assert self.req_w1 is not None and self.req_b1 is not None and self.req_w2 is not None
-            mixture = dict(
-                req_w1=self.req_w1.astype(np.float16), req_b1=self.req_b1.astype(np.float32),
-                req_w2=self.req_w2.astype(np.float32), req_b2=np.float32(self.req_b2),
-                gate_w=self.gate_w.astype(np.float32), gate_b=np.float32(self.gate_b),
-            )
+        if self.request is not None:
+            mixture = {
+                **self.request.network.arrays("req"),
+                "gate_w": self.request.gate_w.astype(np.float32), "gate_b": np.float32(self.request.gate_b),
+            }
         np.savez_compressed(
-            # float16 halves the file; the probabilities it gives differ by < 1e-3.
-            path, flag_w1=self.flag_w1.astype(np.float16), flag_b1=self.flag_b1.astype(np.float32),
-            flag_w2=self.flag_w2.astype(np.float32), flag_b2=np.float32(self.flag_b2),
+            path, **self.flag.arrays("flag"), **mixture,
             threshold=np.float32(self.threshold), cat_w=self.cat_w.astype(np.float32),
             cat_b=self.cat_b.astype(np.float32), meta=np.array(json.dumps({**self.meta, "categories": list(NAMES)})),
-            **mixture,
         )
 
     def unsafe_probability(self, features: np.ndarray) -> np.ndarray:
-        p_all = _mlp_probability(features, self.flag_w1, self.flag_b1, self.flag_w2, self.flag_b2)
-        if self.gate_w is None:
-            return p_all
-        assert self.req_w1 is not None and self.req_b1 is not None and self.req_w2 is not None
-        p_request = _mlp_probability(features, self.req_w1, self.req_b1, self.req_w2, self.req_b2)
-        g = 1.0 / (1.0 + np.exp(-(features @ self.gate_w + self.gate_b)))
-        return g * p_request + (1.0 - g) * p_all
+        p_all = self.flag.probability(features)
+        return p_all if self.request is None else self.request.mix(features, p_all)
 
     def category_probabilities(self, features: np.ndarray) -> np.ndarray:
         logits = features @ self.cat_w + self.cat_b
