@@ -41,37 +41,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _server import free_port, start_llamahost  # noqa: E402
-
+from moderation_ab import Recipe  # noqa: E402
 from training.moderation import data, features  # noqa: E402
-from training.moderation.model import THRESHOLD, fit_heads, request_mask, weighted_index  # noqa: E402
-from training.moderation.train import category_rows, extra_flag_rows  # noqa: E402
+from training.moderation.model import THRESHOLD  # noqa: E402
+from training.moderation.train import extra_flag_rows  # noqa: E402
 
 BANDS = [(0.3, 0.7), (0.2, 0.8), (0.1, 0.9), (0.05, 0.95), (0.4, 0.6)]
 SOURCES = ["openai_moderation", "xstest", "harmbench", "simplesafetytests"]
 
 
 def out_of_fold(rows: list[data.Row], k: int) -> np.ndarray:
-    from sklearn.model_selection import StratifiedGroupKFold
-
     X = features.embed([r.text for r in rows])
-    y = np.array([r.unsafe for r in rows])
-    extra = extra_flag_rows()
-    Xextra = features.embed([r.item for r in extra])
-    yextra = np.array([r.unsafe for r in extra], bool)
-    lookup = {r.text: i for i, r in enumerate(rows)}
-    extra_lookup = {r.text: j for j, r in enumerate(extra) if r.context is None}
-    strata = [f"{r.source}:{int(r.unsafe)}" for r in rows]
-    p = np.zeros(len(rows))
-    splits = StratifiedGroupKFold(k, shuffle=True, random_state=0).split(np.zeros(len(rows)), strata, [r.text for r in rows])
-    for train, test in splits:
-        cat_texts, cat_labels = category_rows([rows[i] for i in train] + [r for r in extra if r.context is None])
-        Xcat = np.stack([X[lookup[t]] if t in lookup else Xextra[extra_lookup[t]] for t in cat_texts])
-        rep = train[weighted_index([rows[i].source for i in train])]  # as training weighs the sources
-        request = request_mask([rows[i].source for i in rep] + [r.source for r in extra])
-        heads = fit_heads(np.vstack([X[rep], Xextra]), np.concatenate([y[rep], yextra]), Xcat, cat_labels,
-                          request=request)
-        p[test] = heads.unsafe_probability(X[test])
-    return p
+    return Recipe(rows, X, extra_flag_rows()).out_of_fold(k, seed=0)
 
 
 def shares(rows: list[data.Row], p: np.ndarray) -> None:
