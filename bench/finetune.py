@@ -273,8 +273,12 @@ class ChatLoad:
 def adapter_rate(server: Server, job_id: str, prompts: list[str], threads: int) -> tuple[float, list[str]]:
     """The job's adapter from its artifacts archive, scored in llama-cpp-python."""
     from llama_cpp import Llama
+    from llamacpp_no_repack import disable_weight_repacking, host_has_amx
 
     from llamahost.finetune.base_model import resolve_base_gguf
+
+    if host_has_amx():
+        disable_weight_repacking()  # its AMX kernels crash the process (tests/llamacpp_no_repack.py)
 
     response = httpx.get(f"{server.url}/v1/fine_tuning/jobs/{job_id}/artifacts",
                          headers={"Authorization": f"Bearer {server.key}"}, timeout=120)
@@ -342,6 +346,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "src"))
+    sys.path.insert(0, str(ROOT / "tests"))  # llamacpp_no_repack, for --adapter on AMX hosts
     import openai
 
     train = qa(ADD, COLOURS, CAPITALS, OPPOSITES, SOUNDS)

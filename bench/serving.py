@@ -23,6 +23,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from llamahost.engines.llamacpp import bundled_model_path  # noqa: E402
 from _server import start_llamahost as start_server  # noqa: E402
@@ -65,7 +66,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import llama_cpp
+    from llamacpp_no_repack import disable_weight_repacking, host_has_amx
 
+    if host_has_amx():
+        disable_weight_repacking()  # its AMX kernels crash the process (tests/llamacpp_no_repack.py)
+        print("AMX host: llama_cpp.Llama runs without weight repacking")
     llm = llama_cpp.Llama(
         model_path=str(bundled_model_path()), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False
     )

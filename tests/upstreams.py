@@ -31,7 +31,8 @@ class UpstreamReplica:
 
     def start(self, timeout: float = 120) -> "UpstreamReplica":
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
+            # llama_cpp.server itself, with weight repacking off (it crashes on AMX hosts).
+            sys.executable, str(Path(__file__).with_name("llamacpp_no_repack.py")),
             "--model", str(bundled_model_path()),
             "--host", "127.0.0.1", "--port", str(self.port),
             "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1",
