@@ -273,12 +273,11 @@ class ChatLoad:
 def adapter_rate(server: Server, job_id: str, prompts: list[str], threads: int) -> tuple[float, list[str]]:
     """The job's adapter from its artifacts archive, scored in llama-cpp-python."""
     from llama_cpp import Llama
-    from llamacpp_no_repack import disable_weight_repacking, host_has_amx
+    from llamacpp_no_repack import disable_weight_repacking_on_amx
 
     from llamahost.finetune.base_model import resolve_base_gguf
 
-    if host_has_amx():
-        disable_weight_repacking()  # its AMX kernels crash the process (tests/llamacpp_no_repack.py)
+    disable_weight_repacking_on_amx()  # its AMX kernels crash the process
 
     response = httpx.get(f"{server.url}/v1/fine_tuning/jobs/{job_id}/artifacts",
                          headers={"Authorization": f"Bearer {server.key}"}, timeout=120)

@@ -30,6 +30,7 @@ all rows; it is a test, never a reason to choose a variant.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -67,6 +68,13 @@ def load_rows(path: Path) -> list[data.Row]:
     return rows
 
 
+def share(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A random ``fraction`` of ``indices`` (all of them at 1.0), in order."""
+    if fraction >= 1.0:
+        return indices
+    return np.sort(np.random.default_rng(100 + seed).choice(indices, int(round(fraction * len(indices))), replace=False))
+
+
 class Recipe:
     """The shipped flag-head recipe on a fixed set of dev rows plus extra (never scored) rows."""
 
@@ -79,6 +87,13 @@ class Recipe:
         cat_texts, self.cat_labels = category_rows([r for r in extra_flag_rows() if r.context is None])
         self.Xcat = features.embed(cat_texts)
 
+    def with_rows(self, added: list[data.Row]) -> Recipe:
+        """The same recipe with ``added`` extra rows (only those are embedded)."""
+        variant = copy.copy(self)
+        variant.extra = self.extra + added
+        variant.Xextra = np.vstack([self.Xextra, features.embed([r.item for r in added])])
+        return variant
+
     def fit(self, train: np.ndarray):
         rep = train[weighted_index([self.rows[i].source for i in train])]
         request = request_mask([self.rows[i].source for i in rep] + [r.source for r in self.extra])
@@ -89,10 +104,7 @@ class Recipe:
     def out_of_fold(self, k: int, seed: int, fraction: float = 1.0) -> np.ndarray:
         p = np.zeros(len(self.rows))
         for train, test in folds(self.rows, k, seed):
-            if fraction < 1.0:
-                keep = np.random.default_rng(100 + seed).choice(train, int(round(fraction * len(train))), replace=False)
-                train = np.sort(keep)
-            p[test] = self.fit(train).unsafe_probability(self.X[test])
+            p[test] = self.fit(share(train, fraction, seed)).unsafe_probability(self.X[test])
         return p
 
 
@@ -113,9 +125,9 @@ def main() -> int:
     X = features.embed([r.text for r in rows])
     shipped = Recipe(rows, X, extra_flag_rows())
     added = load_rows(args.extra_rows) if args.extra_rows else []
-    variant = Recipe(rows, X, shipped.extra + added) if added else shipped
-    P_shipped = [shipped.out_of_fold(args.folds, seed) for seed in range(args.repeats)]
-    P_variant = [variant.out_of_fold(args.folds, seed, args.fraction) for seed in range(args.repeats)]
+    variant = shipped.with_rows(added) if added else shipped
+    before = [shipped.out_of_fold(args.folds, seed) >= THRESHOLD for seed in range(args.repeats)]
+    after = [variant.out_of_fold(args.folds, seed, args.fraction) >= THRESHOLD for seed in range(args.repeats)]
 
     y, src = shipped.y, np.array([r.source for r in rows])
     rng = np.random.default_rng(0)
@@ -125,20 +137,16 @@ def main() -> int:
     for source, key in METRICS:
         m = np.flatnonzero(src == source)
         resamples = m[rng.integers(0, len(m), (1000, len(m)))]
-        before = [p >= THRESHOLD for p in P_shipped]
-        after = [p >= THRESHOLD for p in P_variant]
         gain = bootstrap(y, after, key, resamples) - bootstrap(y, before, key, resamples)
         a = np.mean([scores(y[m], f[m])[key] for f in before])
         b = np.mean([scores(y[m], f[m])[key] for f in after])
         print(f"  {source:<18} {key:<4} shipped {a:.3f}  variant {b:.3f}  gain {np.nanmean(gain):+.3f} {interval(gain)}")
     everything = np.arange(len(rows))
     Xguide = features.embed([t if c is None else (t, c) for t, c in GUIDE])
-    for name, recipe in (("shipped", shipped), ("variant", variant)):
-        train = everything
-        if name == "variant" and args.fraction < 1.0:
-            train = np.sort(np.random.default_rng(100).choice(everything, int(round(args.fraction * len(rows))), replace=False))
-        p = recipe.fit(train).unsafe_probability(Xguide)
-        print(f"  guide examples, {name} trained on all rows: P(unsafe) dieting {p[0]:.3f}, tax reply {p[1]:.3f}")
+    for name, recipe, fraction in (("shipped", shipped, 1.0), ("variant", variant, args.fraction)):
+        p = recipe.fit(share(everything, fraction, 0)).unsafe_probability(Xguide)
+        print(f"  guide examples, {name} trained on {fraction:.0%} of the dev rows: "
+              f"P(unsafe) dieting {p[0]:.3f}, tax reply {p[1]:.3f}")
     return 0
 
 

@@ -66,10 +66,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import llama_cpp
-    from llamacpp_no_repack import disable_weight_repacking, host_has_amx
+    from llamacpp_no_repack import disable_weight_repacking_on_amx
 
-    if host_has_amx():
-        disable_weight_repacking()  # its AMX kernels crash the process (tests/llamacpp_no_repack.py)
+    if disable_weight_repacking_on_amx():  # its AMX kernels crash the process
         print("AMX host: llama_cpp.Llama runs without weight repacking")
     llm = llama_cpp.Llama(
         model_path=str(bundled_model_path()), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False

@@ -36,12 +36,16 @@ def disable_weight_repacking() -> None:
     llama_cpp_lib.llama_model_default_params = _without_repacking
 
 
-def host_has_amx() -> bool:
-    """For the benches, which keep repacking (and its speed) wherever it does not crash."""
+def disable_weight_repacking_on_amx() -> bool:
+    """For the benches, which keep repacking (and its speed) wherever it does not crash:
+    turn it off on a host with AMX only; says whether it did."""
     try:
-        return "amx_tile" in Path("/proc/cpuinfo").read_text()
+        amx = "amx_tile" in Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        amx = False
+    if amx:
+        disable_weight_repacking()
+    return amx
 
 
 if __name__ == "__main__":
